@@ -1,0 +1,417 @@
+//! The simulator over real HTTP on loopback, called by the project's own client.
+
+use std::time::Duration;
+
+use broadcast_worker::api::{ApiClient, ApiConfig, ApiResponse, TransportError};
+use broadcast_worker::message::BroadcastBody;
+use broadcast_worker::simulator::{
+    unix_now, DropPoint, Fault, FaultPlan, Simulator, SimulatorConfig, SpawnedSimulator,
+};
+use broadcast_worker::usersig::{self, Claims, SecretKey, UserSig};
+use serde_json::json;
+
+const APP: u64 = 1400000001;
+const ADMIN: &str = "administrator";
+const KEY: &str = "simulator-test-key";
+
+async fn start(rate: f64) -> SpawnedSimulator {
+    let mut config = SimulatorConfig::new(APP, ADMIN, SecretKey::new(KEY));
+    config.rate = rate;
+    Simulator::new(config)
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator binds a loopback port")
+}
+
+fn client(sim: &SpawnedSimulator, identifier: &str, timeout: Duration) -> ApiClient {
+    let mut config = ApiConfig::new(sim.base_url(), APP, identifier);
+    config.request_timeout = timeout;
+    ApiClient::new(&config).unwrap()
+}
+
+fn sig_for(key: &str, sdkappid: u64, identifier: &str, time: u64, expire: u64) -> UserSig {
+    usersig::sign(
+        &SecretKey::new(key),
+        &Claims {
+            identifier: identifier.into(),
+            sdkappid,
+            time,
+            expire,
+            userbuf: None,
+        },
+    )
+}
+
+fn good_sig() -> UserSig {
+    sig_for(KEY, APP, ADMIN, unix_now(), 86_400)
+}
+
+fn text_body(text: &str, random: u32) -> Vec<u8> {
+    BroadcastBody {
+        from_account: None,
+        random,
+        msg_body: vec![json!({"MsgType": "TIMTextElem", "MsgContent": {"Text": text}})],
+        cloud_custom_data: None,
+    }
+    .to_bytes()
+}
+
+/// A valid body of exactly `len` bytes.
+fn body_of_len(len: usize) -> Vec<u8> {
+    let empty = text_body("", 1).len();
+    let body = text_body(&"x".repeat(len - empty), 1);
+    assert_eq!(body.len(), len);
+    body
+}
+
+async fn send(client: &ApiClient, sig: &UserSig, body: Vec<u8>) -> ApiResponse {
+    client
+        .send_broadcast(sig, body)
+        .await
+        .expect("the simulator answers")
+}
+
+#[tokio::test]
+async fn delivers_a_signed_call_with_increasing_msg_seq() {
+    let sim = start(1000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    let first = send(&c, &good_sig(), text_body("one", 1)).await;
+    assert_eq!((first.action_status.as_str(), first.error_code), ("OK", 0));
+    let second = send(&c, &good_sig(), text_body("two", 2)).await;
+    assert!(second.msg_seq.unwrap() > first.msg_seq.unwrap());
+    let deliveries = sim.simulator.deliveries(0, 100);
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(
+        deliveries[1].body.as_ref().unwrap()["MsgBody"][0]["MsgContent"]["Text"],
+        "two"
+    );
+}
+
+#[tokio::test]
+async fn repeats_within_the_window_are_answered_but_not_delivered() {
+    let sim = start(1000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    let first = send(&c, &good_sig(), text_body("same", 7)).await;
+    let again = send(&c, &good_sig(), text_body("same", 7)).await;
+    assert_eq!(again.error_code, 0);
+    assert_eq!(again.msg_seq, first.msg_seq);
+    // Same content, other Random: a new message.
+    let other = send(&c, &good_sig(), text_body("same", 8)).await;
+    assert_eq!(other.error_code, 0);
+    let stats = sim.simulator.stats();
+    assert_eq!(
+        (stats.deliveries, stats.repeats_dropped, stats.calls),
+        (2, 1, 3)
+    );
+}
+
+#[tokio::test]
+async fn usersig_failures_get_their_codes() {
+    let sim = start(1000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    let now = unix_now();
+    let cases = [
+        (sig_for("wrong-key", APP, ADMIN, now, 3600), 70009),
+        (sig_for(KEY, APP, ADMIN, now - 7200, 3600), 70001),
+        (UserSig::from_string("not-a-usersig"), 70003),
+        (sig_for(KEY, APP + 1, ADMIN, now, 3600), 70014),
+        (sig_for(KEY, APP, "someone", now, 3600), 70013),
+    ];
+    for (sig, code) in cases {
+        assert_eq!(send(&c, &sig, text_body("x", 1)).await.error_code, code);
+    }
+    // A valid UserSig for an account that is not the admin.
+    let other = client(&sim, "ops", Duration::from_secs(5));
+    assert_eq!(
+        send(
+            &other,
+            &sig_for(KEY, APP, "ops", now, 3600),
+            text_body("x", 1)
+        )
+        .await
+        .error_code,
+        10007
+    );
+    assert_eq!(sim.simulator.stats().deliveries, 0);
+}
+
+#[tokio::test]
+async fn body_checks_get_their_codes() {
+    let sim = start(1000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    let sig = good_sig();
+    assert_eq!(send(&c, &sig, body_of_len(12_000)).await.error_code, 0);
+    assert_eq!(send(&c, &sig, body_of_len(12_001)).await.error_code, 80002);
+    assert_eq!(
+        send(&c, &sig, b"{\"MsgBody\": [".to_vec()).await.error_code,
+        60003
+    );
+    let bad = [
+        json!({"Random": 1, "MsgBody": [{"MsgType": "TIMNoSuchElem", "MsgContent": {}}]}),
+        json!({"Random": 1, "MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {}}]}),
+        json!({"Random": 1, "MsgBody": []}),
+        json!({"MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "no random"}}]}),
+        json!({"Random": 1, "MsgBody": [{"MsgType": "TIMFaceElem", "MsgContent": {"Index": "one", "Data": "d"}}]}),
+    ];
+    for body in bad {
+        let answer = send(&c, &sig, serde_json::to_vec(&body).unwrap()).await;
+        assert_eq!(answer.error_code, 10004, "{body}: {}", answer.error_info);
+        assert_eq!(answer.action_status, "FAIL");
+    }
+    let stats = sim.simulator.stats();
+    assert_eq!(stats.deliveries, 1);
+    assert_eq!(stats.largest_delivered_body, 12_000);
+    assert_eq!(stats.largest_body, 12_001);
+}
+
+#[tokio::test]
+async fn frequency_limit_refuses_the_second_call_in_a_second() {
+    let sim = start(1.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    assert_eq!(send(&c, &good_sig(), text_body("a", 1)).await.error_code, 0);
+    assert_eq!(
+        send(&c, &good_sig(), text_body("b", 2)).await.error_code,
+        10023
+    );
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    assert_eq!(send(&c, &good_sig(), text_body("b", 2)).await.error_code, 0);
+    let stats = sim.simulator.stats();
+    assert_eq!(stats.frequency_violations, 1);
+    assert_eq!(stats.answers_by_code.get(&10023), Some(&1));
+}
+
+#[tokio::test]
+async fn other_paths_and_methods_are_refused() {
+    let sim = start(1000.0).await;
+    let http = reqwest::Client::new();
+    let other: ApiResponse = http
+        .post(format!(
+            "http://{}/v4/group_open_http_svc/no_such_command?x=1",
+            sim.addr
+        ))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other.error_code, 10003);
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    let url = c.request_url(&good_sig());
+    let get: ApiResponse = http
+        .get(url.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(get.error_code, 60002);
+    // Each query parameter is required.
+    for missing in ["sdkappid", "identifier", "usersig", "random", "contenttype"] {
+        let mut stripped = url.clone();
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .into_owned()
+            .filter(|(k, _)| k != missing)
+            .collect();
+        stripped.query_pairs_mut().clear().extend_pairs(kept);
+        let answer: ApiResponse = http
+            .post(stripped)
+            .body(text_body("x", 1))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let want = if missing == "sdkappid" { 60012 } else { 60002 };
+        assert_eq!(answer.error_code, want, "without {missing}");
+    }
+}
+
+#[tokio::test]
+async fn scripted_faults_apply_in_order() {
+    let sim = start(1000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    sim.simulator.set_faults(FaultPlan {
+        script: vec![
+            Fault {
+                code: Some(10002),
+                ..Fault::default()
+            },
+            Fault {
+                http_status: Some(500),
+                ..Fault::default()
+            },
+            Fault {
+                garbage: true,
+                ..Fault::default()
+            },
+            Fault {
+                drop: Some(DropPoint::Before),
+                ..Fault::default()
+            },
+            Fault::default(),
+        ]
+        .into(),
+        ..FaultPlan::default()
+    });
+    let sig = good_sig();
+    assert_eq!(send(&c, &sig, text_body("f", 1)).await.error_code, 10002);
+    assert_eq!(
+        c.send_broadcast(&sig, text_body("f", 1)).await,
+        Err(TransportError::Status { status: 500 })
+    );
+    assert!(matches!(
+        c.send_broadcast(&sig, text_body("f", 1)).await,
+        Err(TransportError::InvalidResponse(_))
+    ));
+    let dropped = c.send_broadcast(&sig, text_body("f", 1)).await;
+    assert!(
+        dropped.is_err(),
+        "a dropped connection is a transport error: {dropped:?}"
+    );
+    // The garbage answer came after delivery, so this one is a repeat.
+    assert_eq!(send(&c, &sig, text_body("f", 1)).await.error_code, 0);
+    let stats = sim.simulator.stats();
+    assert_eq!((stats.deliveries, stats.repeats_dropped), (1, 1));
+    assert_eq!(
+        (
+            stats.http_errors,
+            stats.garbage_answers,
+            stats.dropped_connections
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_slow_answer_times_out_without_leaking_the_usersig() {
+    let sim = start(1000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_millis(300));
+    sim.simulator.set_faults(FaultPlan {
+        script: vec![Fault {
+            delay_ms: Some(1_000),
+            ..Fault::default()
+        }]
+        .into(),
+        ..FaultPlan::default()
+    });
+    let sig = good_sig();
+    let err = c
+        .send_broadcast(&sig, text_body("slow", 3))
+        .await
+        .unwrap_err();
+    assert_eq!(err, TransportError::Timeout);
+    // The call was processed before the answer was held: the retry is a repeat.
+    assert_eq!(send(&c, &sig, text_body("slow", 3)).await.error_code, 0);
+    let stats = sim.simulator.stats();
+    assert_eq!((stats.deliveries, stats.repeats_dropped), (1, 1));
+    assert!(!format!("{err} {err:?}").contains(sig.expose()));
+}
+
+#[tokio::test]
+async fn transport_errors_never_carry_the_usersig() {
+    // A port nothing listens on: bind, learn the port, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = ApiConfig::new(
+        format!("http://127.0.0.1:{port}/").parse().unwrap(),
+        APP,
+        ADMIN,
+    );
+    let c = ApiClient::new(&config).unwrap();
+    let sig = good_sig();
+    let err = c.send_broadcast(&sig, text_body("x", 1)).await.unwrap_err();
+    assert!(matches!(err, TransportError::Connect(_)), "{err:?}");
+    let text = format!("{err} {err:?}");
+    assert!(
+        !text.contains(sig.expose()) && !text.contains("usersig"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn random_faults_follow_the_probability() {
+    let sim = start(100_000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    sim.simulator.set_faults(FaultPlan {
+        probability: 0.5,
+        random_faults: vec![Fault {
+            code: Some(70500),
+            ..Fault::default()
+        }],
+        ..FaultPlan::default()
+    });
+    let sig = good_sig();
+    let mut failed = 0;
+    for i in 0..200 {
+        if send(&c, &sig, text_body("p", i)).await.error_code == 70500 {
+            failed += 1;
+        }
+    }
+    // Binomial(200, 0.5): outside 60..140 has probability below 1e-8.
+    assert!((60..140).contains(&failed), "{failed} of 200 failed");
+    assert_eq!(sim.simulator.stats().deliveries, 200 - failed);
+}
+
+#[tokio::test]
+async fn stats_and_deliveries_are_served_over_http() {
+    let sim = start(1000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    send(&c, &good_sig(), text_body("served", 9)).await;
+    let http = reqwest::Client::new();
+    let stats: serde_json::Value = http
+        .get(format!("http://{}/simulator/stats", sim.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["deliveries"], 1);
+    assert_eq!(stats["answers_by_code"]["0"], 1);
+    let deliveries: serde_json::Value = http
+        .get(format!("http://{}/simulator/deliveries?after=0", sim.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        deliveries[0]["body"]["MsgBody"][0]["MsgContent"]["Text"],
+        "served"
+    );
+    let plan = json!({"always": {"code": 10007}});
+    let status = http
+        .post(format!("http://{}/simulator/faults", sim.addr))
+        .json(&plan)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    assert_eq!(
+        send(&c, &good_sig(), text_body("x", 10)).await.error_code,
+        10007
+    );
+    http.delete(format!("http://{}/simulator/faults", sim.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        send(&c, &good_sig(), text_body("x", 10)).await.error_code,
+        0
+    );
+    http.post(format!("http://{}/simulator/reset", sim.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sim.simulator.stats().deliveries, 0);
+}
