@@ -12,9 +12,16 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::api::ApiConfig;
+use crate::broker::{self, QueueNames, Topology};
 use crate::config::{AppArgs, SecretArgs};
+use crate::enqueue::{publish_lines, LineResult, PublishOptions};
+use crate::outcome::Classifier;
 use crate::simulator::{FaultPlan, Simulator, SimulatorConfig};
 use crate::usersig::{self, Claims};
+use crate::worker::{AppFaultPolicy, Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,11 +45,218 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Consume broadcast jobs and send them, merged and rate-limited.
+    Run(Box<RunArgs>),
+    /// Publish jobs: one JSON body per line from a file or standard input, or --text.
+    Enqueue(EnqueueArgs),
     /// Run a local send_broadcast_msg for tests, benchmarks and demos.
     Simulate(SimulateArgs),
     /// Sign or verify an admin UserSig.
     #[command(subcommand)]
     Usersig(UsersigCommand),
+}
+
+/// Where the queues are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// The RabbitMQ URL.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// Names `{prefix}.jobs`, `{prefix}.dead` and the exchange `{prefix}.dlx`.
+    #[arg(long, env = "BROADCAST_QUEUE_PREFIX", default_value = "broadcast")]
+    pub queue_prefix: String,
+    /// Deliveries of one job before the broker dead-letters it by itself.
+    #[arg(long, env = "BROADCAST_DELIVERY_LIMIT", default_value_t = 20)]
+    pub delivery_limit: u32,
+}
+
+impl BrokerArgs {
+    fn check(&self) -> anyhow::Result<Topology> {
+        self.amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| anyhow::anyhow!("AMQP_URL is not an AMQP URL: {e}"))?;
+        if self.queue_prefix.is_empty() || self.queue_prefix.len() > 200 {
+            bail!("BROADCAST_QUEUE_PREFIX must be 1 to 200 characters");
+        }
+        if self.delivery_limit == 0 {
+            bail!("BROADCAST_DELIVERY_LIMIT must be at least 1");
+        }
+        Ok(Topology {
+            names: QueueNames::new(&self.queue_prefix),
+            delivery_limit: self.delivery_limit,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// The API's base URL (scheme and host of the app's region).
+    #[arg(
+        long,
+        env = "TIM_BASE_URL",
+        default_value = "https://console.tim.qq.com"
+    )]
+    pub base_url: String,
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// Calls per second for this app (fractions allowed).
+    #[arg(long, env = "BROADCAST_RATE", default_value_t = 1.0)]
+    pub rate: f64,
+    /// Milliseconds added to each second of the bucket, against clock jitter.
+    #[arg(long, env = "BROADCAST_RATE_GUARD_MS", default_value_t = 10)]
+    pub rate_guard_ms: u64,
+    /// Unacked jobs held at once (bounds memory and how much one call can merge).
+    #[arg(long, env = "BROADCAST_PREFETCH", default_value_t = 1000)]
+    pub prefetch: u16,
+    /// Largest call body in bytes (at most 12000).
+    #[arg(long, env = "BROADCAST_MAX_BATCH_BYTES", default_value_t = crate::api::MAX_BODY_BYTES)]
+    pub max_batch_bytes: usize,
+    /// Transient failures of one call before its jobs are dead-lettered.
+    #[arg(long, env = "BROADCAST_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+    /// Seconds a call may keep retrying (keep under the service's 300 s repeat window).
+    #[arg(long, env = "BROADCAST_MAX_RETRY_AGE_SECS", default_value_t = 240)]
+    pub max_retry_age_secs: u64,
+    /// First retry delay in milliseconds (doubles, with jitter).
+    #[arg(long, env = "BROADCAST_BACKOFF_MIN_MS", default_value_t = 500)]
+    pub backoff_min_ms: u64,
+    /// Longest retry delay in milliseconds.
+    #[arg(long, env = "BROADCAST_BACKOFF_MAX_MS", default_value_t = 30_000)]
+    pub backoff_max_ms: u64,
+    /// Request timeout in milliseconds (longer than the service's own 3 s).
+    #[arg(long, env = "TIM_REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+    /// Connect timeout in milliseconds.
+    #[arg(long, env = "TIM_CONNECT_TIMEOUT_MS", default_value_t = 3_000)]
+    pub connect_timeout_ms: u64,
+    /// On an app-wide fault (10007, SDKAppID or signature errors): halt and keep jobs, or dead-letter them.
+    #[arg(long, env = "BROADCAST_ON_APP_FAULT", value_enum, default_value_t = AppFaultPolicy::Halt)]
+    pub on_app_fault: AppFaultPolicy,
+    /// Seconds between probe calls while halted by an app-wide fault.
+    #[arg(long, env = "BROADCAST_APP_FAULT_PROBE_SECS", default_value_t = 30.0)]
+    pub app_fault_probe_secs: f64,
+    /// Reclassify ErrorCodes, e.g. `80003=permanent,12345=transient`
+    /// (classes: transient, rate-limited, resign, permanent, app-fault).
+    #[arg(long, env = "BROADCAST_CLASS_OVERRIDES", default_value = "")]
+    pub class_overrides: String,
+    /// Seconds a signed UserSig is valid (renewed at three quarters).
+    #[arg(long, env = "TIM_USERSIG_TTL_SECS", default_value_t = 86_400)]
+    pub usersig_ttl_secs: u64,
+    /// Seconds to finish the call in flight after SIGINT or SIGTERM.
+    #[arg(long, env = "BROADCAST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 15)]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl RunArgs {
+    /// Checks every setting and says what is wrong, one mistake at a time.
+    pub fn worker_config(&self) -> anyhow::Result<WorkerConfig> {
+        let topology = self.broker.check()?;
+        let base_url: url::Url = self
+            .base_url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("TIM_BASE_URL {:?} is not a URL: {e}", self.base_url))?;
+        if !matches!(base_url.scheme(), "http" | "https") {
+            bail!(
+                "TIM_BASE_URL must be http or https, not {:?}",
+                base_url.scheme()
+            );
+        }
+        if self.app.identifier.trim().is_empty() {
+            bail!("TIM_IDENTIFIER must not be empty");
+        }
+        let secret_key = self.app.secret.load()?;
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            bail!(
+                "BROADCAST_RATE must be a positive number of calls per second, not {}",
+                self.rate
+            );
+        }
+        if self.prefetch == 0 {
+            bail!("BROADCAST_PREFETCH must be at least 1");
+        }
+        if self.max_batch_bytes > crate::api::MAX_BODY_BYTES || self.max_batch_bytes < 256 {
+            bail!(
+                "BROADCAST_MAX_BATCH_BYTES must be from 256 to {}, not {}",
+                crate::api::MAX_BODY_BYTES,
+                self.max_batch_bytes
+            );
+        }
+        if self.max_attempts == 0 {
+            bail!("BROADCAST_MAX_ATTEMPTS must be at least 1");
+        }
+        if self.request_timeout_ms <= 3_000 {
+            warn_once("TIM_REQUEST_TIMEOUT_MS is not above the service's own 3 s: slow successes will look like failures");
+        }
+        if self.max_retry_age_secs >= 300 {
+            warn_once("BROADCAST_MAX_RETRY_AGE_SECS reaches the service's 5-minute repeat window: a late retry may be delivered twice");
+        }
+        if !(self.app_fault_probe_secs.is_finite() && self.app_fault_probe_secs > 0.0) {
+            bail!("BROADCAST_APP_FAULT_PROBE_SECS must be positive");
+        }
+        let classifier = Classifier::parse_overrides(&self.class_overrides)?;
+        let mut api = ApiConfig::new(base_url, self.app.sdkappid, self.app.identifier.clone());
+        api.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        api.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        let mut config = WorkerConfig::new(
+            self.broker.amqp_url.clone(),
+            &self.broker.queue_prefix,
+            api,
+            secret_key,
+        );
+        config.topology = topology;
+        config.rate = self.rate;
+        config.rate_guard = Duration::from_millis(self.rate_guard_ms);
+        config.prefetch = self.prefetch;
+        config.max_batch_bytes = self.max_batch_bytes;
+        config.max_attempts = self.max_attempts;
+        config.max_retry_age = Duration::from_secs(self.max_retry_age_secs);
+        config.backoff_min = Duration::from_millis(self.backoff_min_ms.max(1));
+        config.backoff_max =
+            Duration::from_millis(self.backoff_max_ms.max(self.backoff_min_ms).max(1));
+        config.on_app_fault = self.on_app_fault;
+        config.app_fault_probe = Duration::from_secs_f64(self.app_fault_probe_secs);
+        config.classifier = classifier;
+        config.usersig_ttl = Duration::from_secs(self.usersig_ttl_secs.max(60));
+        Ok(config)
+    }
+}
+
+fn warn_once(message: &str) {
+    tracing::warn!("{message}");
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// A file of jobs, one JSON body per line (`-` or absent: standard input).
+    #[arg(long, conflicts_with = "text")]
+    pub file: Option<std::path::PathBuf>,
+    /// Publish one text broadcast instead of reading lines.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// With --text: the sender account.
+    #[arg(long, requires = "text")]
+    pub from_account: Option<String>,
+    /// With --text: CloudCustomData.
+    #[arg(long, requires = "text")]
+    pub cloud_custom_data: Option<String>,
+    /// Dead-letter the job as expired if not sent within this many seconds.
+    #[arg(long)]
+    pub deadline_secs: Option<f64>,
+    /// Let the broker drop the job if not consumed within this many seconds.
+    #[arg(long)]
+    pub expiration_secs: Option<f64>,
+    /// The worker's largest call body, for the size check.
+    #[arg(long, env = "BROADCAST_MAX_BATCH_BYTES", default_value_t = crate::api::MAX_BODY_BYTES)]
+    pub max_batch_bytes: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,11 +341,126 @@ impl Cli {
 
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
+            Command::Run(args) => run(*args).await,
+            Command::Enqueue(args) => enqueue(args).await,
             Command::Simulate(args) => simulate(args).await,
             Command::Usersig(UsersigCommand::Sign(args)) => sign(args),
             Command::Usersig(UsersigCommand::Verify(args)) => verify(args),
         }
     }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = args.worker_config()?;
+    info!(
+        queue = %config.topology.names.jobs,
+        rate = config.rate,
+        max_batch_bytes = config.max_batch_bytes,
+        base_url = %config.api.base_url,
+        sdkappid = config.api.sdkappid,
+        "starting the worker; without a ledger delivery is at least once"
+    );
+    let worker = Worker::new(config)?;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(worker.run(shutdown.clone()));
+    tokio::pin!(task);
+    tokio::select! {
+        result = &mut task => {
+            result??;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ = shutdown_signal() => {}
+    }
+    info!(
+        timeout_secs = args.shutdown_timeout_secs,
+        "shutting down: finishing the call in flight"
+    );
+    shutdown.cancel();
+    match tokio::time::timeout(Duration::from_secs(args.shutdown_timeout_secs), &mut task).await {
+        Ok(result) => {
+            result??;
+            info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(_) => {
+            tracing::error!(
+                "shutdown timed out; unsettled jobs return to the queue when the connection closes"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    let topology = args.broker.check()?;
+    let secs = |what: &str, s: Option<f64>| -> anyhow::Result<Option<Duration>> {
+        match s {
+            Some(s) if !(s.is_finite() && s > 0.0) => bail!("{what} must be positive"),
+            Some(s) => Ok(Some(Duration::from_secs_f64(s))),
+            None => Ok(None),
+        }
+    };
+    let options = PublishOptions {
+        deadline_in: secs("--deadline-secs", args.deadline_secs)?,
+        expiration: secs("--expiration-secs", args.expiration_secs)?,
+        max_call_bytes: args.max_batch_bytes.min(crate::api::MAX_BODY_BYTES),
+    };
+    let input: Box<dyn std::io::BufRead> = match (&args.text, &args.file) {
+        (Some(text), _) => {
+            let mut body = serde_json::json!({"MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}]});
+            if let Some(from) = &args.from_account {
+                body["From_Account"] = from.as_str().into();
+            }
+            if let Some(data) = &args.cloud_custom_data {
+                body["CloudCustomData"] = data.as_str().into();
+            }
+            Box::new(std::io::Cursor::new(body.to_string()))
+        }
+        (None, Some(path)) if path.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        )),
+        _ => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
+    let connection = broker::connect(&args.broker.amqp_url, "broadcast-worker enqueue").await?;
+    topology.declare(&connection).await?;
+    let channel = broker::confirm_channel(&connection).await?;
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} lines, {per_sec} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let summary = publish_lines(
+        &channel,
+        &topology.names.jobs,
+        input,
+        &options,
+        512,
+        |result| {
+            progress.inc(1);
+            match result {
+                LineResult::Published { .. } => {}
+                LineResult::Invalid { line, reason } => {
+                    progress.suspend(|| eprintln!("line {line}: not published: {reason}"))
+                }
+                LineResult::Failed { line, reason } => {
+                    progress.suspend(|| eprintln!("line {line}: publish failed: {reason}"))
+                }
+            }
+        },
+    )
+    .await;
+    progress.finish_and_clear();
+    let _ = connection.close(200, "enqueue done".into()).await;
+    let summary = summary?;
+    println!(
+        "published {}, invalid {}, failed {}",
+        summary.published, summary.invalid, summary.failed
+    );
+    Ok(if summary.all_published() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -177,7 +506,7 @@ fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     let claims = Claims {
         identifier: args.app.identifier,
         sdkappid: args.app.sdkappid,
-        time: args.time.unwrap_or_else(crate::simulator::unix_now),
+        time: args.time.unwrap_or_else(crate::usersig::unix_now),
         expire: args.expire,
         userbuf,
     };
@@ -197,7 +526,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             input.trim().to_string()
         }
     };
-    let now = args.at.unwrap_or_else(crate::simulator::unix_now);
+    let now = args.at.unwrap_or_else(crate::usersig::unix_now);
     match usersig::verify(&sig, &key, args.sdkappid, &args.identifier, now) {
         Ok(claims) => {
             let report = serde_json::json!({

@@ -11,9 +11,15 @@
 //! - [`cli`]: the subcommands.
 
 pub mod api;
+pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod enqueue;
+pub mod job;
+pub mod limit;
+pub mod merge;
 pub mod message;
 pub mod outcome;
 pub mod simulator;
 pub mod usersig;
+pub mod worker;

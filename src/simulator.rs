@@ -107,10 +107,28 @@ pub struct FaultPlan {
     pub probability: f64,
     #[serde(default)]
     pub random_faults: Vec<Fault>,
+    /// A call whose raw body contains a rule's text gets its fault, every
+    /// time, before any of the above (a job the service will never accept).
+    #[serde(default)]
+    pub rules: Vec<FaultRule>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRule {
+    pub body_contains: String,
+    pub fault: Fault,
 }
 
 impl FaultPlan {
-    fn next(&mut self) -> Option<Fault> {
+    fn next(&mut self, body: &[u8]) -> Option<Fault> {
+        if let Some(rule) = self
+            .rules
+            .iter()
+            .find(|rule| contains(body, rule.body_contains.as_bytes()))
+        {
+            return Some(rule.fault.clone());
+        }
         if let Some(fault) = self.script.pop_front() {
             return Some(fault);
         }
@@ -127,6 +145,28 @@ impl FaultPlan {
         None
     }
 }
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// One call to the API path as the simulator answered it, for
+/// `/simulator/calls` (the last [`CALL_LOG_LEN`] are kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Unix time in milliseconds when the call arrived.
+    pub received_at_ms: u64,
+    /// The body's `Random`, when the body had one.
+    pub random: Option<u32>,
+    pub bytes: usize,
+    /// The ErrorCode answered; absent when the answer was an HTTP error, a
+    /// dropped connection or garbage.
+    pub error_code: Option<i64>,
+    /// The fault applied, if any.
+    pub fault: Option<Fault>,
+}
+
+pub const CALL_LOG_LEN: usize = 100_000;
 
 /// What the simulator has seen, for `/simulator/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -175,6 +215,7 @@ struct State0 {
     seen: HashMap<[u8; 32], (Instant, u64)>,
     seen_order: VecDeque<(Instant, [u8; 32])>,
     deliveries: Vec<Delivery>,
+    calls: VecDeque<CallRecord>,
     stats: Stats,
     faults: FaultPlan,
 }
@@ -238,6 +279,11 @@ impl Simulator {
             .collect()
     }
 
+    /// The most recent calls, oldest first.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.lock().calls.iter().cloned().collect()
+    }
+
     pub fn set_faults(&self, plan: FaultPlan) {
         self.lock().faults = plan;
     }
@@ -251,6 +297,7 @@ impl Simulator {
         Router::new()
             .route("/simulator/stats", get(stats_handler))
             .route("/simulator/deliveries", get(deliveries_handler))
+            .route("/simulator/calls", get(calls_handler))
             .route(
                 "/simulator/faults",
                 post(set_faults_handler).delete(clear_faults_handler),
@@ -428,6 +475,7 @@ impl State0 {
             seen: HashMap::new(),
             seen_order: VecDeque::new(),
             deliveries: Vec::new(),
+            calls: VecDeque::new(),
             stats: Stats::default(),
             faults: FaultPlan::default(),
         }
@@ -511,36 +559,60 @@ async fn api_handler(
         let mut state = sim.lock();
         state.stats.calls += 1;
         state.stats.largest_body = state.stats.largest_body.max(body.len());
-        state.faults.next()
+        state.faults.next(&body)
+    };
+    let mut record = CallRecord {
+        received_at_ms: unix_now_ms(),
+        random: body_random(&body),
+        bytes: body.len(),
+        error_code: None,
+        fault: fault.clone(),
     };
     let fault = fault.unwrap_or_default();
-    if let Some(code) = fault.code {
-        return sim.answer(Answer::fail(code, format!("injected fault {code}")));
-    }
-    if let Some(status) = fault.http_status {
+    let response = if let Some(code) = fault.code {
+        record.error_code = Some(code);
+        sim.answer(Answer::fail(code, format!("injected fault {code}")))
+    } else if let Some(status) = fault.http_status {
         sim.lock().stats.http_errors += 1;
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (status, "<html><body>injected error</body></html>").into_response();
-    }
-    if fault.drop == Some(DropPoint::Before) {
-        return sim.drop_connection();
-    }
-    let answer = if method != Method::POST {
-        Answer::fail(60002, "the HTTP method must be POST")
+        (status, "<html><body>injected error</body></html>").into_response()
+    } else if fault.drop == Some(DropPoint::Before) {
+        sim.drop_connection()
     } else {
-        sim.process(uri.query(), &body, at)
+        let answer = if method != Method::POST {
+            Answer::fail(60002, "the HTTP method must be POST")
+        } else {
+            sim.process(uri.query(), &body, at)
+        };
+        if let Some(ms) = fault.delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if fault.drop == Some(DropPoint::After) {
+            sim.drop_connection()
+        } else if fault.garbage {
+            sim.lock().stats.garbage_answers += 1;
+            (StatusCode::OK, "{\"ActionStatus\":\"OK\",\"Err").into_response()
+        } else {
+            record.error_code = Some(answer.code);
+            sim.answer(answer)
+        }
     };
-    if let Some(ms) = fault.delay_ms {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    let mut state = sim.lock();
+    if state.calls.len() >= CALL_LOG_LEN {
+        state.calls.pop_front();
     }
-    if fault.drop == Some(DropPoint::After) {
-        return sim.drop_connection();
+    state.calls.push_back(record);
+    response
+}
+
+/// The `Random` of a body, if it has one.
+fn body_random(body: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct OnlyRandom {
+        #[serde(rename = "Random")]
+        random: Option<u32>,
     }
-    if fault.garbage {
-        sim.lock().stats.garbage_answers += 1;
-        return (StatusCode::OK, "{\"ActionStatus\":\"OK\",\"Err").into_response();
-    }
-    sim.answer(answer)
+    serde_json::from_slice::<OnlyRandom>(body).ok()?.random
 }
 
 impl Simulator {
@@ -574,6 +646,10 @@ impl Simulator {
         });
         Response::new(Body::from_stream(failing))
     }
+}
+
+async fn calls_handler(State(sim): State<Simulator>) -> Json<Vec<CallRecord>> {
+    Json(sim.calls())
 }
 
 async fn stats_handler(State(sim): State<Simulator>) -> Json<Stats> {
@@ -613,12 +689,7 @@ async fn reset_handler(State(sim): State<Simulator>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use crate::usersig::unix_now;
 
 fn unix_now_ms() -> u64 {
     SystemTime::now()

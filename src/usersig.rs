@@ -264,6 +264,70 @@ fn from_url_safe(sig: &str) -> String {
         .collect()
 }
 
+/// The admin's UserSig, signed once and reused until it nears expiry; signed
+/// anew at once when the service says it expired (70001).
+pub struct Signer {
+    key: SecretKey,
+    sdkappid: u64,
+    identifier: String,
+    /// Validity of each UserSig signed.
+    ttl: std::time::Duration,
+    current: Option<(UserSig, std::time::Instant)>,
+}
+
+impl Signer {
+    pub fn new(
+        key: SecretKey,
+        sdkappid: u64,
+        identifier: impl Into<String>,
+        ttl: std::time::Duration,
+    ) -> Self {
+        Self {
+            key,
+            sdkappid,
+            identifier: identifier.into(),
+            ttl,
+            current: None,
+        }
+    }
+
+    /// A UserSig with at least a quarter of its validity left.
+    pub fn current(&mut self) -> UserSig {
+        let fresh_enough =
+            |(_, signed): &(UserSig, std::time::Instant)| signed.elapsed() < self.ttl.mul_f64(0.75);
+        match &self.current {
+            Some(current) if fresh_enough(current) => current.0.clone(),
+            _ => {
+                let sig = sign(
+                    &self.key,
+                    &Claims {
+                        identifier: self.identifier.clone(),
+                        sdkappid: self.sdkappid,
+                        time: unix_now(),
+                        expire: self.ttl.as_secs().max(1),
+                        userbuf: None,
+                    },
+                );
+                self.current = Some((sig.clone(), std::time::Instant::now()));
+                sig
+            }
+        }
+    }
+
+    /// Forget the cached UserSig; the next [`Signer::current`] signs anew.
+    pub fn invalidate(&mut self) {
+        self.current = None;
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

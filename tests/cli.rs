@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use broadcast_worker::api::{ApiClient, ApiConfig};
 use broadcast_worker::message::BroadcastBody;
-use broadcast_worker::simulator::unix_now;
+use broadcast_worker::usersig::unix_now;
 use broadcast_worker::usersig::{self, Claims, SecretKey};
 use serde_json::{json, Value};
 

@@ -5,8 +5,9 @@ use std::time::Duration;
 use broadcast_worker::api::{ApiClient, ApiConfig, ApiResponse, TransportError};
 use broadcast_worker::message::BroadcastBody;
 use broadcast_worker::simulator::{
-    unix_now, DropPoint, Fault, FaultPlan, Simulator, SimulatorConfig, SpawnedSimulator,
+    DropPoint, Fault, FaultPlan, Simulator, SimulatorConfig, SpawnedSimulator,
 };
+use broadcast_worker::usersig::unix_now;
 use broadcast_worker::usersig::{self, Claims, SecretKey, UserSig};
 use serde_json::json;
 

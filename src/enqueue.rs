@@ -1,0 +1,173 @@
+//! Publishing jobs for producers and operators: each line is validated exactly
+//! as the worker will decode it, and only good lines are published, with a
+//! `message_id` each and publisher confirms.
+
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::time::{Duration, SystemTime};
+
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, PublisherConfirm};
+
+use crate::broker::{self, BrokerError};
+use crate::job::{self, DEADLINE_HEADER};
+
+/// How each published job is dressed.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Set as the `x-deadline` header: now plus this.
+    pub deadline_in: Option<Duration>,
+    /// AMQP `expiration`: the broker drops the job after this.
+    pub expiration: Option<Duration>,
+    pub max_call_bytes: usize,
+}
+
+/// What one line came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineResult {
+    Published { line: usize, id: String },
+    Invalid { line: usize, reason: String },
+    Failed { line: usize, reason: String },
+}
+
+/// The totals of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub published: usize,
+    pub invalid: usize,
+    pub failed: usize,
+}
+
+impl Summary {
+    pub fn all_published(&self) -> bool {
+        self.invalid == 0 && self.failed == 0
+    }
+}
+
+/// A new job id: 128 random bits, hex.
+pub fn new_job_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The properties of a job as `enqueue` publishes it.
+pub fn job_properties(id: &str, options: &PublishOptions) -> Result<BasicProperties, String> {
+    let id =
+        ShortString::try_new(id).map_err(|_| "message id longer than 255 bytes".to_string())?;
+    let mut properties = BasicProperties::default()
+        .with_message_id(id)
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_timestamp(crate::usersig::unix_now());
+    if let Some(deadline_in) = options.deadline_in {
+        let mut headers = FieldTable::default();
+        let deadline = broker::unix_ms(SystemTime::now() + deadline_in);
+        headers.insert(
+            DEADLINE_HEADER.into(),
+            AMQPValue::LongLongInt(i64::try_from(deadline).unwrap_or(i64::MAX)),
+        );
+        properties = properties.with_headers(headers);
+    }
+    if let Some(expiration) = options.expiration {
+        properties = properties.with_expiration(expiration.as_millis().to_string().into());
+    }
+    Ok(properties)
+}
+
+/// Publishes every valid line of `input` to `queue`, keeping up to `window`
+/// confirms outstanding. Calls `report` for each line as its fate is known.
+pub async fn publish_lines(
+    channel: &Channel,
+    queue: &str,
+    input: impl BufRead,
+    options: &PublishOptions,
+    window: usize,
+    mut report: impl FnMut(&LineResult),
+) -> Result<Summary, BrokerError> {
+    let mut summary = Summary::default();
+    let mut outstanding: VecDeque<(usize, String, PublisherConfirm)> = VecDeque::new();
+    let mut record = |result: LineResult, summary: &mut Summary| {
+        match &result {
+            LineResult::Published { .. } => summary.published += 1,
+            LineResult::Invalid { .. } => summary.invalid += 1,
+            LineResult::Failed { .. } => summary.failed += 1,
+        }
+        report(&result);
+    };
+    for (index, line) in input.lines().enumerate() {
+        let number = index + 1;
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                record(
+                    LineResult::Invalid {
+                        line: number,
+                        reason: format!("unreadable: {e}"),
+                    },
+                    &mut summary,
+                );
+                continue;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let body = line.trim().as_bytes();
+        if let Err(rejection) =
+            job::decode(body, None, None, options.max_call_bytes, SystemTime::now())
+        {
+            record(
+                LineResult::Invalid {
+                    line: number,
+                    reason: rejection.to_string(),
+                },
+                &mut summary,
+            );
+            continue;
+        }
+        let id = new_job_id();
+        let properties = job_properties(&id, options).expect("a generated id is short");
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(BrokerError::Channel)?;
+        outstanding.push_back((number, id, confirm));
+        while outstanding.len() >= window {
+            let (line, id, confirm) = outstanding.pop_front().expect("not empty");
+            record(confirm_result(queue, line, id, confirm).await, &mut summary);
+        }
+    }
+    while let Some((line, id, confirm)) = outstanding.pop_front() {
+        record(confirm_result(queue, line, id, confirm).await, &mut summary);
+    }
+    Ok(summary)
+}
+
+async fn confirm_result(
+    queue: &str,
+    line: usize,
+    id: String,
+    confirm: PublisherConfirm,
+) -> LineResult {
+    match confirm.await {
+        Ok(confirmation) => match broker::check_confirmation(queue, confirmation) {
+            Ok(()) => LineResult::Published { line, id },
+            Err(e) => LineResult::Failed {
+                line,
+                reason: e.to_string(),
+            },
+        },
+        Err(e) => LineResult::Failed {
+            line,
+            reason: format!("publish failed: {e}"),
+        },
+    }
+}
