@@ -11,7 +11,7 @@ use broadcast_worker::broker::{self, QueueNames};
 use broadcast_worker::simulator::{Simulator, SimulatorConfig, SpawnedSimulator};
 use broadcast_worker::usersig::SecretKey;
 use broadcast_worker::worker::{Worker, WorkerConfig};
-use lapin::options::{BasicPublishOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::BasicProperties;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,10 @@ const ADMIN: &str = "administrator";
 const KEY: &str = "bench-key";
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// A realistic ~100-byte job: text or custom elements, a few senders.
@@ -37,7 +40,9 @@ fn job(i: usize) -> Value {
 }
 
 fn job_marker(element: &Value) -> Option<usize> {
-    let text = element["MsgContent"]["Text"].as_str().or(element["MsgContent"]["Data"].as_str())?;
+    let text = element["MsgContent"]["Text"]
+        .as_str()
+        .or(element["MsgContent"]["Data"].as_str())?;
     text.strip_prefix("job:")?.split(' ').next()?.parse().ok()
 }
 
@@ -53,7 +58,10 @@ async fn setup(name: &str, rate: f64) -> Bench {
     let prefix = format!("bwbench-{name}-{:08x}", rand::random::<u32>());
     let mut sim_config = SimulatorConfig::new(APP, ADMIN, SecretKey::new(KEY));
     sim_config.rate = rate;
-    let sim = Simulator::new(sim_config).spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sim = Simulator::new(sim_config)
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let mut config = WorkerConfig::new(
         AMQP_URL.into(),
         &prefix,
@@ -61,10 +69,18 @@ async fn setup(name: &str, rate: f64) -> Bench {
         SecretKey::new(KEY),
     );
     config.rate = rate;
-    let connection = broker::connect(AMQP_URL, "bench").await.expect("RabbitMQ at 127.0.0.1:5672");
+    let connection = broker::connect(AMQP_URL, "bench")
+        .await
+        .expect("RabbitMQ at 127.0.0.1:5672");
     config.topology.declare(&connection).await.unwrap();
     let channel = broker::confirm_channel(&connection).await.unwrap();
-    Bench { prefix, sim, connection, channel, config }
+    Bench {
+        prefix,
+        sim,
+        connection,
+        channel,
+        config,
+    }
 }
 
 impl Bench {
@@ -97,9 +113,15 @@ impl Bench {
     async fn cleanup(self) {
         let names = QueueNames::new(&self.prefix);
         let ch = self.connection.create_channel().await.unwrap();
-        let _ = ch.queue_delete(names.jobs.as_str().into(), QueueDeleteOptions::default()).await;
-        let _ = ch.queue_delete(names.dead.as_str().into(), QueueDeleteOptions::default()).await;
-        let _ = ch.exchange_delete(names.dlx.as_str().into(), ExchangeDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete(names.jobs.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = ch
+            .queue_delete(names.dead.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = ch
+            .exchange_delete(names.dlx.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }
 
@@ -114,7 +136,10 @@ fn packing_minimum(jobs: &[(usize, Value)]) -> usize {
         let size = open.entry(key.clone()).or_insert(0);
         if *size == 0 || *size + 1 + element > MAX_BODY_BYTES {
             calls += 1;
-            let overhead = json!({"From_Account": body["From_Account"], "Random": u32::MAX, "MsgBody": []}).to_string().len();
+            let overhead =
+                json!({"From_Account": body["From_Account"], "Random": u32::MAX, "MsgBody": []})
+                    .to_string()
+                    .len();
             *size = overhead + element;
         } else {
             *size += 1 + element;
@@ -156,11 +181,40 @@ async fn burst(n: usize, rate: f64, rows: &mut Vec<(String, String)>) {
     latencies.sort_unstable();
     let minimum = packing_minimum(&jobs);
     let bound = minimum as f64 / rate;
-    rows.push((format!("burst of {n} jobs at {rate} calls/s: calls made / in-order packing minimum"), format!("{} / {minimum}", stats.deliveries)));
-    rows.push(("mean body bytes per call (share of 12,000)".into(), format!("{:.0} ({:.1}%)", total_bytes as f64 / stats.deliveries as f64, 100.0 * total_bytes as f64 / (stats.deliveries as f64 * 12_000.0))));
-    rows.push(("drain time / arithmetic bound (minimum calls / rate)".into(), format!("{:.2} s / {bound:.2} s ({:+.1}%), publishing took {:.2} s", drain.as_secs_f64(), 100.0 * (drain.as_secs_f64() / bound - 1.0), publish_time.as_secs_f64())));
-    rows.push(("frequency-limit answers".into(), stats.frequency_violations.to_string()));
-    rows.push(("enqueue-to-delivery latency p50 / p99 / max".into(), format!("{} / {} / {} ms", percentile(&latencies, 0.5), percentile(&latencies, 0.99), latencies.last().unwrap())));
+    rows.push((
+        format!("burst of {n} jobs at {rate} calls/s: calls made / in-order packing minimum"),
+        format!("{} / {minimum}", stats.deliveries),
+    ));
+    rows.push((
+        "mean body bytes per call (share of 12,000)".into(),
+        format!(
+            "{:.0} ({:.1}%)",
+            total_bytes as f64 / stats.deliveries as f64,
+            100.0 * total_bytes as f64 / (stats.deliveries as f64 * 12_000.0)
+        ),
+    ));
+    rows.push((
+        "drain time / arithmetic bound (minimum calls / rate)".into(),
+        format!(
+            "{:.2} s / {bound:.2} s ({:+.1}%), publishing took {:.2} s",
+            drain.as_secs_f64(),
+            100.0 * (drain.as_secs_f64() / bound - 1.0),
+            publish_time.as_secs_f64()
+        ),
+    ));
+    rows.push((
+        "frequency-limit answers".into(),
+        stats.frequency_violations.to_string(),
+    ));
+    rows.push((
+        "enqueue-to-delivery latency p50 / p99 / max".into(),
+        format!(
+            "{} / {} / {} ms",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.last().unwrap()
+        ),
+    ));
     bench.cleanup().await;
 }
 
@@ -183,7 +237,14 @@ async fn idle(n: usize, rows: &mut Vec<(String, String)>) {
     token.cancel();
     let _ = handle.await;
     latencies.sort_unstable();
-    rows.push((format!("idle: lone job enqueue-to-delivery p50 / p99 ({n} jobs, 250 ms apart)"), format!("{} / {} ms", percentile(&latencies, 0.5), percentile(&latencies, 0.99))));
+    rows.push((
+        format!("idle: lone job enqueue-to-delivery p50 / p99 ({n} jobs, 250 ms apart)"),
+        format!(
+            "{} / {} ms",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99)
+        ),
+    ));
     bench.cleanup().await;
 }
 
@@ -195,7 +256,10 @@ async fn main() {
     let mut rows = Vec::new();
     let run = |name: &str| only.is_none_or(|o| name.contains(o.as_str()));
     if run("burst") {
-        let n: usize = std::env::var("BENCH_BURST_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        let n: usize = std::env::var("BENCH_BURST_JOBS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
         burst(n, 5.0, &mut rows).await;
     }
     if run("idle") {
