@@ -31,7 +31,7 @@ fn now_ms() -> u64 {
 /// A realistic ~100-byte job: text or custom elements, a few senders.
 fn job(i: usize) -> Value {
     let from = ["system", "match-bot", "gift-bot"][i % 7 % 3];
-    let element = if i % 2 == 0 {
+    let element = if i.is_multiple_of(2) {
         json!({"MsgType": "TIMTextElem", "MsgContent": {"Text": format!("job:{i} Player{} scored!", i % 997)}})
     } else {
         json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": format!("job:{i} {{\"gift\":{}}}", i % 31)}})

@@ -85,7 +85,7 @@ async fn order_is_kept_per_sender_and_senders_never_share_a_call() {
             let id = format!("order-{i:04}");
             let mut body = text_job(&id);
             body["From_Account"] = senders[i % 3].into();
-            if i % 5 == 0 {
+            if i.is_multiple_of(5) {
                 body["CloudCustomData"] = "tagged".into();
             }
             (id, body)
@@ -109,7 +109,7 @@ async fn order_is_kept_per_sender_and_senders_never_share_a_call() {
                 "job {n} travelled in a call of another sender"
             );
             assert_eq!(
-                n % 5 == 0,
+                n.is_multiple_of(5),
                 data == "tagged",
                 "job {n} travelled with other custom data"
             );
