@@ -269,7 +269,8 @@ impl DeadLetter {
     }
 }
 
-/// Reads an integer header however the producer typed it.
+/// Reads an integer header however the producer typed it. Every time header
+/// here is in unix milliseconds, so an AMQP timestamp (seconds) is scaled.
 pub fn header_i64(properties: &BasicProperties, name: &str) -> Option<i64> {
     let headers = properties.headers().as_ref()?;
     match headers.inner().get(name)? {

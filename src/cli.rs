@@ -16,10 +16,11 @@ use crate::api::ApiConfig;
 use crate::broker::{self, QueueNames, Topology};
 use crate::config::{AppArgs, SecretArgs};
 use crate::enqueue::{publish_lines, LineResult, PublishOptions};
+use crate::ledger::{Ledger, LedgerError};
 use crate::outcome::Classifier;
 use crate::simulator::{FaultPlan, Simulator, SimulatorConfig};
 use crate::usersig::{self, Claims};
-use crate::worker::{AppFaultPolicy, Worker, WorkerConfig};
+use crate::worker::{AppFaultPolicy, InDoubtPolicy, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -49,6 +50,11 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Publish jobs: one JSON body per line from a file or standard input, or --text.
     Enqueue(EnqueueArgs),
+    /// Apply the ledger's migrations to DATABASE_URL.
+    Migrate(LedgerArgs),
+    /// Ask the ledger about jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Run a local send_broadcast_msg for tests, benchmarks and demos.
     Simulate(SimulateArgs),
     /// Sign or verify an admin UserSig.
@@ -93,10 +99,60 @@ impl BrokerArgs {
     }
 }
 
+/// Where the ledger is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LedgerArgs {
+    /// The PostgreSQL ledger, e.g. postgres://user@host/db.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+impl LedgerArgs {
+    fn ledger(&self) -> anyhow::Result<Ledger> {
+        Ok(Ledger::connect_lazy(&self.database_url)?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Where is this broadcast? Delivered (when, MsgSeq, which call), in flight, or dead-lettered.
+    Show {
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// The job's id (its AMQP message_id, or `sha256:...` for jobs without one).
+        job_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// The PostgreSQL ledger; without it, delivery is at least once.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Do not apply the ledger's migrations at start.
+    #[arg(long, env = "BROADCAST_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// Seconds within which a redelivered job's call is resent verbatim (under the service's 300 s repeat window).
+    #[arg(long, env = "BROADCAST_RESEND_WINDOW_SECS", default_value_t = 270)]
+    pub resend_window_secs: u64,
+    /// A job whose call has been in flight longer than that: dead-letter it as in-doubt, or resend (at least once).
+    #[arg(long, env = "BROADCAST_IN_DOUBT", value_enum, default_value_t = InDoubtPolicy::DeadLetter)]
+    pub in_doubt: InDoubtPolicy,
+    /// Hours settled ledger records are kept.
+    #[arg(
+        long,
+        env = "BROADCAST_LEDGER_RETENTION_HOURS",
+        default_value_t = 168.0
+    )]
+    pub ledger_retention_hours: f64,
+    /// Test hook: exit abruptly at POINT:N (before-call, after-call, after-ledger).
+    #[arg(long, env = "BROADCAST_TEST_CRASH_AT", hide = true)]
+    pub crash_at: Option<String>,
     /// The API's base URL (scheme and host of the app's region).
     #[arg(
         long,
@@ -192,10 +248,10 @@ impl RunArgs {
             bail!("BROADCAST_MAX_ATTEMPTS must be at least 1");
         }
         if self.request_timeout_ms <= 3_000 {
-            warn_once("TIM_REQUEST_TIMEOUT_MS is not above the service's own 3 s: slow successes will look like failures");
+            tracing::warn!("TIM_REQUEST_TIMEOUT_MS is not above the service's own 3 s: slow successes will look like failures");
         }
         if self.max_retry_age_secs >= 300 {
-            warn_once("BROADCAST_MAX_RETRY_AGE_SECS reaches the service's 5-minute repeat window: a late retry may be delivered twice");
+            tracing::warn!("BROADCAST_MAX_RETRY_AGE_SECS reaches the service's 5-minute repeat window: a late retry may be delivered twice");
         }
         if !(self.app_fault_probe_secs.is_finite() && self.app_fault_probe_secs > 0.0) {
             bail!("BROADCAST_APP_FAULT_PROBE_SECS must be positive");
@@ -224,12 +280,26 @@ impl RunArgs {
         config.app_fault_probe = Duration::from_secs_f64(self.app_fault_probe_secs);
         config.classifier = classifier;
         config.usersig_ttl = Duration::from_secs(self.usersig_ttl_secs.max(60));
+        if let Some(url) = &self.database_url {
+            config.ledger = Some(Ledger::connect_lazy(url)?);
+        }
+        if self.resend_window_secs >= 300 {
+            tracing::warn!("BROADCAST_RESEND_WINDOW_SECS reaches the service's 300 s repeat window: a resend may be delivered twice");
+        }
+        config.resend_window = Duration::from_secs(self.resend_window_secs);
+        config.in_doubt = self.in_doubt;
+        if !(self.ledger_retention_hours.is_finite() && self.ledger_retention_hours > 0.0) {
+            bail!("BROADCAST_LEDGER_RETENTION_HOURS must be positive");
+        }
+        config.ledger_retention = Duration::from_secs_f64(self.ledger_retention_hours * 3600.0);
+        config.crash_at = self
+            .crash_at
+            .as_deref()
+            .map(crate::worker::parse_crash_at)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("BROADCAST_TEST_CRASH_AT: {e}"))?;
         Ok(config)
     }
-}
-
-fn warn_once(message: &str) {
-    tracing::warn!("{message}");
 }
 
 #[derive(Debug, clap::Args)]
@@ -342,6 +412,16 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Run(args) => run(*args).await,
+            Command::Migrate(args) => {
+                args.ledger()?.migrate().await?;
+                println!("ledger migrations applied");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Jobs(JobsCommand::Show {
+                ledger,
+                job_id,
+                json,
+            }) => show_job(&ledger, &job_id, json).await,
             Command::Enqueue(args) => enqueue(args).await,
             Command::Simulate(args) => simulate(args).await,
             Command::Usersig(UsersigCommand::Sign(args)) => sign(args),
@@ -360,8 +440,20 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         sdkappid = config.api.sdkappid,
         "starting the worker; without a ledger delivery is at least once"
     );
-    let worker = Worker::new(config)?;
     let shutdown = CancellationToken::new();
+    match &config.ledger {
+        None => tracing::warn!("no DATABASE_URL: running without a ledger, delivery is at least once (a crash between a call and its acks repeats the call)"),
+        Some(ledger) if !args.no_migrate => {
+            let migrated = tokio::select! {
+                result = migrate_until_done(ledger) => result,
+                _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+            };
+            migrated?;
+            info!(in_doubt = ?config.in_doubt, resend_window = ?config.resend_window, "ledger ready: each job is delivered once");
+        }
+        Some(_) => info!("ledger in use (migrations skipped): each job is delivered once"),
+    }
+    let worker = Worker::new(config)?;
     let task = tokio::spawn(worker.run(shutdown.clone()));
     tokio::pin!(task);
     tokio::select! {
@@ -389,6 +481,55 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Applies the migrations, waiting for the database if it is down; a failing
+/// migration itself is an error.
+async fn migrate_until_done(ledger: &Ledger) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match ledger.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(LedgerError::Database(e)) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "the ledger database is not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn show_job(ledger: &LedgerArgs, job_id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(report) = ledger.ledger()?.show(job_id).await? else {
+        eprintln!("the ledger knows no job {job_id:?} (never sent, or pruned)");
+        return Ok(ExitCode::FAILURE);
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let others = report.call_jobs - 1;
+    match report.state.as_str() {
+        "delivered" => println!(
+            "{job_id}: delivered at {} (unix ms), MsgSeq {}, in call {} with {others} other job(s)",
+            report.updated_at_ms,
+            report.msg_seq.map_or("unknown".to_string(), |s| s.to_string()),
+            report.call_id
+        ),
+        "dead_lettered" => println!(
+            "{job_id}: dead-lettered at {} (unix ms): {}, ErrorCode {}, {}",
+            report.updated_at_ms,
+            report.reason.as_deref().unwrap_or("?"),
+            report.error_code.map_or("none".to_string(), |c| c.to_string()),
+            report.error_info.as_deref().unwrap_or("")
+        ),
+        _ => println!(
+            "{job_id}: in flight in call {} (state {}) since {} (unix ms), with {others} other job(s)",
+            report.call_id, report.call_state, report.call_started_ms
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {

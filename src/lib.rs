@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod enqueue;
 pub mod job;
+pub mod ledger;
 pub mod limit;
 pub mod merge;
 pub mod message;

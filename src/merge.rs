@@ -22,6 +22,13 @@ pub struct Queued<T> {
     seq: u64,
 }
 
+impl<T> Queued<T> {
+    /// A job outside any batcher (a call rebuilt from the ledger).
+    pub fn new(job: Job, tag: T) -> Self {
+        Self { job, tag, seq: 0 }
+    }
+}
+
 /// The jobs waiting to be sent, grouped by merge key.
 #[derive(Debug)]
 pub struct Batcher<T> {

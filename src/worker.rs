@@ -10,6 +10,11 @@
 //! A session is one broker connection. When it breaks, everything not yet
 //! settled is simply dropped (the broker redelivers it) and a new session
 //! starts after a backoff. The limiter and the UserSig outlive sessions.
+//!
+//! With a ledger, arriving jobs are looked up first: settled ones are acked
+//! without a call, jobs of a call still in flight make that very call be sent
+//! again (the service drops it as a repeat if it got through), and each call is
+//! recorded before its first attempt and after its answer, before any ack.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,10 +36,12 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::api::{ApiClient, ApiConfig, ApiResponse, TransportError};
 use crate::broker::{self, BrokerError, DeadLetter, Topology};
 use crate::job::{self, Job, Rejection, DEADLINE_HEADER};
+use crate::ledger::{Known, Ledger, LedgerError};
 use crate::limit::{Limiter, SlowDown};
 use crate::merge::{Batch, Batcher, Queued};
 use crate::outcome::{Classifier, Outcome};
 use crate::usersig::{SecretKey, Signer};
+use std::collections::HashMap;
 
 /// What to do when the service says the app itself is misconfigured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -77,6 +84,59 @@ pub struct WorkerConfig {
     pub usersig_ttl: Duration,
     /// Pause between reconnects grows up to this.
     pub reconnect_max: Duration,
+    /// The delivery ledger; without one, delivery is at least once.
+    pub ledger: Option<Ledger>,
+    /// A call in flight younger than this is resent verbatim on redelivery:
+    /// the service's 300 s repeat window, less a margin for the wait to send.
+    pub resend_window: Duration,
+    /// What to do with a job whose call has been in flight longer than that.
+    pub in_doubt: InDoubtPolicy,
+    /// Settled ledger records older than this are pruned.
+    pub ledger_retention: Duration,
+    /// Test hook: exit abruptly at a point of the cycle (see [`CrashPoint`]).
+    pub crash_at: Option<(CrashPoint, u32)>,
+}
+
+/// What to do with a job whose call has been in flight for longer than the
+/// service's repeat window: resending it may broadcast it twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InDoubtPolicy {
+    /// Dead-letter it as `in-doubt` for an operator to decide.
+    DeadLetter,
+    /// Send its call again: at least once.
+    Resend,
+}
+
+/// Points of the cycle where a test can make the worker die as if killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CrashPoint {
+    /// The call is recorded in flight but not sent.
+    BeforeCall,
+    /// The service answered OK; the ledger does not know yet.
+    AfterCall,
+    /// The ledger knows; the jobs are not acked.
+    AfterLedger,
+}
+
+impl std::str::FromStr for CrashPoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "before-call" => Ok(CrashPoint::BeforeCall),
+            "after-call" => Ok(CrashPoint::AfterCall),
+            "after-ledger" => Ok(CrashPoint::AfterLedger),
+            other => Err(format!("unknown crash point {other:?}")),
+        }
+    }
+}
+
+/// Reads `POINT:N` (die the N-th time POINT is reached).
+pub fn parse_crash_at(spec: &str) -> Result<(CrashPoint, u32), String> {
+    let (point, n) = spec.split_once(':').unwrap_or((spec, "1"));
+    let n: u32 = n
+        .parse()
+        .map_err(|_| format!("crash count {n:?} is not a number"))?;
+    Ok((point.parse()?, n.max(1)))
 }
 
 impl WorkerConfig {
@@ -104,6 +164,11 @@ impl WorkerConfig {
             classifier: Classifier::default(),
             usersig_ttl: Duration::from_secs(86_400),
             reconnect_max: Duration::from_secs(30),
+            ledger: None,
+            resend_window: Duration::from_secs(270),
+            in_doubt: InDoubtPolicy::DeadLetter,
+            ledger_retention: Duration::from_secs(7 * 86_400),
+            crash_at: None,
         }
     }
 }
@@ -115,6 +180,8 @@ pub enum WorkerError {
     Topology(BrokerError),
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] TransportError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 /// What others (health checks, tests) can see of a running worker.
@@ -124,6 +191,8 @@ pub struct WorkerStatus {
     pub consuming: AtomicBool,
     /// Stopped sending because of an app-wide fault.
     pub halted: AtomicBool,
+    /// Stopped sending because the ledger cannot be read or written.
+    pub ledger_down: AtomicBool,
 }
 
 /// A job's delivery: what is needed to ack it or dead-letter it as it came.
@@ -161,18 +230,61 @@ enum Incoming {
 /// The final word on one job.
 #[derive(Debug)]
 enum Fate {
+    /// Delivered (by the ledger's `call`, when there is one) or known settled.
     Ack {
+        call: Option<i64>,
         msg_seq: Option<u64>,
     },
-    DeadLetter(DeadLetter),
+    /// Dead-letter it; `call` is the ledger's call it failed in.
+    DeadLetter { dead: DeadLetter, call: Option<i64> },
     /// Not sent and not failed: back to the queue (shutdown).
     Leave,
 }
 
-/// How a session ended.
+type Settlement = (Job, Pending, Fate);
+
+/// How a session ended (or why a step of it cannot go on).
+#[derive(Debug)]
 enum SessionEnd {
     Shutdown,
     Broker(String),
+}
+
+impl From<BrokerError> for SessionEnd {
+    fn from(e: BrokerError) -> Self {
+        SessionEnd::Broker(e.to_string())
+    }
+}
+
+/// One call to make: a fresh batch, a half of a refused one, or a call the
+/// ledger holds as in flight, to be resent byte for byte.
+struct Call {
+    batch: Batch<Pending>,
+    /// The ledger's id, once recorded (a recovered call has it from the start).
+    ledger_id: Option<i64>,
+    /// The ledger's call this one is a half of.
+    parent: Option<i64>,
+    recovered: bool,
+}
+
+impl Call {
+    fn fresh(batch: Batch<Pending>, parent: Option<i64>) -> Self {
+        Self {
+            batch,
+            ledger_id: None,
+            parent,
+            recovered: false,
+        }
+    }
+}
+
+/// What one call's attempts came to.
+enum CallEnd {
+    Settled(Vec<Settlement>),
+    /// A merged call refused: try its halves.
+    Split(Call, Call),
+    /// A recovered call the service refused: its jobs start over as new.
+    Renew(Call),
 }
 
 /// The worker. Build it once; `run` it until shutdown.
@@ -182,6 +294,7 @@ pub struct Worker {
     limiter: Limiter,
     signer: Signer,
     status: Arc<WorkerStatus>,
+    crash_counts: HashMap<CrashPoint, u32>,
 }
 
 impl Worker {
@@ -200,6 +313,7 @@ impl Worker {
             limiter,
             signer,
             status: Arc::new(WorkerStatus::default()),
+            crash_counts: HashMap::new(),
         })
     }
 
@@ -210,13 +324,27 @@ impl Worker {
     /// Runs sessions until `shutdown` is cancelled. Only a topology conflict
     /// ends it with an error: reconnecting cannot fix that.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        if let Some(ledger) = self.config.ledger.clone() {
+            let pruning = tokio::spawn(prune_forever(
+                ledger,
+                self.config.ledger_retention,
+                shutdown.clone(),
+            ));
+            let result = self.run_sessions(&shutdown).await;
+            pruning.abort();
+            return result;
+        }
+        self.run_sessions(&shutdown).await
+    }
+
+    async fn run_sessions(&mut self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
         let mut reconnect = self.reconnect_backoff();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             let started = Instant::now();
-            let end = match self.session(&shutdown).await {
+            let end = match self.session(shutdown).await {
                 Ok(end) => end,
                 Err(e @ BrokerError::Topology { .. }) => return Err(WorkerError::Topology(e)),
                 Err(e) => SessionEnd::Broker(e.to_string()),
@@ -262,7 +390,7 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, BrokerError> {
         self.config.topology.declare(connection).await?;
-        let names = &self.config.topology.names;
+        let names = self.config.topology.names.clone();
         let consume_channel = connection
             .create_channel()
             .await
@@ -297,9 +425,9 @@ impl Worker {
         };
         let consumer_task = tokio::spawn(decoder.run(consumer, tx));
 
-        let mut batcher: Batcher<Pending> = Batcher::new();
+        let mut queues = Queues::default();
         let end = self
-            .send_loop(&mut batcher, &mut rx, &publish_channel, shutdown)
+            .send_loop(&mut queues, &mut rx, &publish_channel, shutdown)
             .await;
 
         // Stop consuming, then hand back everything not settled.
@@ -307,8 +435,8 @@ impl Worker {
             .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
             .await;
         consumer_task.abort();
-        if matches!(end, Ok(SessionEnd::Shutdown)) {
-            let mut left: Vec<Pending> = batcher.drain().into_iter().map(|q| q.tag).collect();
+        if matches!(end, SessionEnd::Shutdown) {
+            let mut left = queues.drain();
             while let Ok(Incoming::Job(_, pending)) = rx.try_recv() {
                 left.push(pending);
             }
@@ -329,25 +457,42 @@ impl Worker {
         }
         let _ = consume_channel.close(200, "worker stopping".into()).await;
         let _ = publish_channel.close(200, "worker stopping".into()).await;
-        end
+        Ok(end)
     }
 
     /// Waits for work, then for a permit, then sends what piled up, until
     /// shutdown or the broker goes.
     async fn send_loop(
         &mut self,
-        batcher: &mut Batcher<Pending>,
+        queues: &mut Queues,
         rx: &mut mpsc::UnboundedReceiver<Incoming>,
         publish_channel: &Channel,
         shutdown: &CancellationToken,
-    ) -> Result<SessionEnd, BrokerError> {
+    ) -> SessionEnd {
+        match self
+            .send_loop_inner(queues, rx, publish_channel, shutdown)
+            .await
+        {
+            Ok(never) => match never {},
+            Err(end) => end,
+        }
+    }
+
+    async fn send_loop_inner(
+        &mut self,
+        queues: &mut Queues,
+        rx: &mut mpsc::UnboundedReceiver<Incoming>,
+        publish_channel: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<std::convert::Infallible, SessionEnd> {
         loop {
-            while batcher.is_empty() {
+            while queues.is_empty() {
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-                    incoming = rx.recv() => accept(incoming, batcher)?,
+                    _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                    incoming = rx.recv() => queues.arrive(incoming)?,
                 }
+                self.admit(queues, publish_channel, shutdown).await?;
             }
             {
                 let permit = self.limiter.acquire();
@@ -355,79 +500,147 @@ impl Worker {
                 loop {
                     tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                        _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
                         _ = &mut permit => break,
-                        incoming = rx.recv() => accept(incoming, batcher)?,
+                        incoming = rx.recv() => queues.arrive(incoming)?,
                     }
                 }
             }
             while let Ok(incoming) = rx.try_recv() {
-                accept(Some(incoming), batcher)?;
+                queues.arrive(Some(incoming))?;
             }
-            let now = SystemTime::now();
-            let expired = batcher.take_expired(now);
-            let mut fates: Vec<(Queued<Pending>, Fate)> = expired
+            self.admit(queues, publish_channel, shutdown).await?;
+            let expired: Vec<Settlement> = queues
+                .batcher
+                .take_expired(SystemTime::now())
                 .into_iter()
                 .map(|q| {
                     let deadline_ms = q.job.deadline.map(broker::unix_ms).unwrap_or(0);
-                    let fate = dead_letter_fate(
-                        &q,
-                        "expired",
-                        None,
-                        Rejection::Expired { deadline_ms }.to_string(),
-                    );
-                    (q, fate)
+                    let info = Rejection::Expired { deadline_ms }.to_string();
+                    let fate = dead_letter_fate(&q.tag, "expired", None, info, None);
+                    (q.job, q.tag, fate)
                 })
                 .collect();
-            if let Some(batch) = batcher.take_batch(self.config.max_batch_bytes) {
-                fates.extend(self.deliver(batch, shutdown).await);
-            }
-            let end = settle(fates, publish_channel, &self.config.topology.names.dlx).await;
-            if let Err(e) = end {
-                return Ok(SessionEnd::Broker(e.to_string()));
+            self.settle(expired, publish_channel, shutdown).await?;
+            let call = match queues.recovering.pop() {
+                Some(call) => Some(call),
+                None => queues
+                    .batcher
+                    .take_batch(self.config.max_batch_bytes)
+                    .map(|batch| Call::fresh(batch, None)),
+            };
+            if let Some(call) = call {
+                let settlements = self.deliver(call, shutdown).await?;
+                self.settle(settlements, publish_channel, shutdown).await?;
             }
         }
     }
 
-    /// Sends one call until its jobs' fates are known: retries, pauses,
-    /// re-signing, bisection and halting all happen here. The first attempt
-    /// uses the permit the caller already holds.
+    /// Sorts arrived jobs by what the ledger knows of them: settled ones are
+    /// acked at once, jobs of a call in flight join that call's resend, the
+    /// rest wait in the batcher. Without a ledger every job is new.
+    async fn admit(
+        &mut self,
+        queues: &mut Queues,
+        publish_channel: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        if queues.arrived.is_empty() {
+            return Ok(());
+        }
+        let Some(ledger) = self.config.ledger.clone() else {
+            for (job, pending) in queues.arrived.drain(..) {
+                queues.batcher.push(job, pending);
+            }
+            return Ok(());
+        };
+        let ids: Vec<String> = queues
+            .arrived
+            .iter()
+            .map(|(job, _)| job.id.clone())
+            .collect();
+        let mut known = with_ledger(&self.status, shutdown, || ledger.lookup(&ids)).await?;
+        let mut settled = Vec::new();
+        for (job, pending) in std::mem::take(&mut queues.arrived) {
+            match known.remove(&job.id) {
+                None | Some(Known::New) => queues.batcher.push(job, pending),
+                Some(Known::Settled) => {
+                    info!(job = %job.id, "redelivered job already settled: acked without a call");
+                    settled.push((
+                        job,
+                        pending,
+                        Fate::Ack {
+                            call: None,
+                            msg_seq: None,
+                        },
+                    ));
+                }
+                Some(Known::InFlight(call))
+                    if call.age < self.config.resend_window
+                        || self.config.in_doubt == InDoubtPolicy::Resend =>
+                {
+                    if call.age >= self.config.resend_window {
+                        warn!(job = %job.id, call = call.call_id, age = ?call.age, "call in flight beyond the repeat window: resending it (at least once, as configured)");
+                    }
+                    queues.recover(call, job, pending);
+                }
+                Some(Known::InFlight(call)) => {
+                    warn!(job = %job.id, call = call.call_id, age = ?call.age, "call in flight beyond the repeat window: dead-lettering the job as in-doubt, as configured");
+                    let info = format!(
+                        "its call {} was in flight {} s ago, beyond the service's repeat window: it may or may not have been delivered",
+                        call.call_id,
+                        call.age.as_secs()
+                    );
+                    let fate = dead_letter_fate(&pending, "in-doubt", None, info, None);
+                    settled.push((job, pending, fate));
+                }
+            }
+        }
+        self.settle(settled, publish_channel, shutdown).await
+    }
+
+    /// Sends one call and whatever it turns into (halves, a renewed call)
+    /// until every job's fate is known.
     async fn deliver(
         &mut self,
-        batch: Batch<Pending>,
+        call: Call,
         shutdown: &CancellationToken,
-    ) -> Vec<(Queued<Pending>, Fate)> {
-        let mut fates = Vec::new();
-        let mut work = vec![batch];
+    ) -> Result<Vec<Settlement>, SessionEnd> {
+        let mut settlements = Vec::new();
+        let mut work = vec![call];
         let mut has_permit = true;
         while let Some(call) = work.pop() {
-            let call_id = format!("{:08x}", call.random);
-            let span =
-                info_span!("call", id = %call_id, jobs = call.jobs.len(), bytes = call.body.len());
-            let (done, halves) = self
+            let span = info_span!(
+                "call",
+                random = %format!("{:08x}", call.batch.random),
+                jobs = call.batch.jobs.len(),
+                bytes = call.batch.body.len(),
+                recovered = call.recovered,
+            );
+            match self
                 .attempt_call(call, &mut has_permit, shutdown)
                 .instrument(span)
-                .await;
-            fates.extend(done);
-            if let Some((left, right)) = halves {
-                work.push(right);
-                work.push(left);
+                .await?
+            {
+                CallEnd::Settled(done) => settlements.extend(done),
+                CallEnd::Split(left, right) => {
+                    work.push(right);
+                    work.push(left);
+                }
+                CallEnd::Renew(call) => work.push(call),
             }
         }
-        fates
+        Ok(settlements)
     }
 
-    /// Attempts one call. Returns the fates decided, or the two halves to try
-    /// next when the service refused a merged call.
+    /// Attempts one call: retries, pauses, re-signing and halting happen
+    /// here. The first attempt uses the permit the caller holds.
     async fn attempt_call(
         &mut self,
-        mut call: Batch<Pending>,
+        mut call: Call,
         has_permit: &mut bool,
         shutdown: &CancellationToken,
-    ) -> (
-        Vec<(Queued<Pending>, Fate)>,
-        Option<(Batch<Pending>, Batch<Pending>)>,
-    ) {
+    ) -> Result<CallEnd, SessionEnd> {
         let started = Instant::now();
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(self.config.backoff_min)
@@ -437,26 +650,37 @@ impl Worker {
             .build();
         let mut transient_failures = 0u32;
         let mut resigns = 0u32;
-        let leave = |call: Batch<Pending>| -> Vec<(Queued<Pending>, Fate)> {
-            call.jobs.into_iter().map(|q| (q, Fate::Leave)).collect()
-        };
         loop {
             if !std::mem::take(has_permit) {
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => return (leave(call), None),
+                    _ = shutdown.cancelled() => return Ok(leave(call)),
                     _ = self.limiter.acquire() => {}
                 }
             }
+            if let (Some(ledger), None) = (self.config.ledger.clone(), call.ledger_id) {
+                let ids: Vec<String> = call.batch.jobs.iter().map(|q| q.job.id.clone()).collect();
+                let (body, random, parent) = (&call.batch.body, call.batch.random, call.parent);
+                let recorded = with_ledger(&self.status, shutdown, || {
+                    ledger.begin_call(body, random, &ids, parent)
+                })
+                .await;
+                match recorded {
+                    Ok(id) => call.ledger_id = Some(id),
+                    Err(SessionEnd::Shutdown) => return Ok(leave(call)),
+                    Err(end) => return Err(end),
+                }
+                self.crash_point(CrashPoint::BeforeCall);
+            }
             let usersig = self.signer.current();
-            for queued in &mut call.jobs {
+            for queued in &mut call.batch.jobs {
                 queued.tag.attempts += 1;
             }
-            let attempt = call.jobs[0].tag.attempts;
+            let attempt = call.batch.jobs[0].tag.attempts;
             // The call in flight is always finished, shutdown or not.
             let result = self
                 .client
-                .send_broadcast(&usersig, call.body.clone())
+                .send_broadcast(&usersig, call.batch.body.clone())
                 .await;
             let outcome = self.config.classifier.classify(&result);
             let (code, info) = describe(&result);
@@ -466,12 +690,23 @@ impl Worker {
                         info!("the app-wide fault is gone: sending again");
                     }
                     info!(attempt, msg_seq, "delivered");
-                    let fates = call
+                    let ledger_call = call.ledger_id;
+                    let done = call
+                        .batch
                         .jobs
                         .into_iter()
-                        .map(|q| (q, Fate::Ack { msg_seq }))
+                        .map(|q| {
+                            (
+                                q.job,
+                                q.tag,
+                                Fate::Ack {
+                                    call: ledger_call,
+                                    msg_seq,
+                                },
+                            )
+                        })
                         .collect();
-                    return (fates, None);
+                    return Ok(CallEnd::Settled(done));
                 }
                 Outcome::Transient => {
                     transient_failures += 1;
@@ -479,16 +714,13 @@ impl Worker {
                         || started.elapsed() >= self.config.max_retry_age
                     {
                         warn!(attempt, code, %info, "retries exhausted: dead-lettering the call's jobs");
-                        return (
-                            self.dead_letter_all(call, "retries-exhausted", code, info),
-                            None,
-                        );
+                        return Ok(dead_letter_all(call, "retries-exhausted", code, info));
                     }
                     let delay = backoff.next().unwrap_or(self.config.backoff_max);
                     warn!(attempt, code, %info, retry_in = ?delay, "transient failure");
                     tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => return (leave(call), None),
+                        _ = shutdown.cancelled() => return Ok(leave(call)),
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -501,20 +733,38 @@ impl Worker {
                     info!(attempt, "UserSig expired: signing a new one");
                     self.signer.invalidate();
                 }
-                Outcome::Permanent if call.jobs.len() > 1 => {
+                Outcome::Permanent if call.recovered => {
+                    // Refused now, so never delivered: the jobs we hold start
+                    // over as new; the call's other jobs count as new when they come.
+                    warn!(attempt, code, %info, "a recovered call was refused: its jobs start over");
+                    if let (Some(ledger), Some(id)) = (self.config.ledger.clone(), call.ledger_id) {
+                        with_ledger(&self.status, shutdown, || {
+                            ledger.call_abandoned(id, code, &info)
+                        })
+                        .await?;
+                    }
+                    let jobs = call.batch.jobs;
+                    let key = jobs[0].job.key.clone();
+                    return Ok(CallEnd::Renew(Call::fresh(Batch::new(key, jobs), None)));
+                }
+                Outcome::Permanent if call.batch.jobs.len() > 1 => {
                     warn!(attempt, code, %info, "refused: splitting the call to find the job at fault");
-                    return (Vec::new(), Some(call.split()));
+                    let (left, right) = call.batch.split();
+                    return Ok(CallEnd::Split(
+                        Call::fresh(left, call.ledger_id),
+                        Call::fresh(right, call.ledger_id),
+                    ));
                 }
                 Outcome::Permanent => {
-                    warn!(attempt, code, %info, job = %call.jobs[0].job.id, "refused: dead-lettering the job");
-                    return (self.dead_letter_all(call, "rejected", code, info), None);
+                    warn!(attempt, code, %info, job = %call.batch.jobs[0].job.id, "refused: dead-lettering the job");
+                    return Ok(dead_letter_all(call, "rejected", code, info));
                 }
                 // A fresh UserSig that still expires at once is a clock or key
                 // problem: the app's, not the job's.
                 Outcome::Resign | Outcome::AppFault => match self.config.on_app_fault {
                     AppFaultPolicy::DeadLetter => {
                         error!(attempt, code, %info, "app-wide fault: dead-lettering the call's jobs as configured");
-                        return (self.dead_letter_all(call, "rejected", code, info), None);
+                        return Ok(dead_letter_all(call, "rejected", code, info));
                     }
                     AppFaultPolicy::Halt => {
                         if !self.status.halted.swap(true, Ordering::Relaxed) {
@@ -525,7 +775,7 @@ impl Worker {
                         }
                         tokio::select! {
                             biased;
-                            _ = shutdown.cancelled() => return (leave(call), None),
+                            _ = shutdown.cancelled() => return Ok(leave(call)),
                             _ = tokio::time::sleep(self.config.app_fault_probe) => {}
                         }
                         self.signer.invalidate();
@@ -535,36 +785,280 @@ impl Worker {
         }
     }
 
-    fn dead_letter_all(
-        &self,
-        call: Batch<Pending>,
-        reason: &'static str,
-        code: Option<i64>,
-        info: String,
-    ) -> Vec<(Queued<Pending>, Fate)> {
-        call.jobs
-            .into_iter()
-            .map(|q| {
-                let fate = dead_letter_fate(&q, reason, code, info.clone());
-                (q, fate)
-            })
-            .collect()
+    /// Carries out the fates, in the order that keeps every promise: the
+    /// ledger learns of deliveries before any ack; a dead letter is confirmed,
+    /// then recorded, then its original acked.
+    async fn settle(
+        &mut self,
+        settlements: Vec<Settlement>,
+        publish_channel: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        if settlements.is_empty() {
+            return Ok(());
+        }
+        let delivered_calls: Vec<(i64, Option<u64>)> = {
+            let mut calls: Vec<(i64, Option<u64>)> = settlements
+                .iter()
+                .filter_map(|(_, _, fate)| match fate {
+                    Fate::Ack {
+                        call: Some(call),
+                        msg_seq,
+                    } => Some((*call, *msg_seq)),
+                    _ => None,
+                })
+                .collect();
+            calls.dedup_by_key(|(call, _)| *call);
+            calls
+        };
+        if !delivered_calls.is_empty() {
+            self.crash_point(CrashPoint::AfterCall);
+            if let Some(ledger) = self.config.ledger.clone() {
+                for (call, msg_seq) in &delivered_calls {
+                    with_ledger(&self.status, shutdown, || {
+                        ledger.call_delivered(*call, *msg_seq)
+                    })
+                    .await?;
+                }
+            }
+            self.crash_point(CrashPoint::AfterLedger);
+        }
+        let dlx = self.config.topology.names.dlx.clone();
+        for (job, pending, fate) in settlements {
+            match fate {
+                Fate::Ack { msg_seq, .. } => {
+                    ack(&pending.acker, &job.id).await?;
+                    tracing::debug!(job = %job.id, msg_seq, "acked");
+                }
+                Fate::DeadLetter { dead, call } => {
+                    broker::publish_confirmed(
+                        publish_channel,
+                        &dlx,
+                        "",
+                        &pending.body,
+                        dead.properties(&pending.properties),
+                    )
+                    .await?;
+                    if let Some(ledger) = self.config.ledger.clone() {
+                        let ids = [job.id.clone()];
+                        with_ledger(&self.status, shutdown, || {
+                            ledger.jobs_dead_lettered(
+                                call,
+                                &ids,
+                                dead.reason,
+                                dead.error_code,
+                                &dead.error_info,
+                            )
+                        })
+                        .await?;
+                    }
+                    warn!(job = %job.id, reason = dead.reason, code = dead.error_code, "dead-lettered");
+                    ack(&pending.acker, &job.id).await?;
+                }
+                Fate::Leave => {
+                    pending
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(BrokerError::Channel)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The test hook: exit at once, as a kill would, at the configured point.
+    fn crash_point(&mut self, point: CrashPoint) {
+        let Some((at, n)) = self.config.crash_at else {
+            return;
+        };
+        if at != point {
+            return;
+        }
+        let count = self.crash_counts.entry(point).or_insert(0);
+        *count += 1;
+        if *count == n {
+            eprintln!("crash point {point:?} reached ({n}): exiting abruptly");
+            std::process::exit(137);
+        }
     }
 }
 
+/// The jobs the sender holds, from arrival to call.
+#[derive(Default)]
+struct Queues {
+    /// Arrived, not yet looked up in the ledger.
+    arrived: Vec<(Job, Pending)>,
+    /// New jobs waiting for a call.
+    batcher: Batcher<Pending>,
+    /// Calls the ledger holds as in flight, to resend first (newest last).
+    recovering: Vec<Call>,
+}
+
+impl Queues {
+    fn is_empty(&self) -> bool {
+        self.arrived.is_empty() && self.batcher.is_empty() && self.recovering.is_empty()
+    }
+
+    fn arrive(&mut self, incoming: Option<Incoming>) -> Result<(), SessionEnd> {
+        match incoming {
+            Some(Incoming::Job(job, pending)) => {
+                self.arrived.push((job, pending));
+                Ok(())
+            }
+            Some(Incoming::Lost(why)) => Err(SessionEnd::Broker(why)),
+            None => Err(SessionEnd::Broker("the consumer task ended".into())),
+        }
+    }
+
+    /// Adds a redelivered job to the resend of its call.
+    fn recover(&mut self, call: crate::ledger::InFlightCall, job: Job, pending: Pending) {
+        if let Some(existing) = self
+            .recovering
+            .iter_mut()
+            .find(|c| c.ledger_id == Some(call.call_id))
+        {
+            existing.batch.jobs.push(Queued::new(job, pending));
+            return;
+        }
+        let batch = Batch {
+            key: job.key.clone(),
+            jobs: vec![Queued::new(job, pending)],
+            random: call.random,
+            body: call.body,
+        };
+        self.recovering.insert(
+            0,
+            Call {
+                batch,
+                ledger_id: Some(call.call_id),
+                parent: None,
+                recovered: true,
+            },
+        );
+    }
+
+    /// Everything held, for a shutdown.
+    fn drain(&mut self) -> Vec<Pending> {
+        let mut all: Vec<Pending> = self.arrived.drain(..).map(|(_, pending)| pending).collect();
+        all.extend(
+            self.recovering
+                .drain(..)
+                .flat_map(|call| call.batch.jobs.into_iter().map(|q| q.tag)),
+        );
+        all.extend(self.batcher.drain().into_iter().map(|q| q.tag));
+        all
+    }
+}
+
+/// Runs a ledger operation until it succeeds; while it fails, sending is
+/// stopped and the worker reports it. Gives up only on shutdown.
+async fn with_ledger<T, F, Fut>(
+    status: &WorkerStatus,
+    shutdown: &CancellationToken,
+    mut op: F,
+) -> Result<T, SessionEnd>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LedgerError>>,
+{
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match op().await {
+            Ok(value) => {
+                if status.ledger_down.swap(false, Ordering::Relaxed) {
+                    info!("the ledger answers again: sending resumes");
+                }
+                return Ok(value);
+            }
+            Err(e) => {
+                if !status.ledger_down.swap(true, Ordering::Relaxed) {
+                    error!(error = %e, "the ledger is unreachable: sending stopped (delivery could no longer be promised once), every job kept");
+                }
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Prunes settled ledger records older than `retention`, a small batch at a
+/// time, every minute.
+async fn prune_forever(ledger: Ledger, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        loop {
+            match ledger.prune(retention, 1000).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::debug!(rows = n, "pruned old ledger records");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "pruning skipped");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}
+
+fn leave(call: Call) -> CallEnd {
+    CallEnd::Settled(
+        call.batch
+            .jobs
+            .into_iter()
+            .map(|q| (q.job, q.tag, Fate::Leave))
+            .collect(),
+    )
+}
+
+fn dead_letter_all(call: Call, reason: &'static str, code: Option<i64>, info: String) -> CallEnd {
+    let ledger_call = call.ledger_id;
+    CallEnd::Settled(
+        call.batch
+            .jobs
+            .into_iter()
+            .map(|q| {
+                let fate = dead_letter_fate(&q.tag, reason, code, info.clone(), ledger_call);
+                (q.job, q.tag, fate)
+            })
+            .collect(),
+    )
+}
+
 fn dead_letter_fate(
-    q: &Queued<Pending>,
+    pending: &Pending,
     reason: &'static str,
     code: Option<i64>,
     info: String,
+    call: Option<i64>,
 ) -> Fate {
-    Fate::DeadLetter(DeadLetter {
-        reason,
-        error_code: code,
-        error_info: info,
-        attempts: q.tag.attempts,
-        first_seen_ms: q.tag.first_seen_ms,
-    })
+    Fate::DeadLetter {
+        dead: DeadLetter {
+            reason,
+            error_code: code,
+            error_info: info,
+            attempts: pending.attempts,
+            first_seen_ms: pending.first_seen_ms,
+        },
+        call,
+    }
 }
 
 /// The ErrorCode and text of an attempt, for logs and dead letters. The text
@@ -574,63 +1068,6 @@ fn describe(result: &Result<ApiResponse, TransportError>) -> (Option<i64>, Strin
         Ok(response) => (Some(response.error_code), response.error_info.clone()),
         Err(e) => (None, e.to_string()),
     }
-}
-
-fn accept(incoming: Option<Incoming>, batcher: &mut Batcher<Pending>) -> Result<(), BrokerError> {
-    match incoming {
-        Some(Incoming::Job(job, pending)) => {
-            batcher.push(job, pending);
-            Ok(())
-        }
-        Some(Incoming::Lost(why)) => Err(BrokerError::ConsumerLost(why)),
-        None => Err(BrokerError::ConsumerLost("the consumer task ended".into())),
-    }
-}
-
-/// Carries out the fates: acks, dead letters (publish, confirm, then ack),
-/// and returns to the queue.
-async fn settle(
-    fates: Vec<(Queued<Pending>, Fate)>,
-    publish_channel: &Channel,
-    dlx: &str,
-) -> Result<(), BrokerError> {
-    for (queued, fate) in fates {
-        let Pending {
-            acker,
-            properties,
-            body,
-            ..
-        } = queued.tag;
-        let id = queued.job.id;
-        match fate {
-            Fate::Ack { msg_seq } => {
-                ack(&acker, &id).await?;
-                tracing::debug!(job = %id, msg_seq, "acked");
-            }
-            Fate::DeadLetter(dead) => {
-                broker::publish_confirmed(
-                    publish_channel,
-                    dlx,
-                    "",
-                    &body,
-                    dead.properties(&properties),
-                )
-                .await?;
-                warn!(job = %id, reason = dead.reason, code = dead.error_code, "dead-lettered");
-                ack(&acker, &id).await?;
-            }
-            Fate::Leave => {
-                acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(BrokerError::Channel)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Acks one delivery. `Ok(false)` means the channel was recovered and the tag

@@ -4,78 +4,19 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_broadcast-worker");
-
-fn worker_process(app: &TestApp) -> Child {
-    Command::new(BIN)
-        .arg("run")
-        .env("AMQP_URL", AMQP_URL)
-        .env("BROADCAST_QUEUE_PREFIX", &app.prefix)
-        .env("TIM_BASE_URL", app.sim.base_url().as_str())
-        .env("TIM_SDKAPPID", APP.to_string())
-        .env("TIM_IDENTIFIER", ADMIN)
-        .env("TIM_SECRET_KEY", KEY)
-        .env("BROADCAST_RATE", app.config.rate.to_string())
-        .env_remove("TIM_SECRET_KEY_FILE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the worker binary starts")
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-async fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not exit within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn backlog(prefix: &str, n: usize) -> Vec<(String, Value)> {
-    (0..n)
-        .map(|i| {
-            let id = format!("{prefix}-{i:04}");
-            let mut body = text_job(&id);
-            body["MsgBody"][0]["MsgContent"]["Text"] =
-                format!("job:{id} {}", "w".repeat(150)).into();
-            (id, body)
-        })
-        .collect()
-}
-
-fn text_of(body: &Value) -> String {
-    body["MsgBody"][0]["MsgContent"]["Text"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 #[tokio::test]
 async fn sigterm_mid_stream_loses_nothing_and_a_restart_finishes_the_work() {
     let app = spawn_app("sigterm", 2.0).await;
     let jobs = backlog("term", 600);
     app.publish_many(&jobs).await;
-    let mut worker = worker_process(&app);
+    let mut worker = worker_process(&app, &[]);
     app.wait_for("the first calls", Duration::from_secs(30), |app| {
         app.sim.simulator.stats().deliveries >= 2
     })
@@ -93,7 +34,7 @@ async fn sigterm_mid_stream_loses_nothing_and_a_restart_finishes_the_work() {
         "{delivered} delivered + {queued} queued"
     );
 
-    let mut second = worker_process(&app);
+    let mut second = worker_process(&app, &[]);
     app.wait_for_elements(600, Duration::from_secs(60)).await;
     signal(&second, "-TERM");
     wait_exit(&mut second, Duration::from_secs(20)).await;
@@ -112,7 +53,7 @@ async fn a_killed_worker_loses_nothing_after_a_restart() {
     let app = spawn_app("sigkill", 4.0).await;
     let jobs = backlog("kill", 800);
     app.publish_many(&jobs).await;
-    let mut worker = worker_process(&app);
+    let mut worker = worker_process(&app, &[]);
     app.wait_for("some calls", Duration::from_secs(30), |app| {
         app.sim.simulator.stats().deliveries >= 3
     })
@@ -120,7 +61,7 @@ async fn a_killed_worker_loses_nothing_after_a_restart() {
     signal(&worker, "-KILL");
     wait_exit(&mut worker, Duration::from_secs(5)).await;
 
-    let mut second = worker_process(&app);
+    let mut second = worker_process(&app, &[]);
     app.wait_for("every job delivered", Duration::from_secs(90), |app| {
         let texts = app.delivered_texts();
         jobs.iter()

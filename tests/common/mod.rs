@@ -364,6 +364,8 @@ pub struct TcpProxy {
     pub addr: std::net::SocketAddr,
     /// Connections accepted so far.
     pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// While set, new connections are closed at once.
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
     task: JoinHandle<()>,
 }
@@ -376,11 +378,17 @@ impl TcpProxy {
         let upstream = upstream.to_string();
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = accepted.clone();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refusing = down.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     return;
                 };
+                if refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let upstream = upstream.clone();
                 let mut cuts = cuts.clone();
@@ -399,6 +407,7 @@ impl TcpProxy {
         TcpProxy {
             addr,
             accepted,
+            down,
             cut,
             task,
         }
@@ -409,6 +418,14 @@ impl TcpProxy {
         self.cut.send_modify(|n| *n += 1);
     }
 
+    /// Cuts every connection and refuses new ones until `set_down(false)`.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            self.cut_all();
+        }
+    }
+
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
     }
@@ -417,5 +434,160 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A database of the test's own on the shared PostgreSQL, dropped at the end.
+pub struct TestDatabase {
+    pub name: String,
+}
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+impl TestDatabase {
+    pub async fn create(test: &str) -> TestDatabase {
+        use sqlx::Connection;
+        let name = format!(
+            "bwtest_{}_{:08x}",
+            test.replace('-', "_"),
+            rand::random::<u32>()
+        );
+        let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL).await.unwrap_or_else(|e| {
+            panic!("these tests need PostgreSQL at 127.0.0.1:5432 (user postgres, trust auth): {e}")
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let _ = admin.close().await;
+        TestDatabase { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    /// The URL through a proxy at `addr`.
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        format!("postgres://postgres@{addr}/{}", self.name)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN_URL).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `broadcast-worker run` as a child process against this app's queues and
+/// simulator, with extra environment.
+pub fn worker_process(app: &TestApp, extra: &[(&str, String)]) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_broadcast-worker"));
+    command
+        .arg("run")
+        .env("AMQP_URL", &app.config.amqp_url)
+        .env("BROADCAST_QUEUE_PREFIX", &app.prefix)
+        .env("TIM_BASE_URL", app.sim.base_url().as_str())
+        .env("TIM_SDKAPPID", APP.to_string())
+        .env("TIM_IDENTIFIER", ADMIN)
+        .env("TIM_SECRET_KEY", KEY)
+        .env("BROADCAST_RATE", app.config.rate.to_string())
+        .env(
+            "BROADCAST_DELIVERY_LIMIT",
+            app.config.topology.delivery_limit.to_string(),
+        )
+        .env_remove("TIM_SECRET_KEY_FILE")
+        .env_remove("DATABASE_URL")
+        .env_remove("BROADCAST_TEST_CRASH_AT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    command.spawn().expect("the worker binary starts")
+}
+
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub async fn wait_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Jobs of about 200 bytes each, traceable by their text.
+pub fn backlog(prefix: &str, n: usize) -> Vec<(String, Value)> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{prefix}-{i:04}");
+            let mut body = text_job(&id);
+            body["MsgBody"][0]["MsgContent"]["Text"] =
+                format!("job:{id} {}", "w".repeat(150)).into();
+            (id, body)
+        })
+        .collect()
+}
+
+pub fn text_of(body: &Value) -> String {
+    body["MsgBody"][0]["MsgContent"]["Text"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+impl TestApp {
+    /// Asserts every job was delivered exactly once, as the simulator counts
+    /// deliveries after its repeat filter.
+    pub fn assert_each_delivered_once(&self, jobs: &[(String, Value)]) {
+        let texts = self.delivered_texts();
+        let mut wrong = Vec::new();
+        for (id, body) in jobs {
+            let n = texts.get(&text_of(body)).copied().unwrap_or(0);
+            if n != 1 {
+                wrong.push(format!("{id}: {n}"));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "jobs not delivered exactly once: {wrong:?}"
+        );
+    }
+
+    pub fn all_delivered(&self, jobs: &[(String, Value)]) -> bool {
+        let texts = self.delivered_texts();
+        jobs.iter()
+            .all(|(_, body)| texts.contains_key(&text_of(body)))
     }
 }

@@ -1,0 +1,344 @@
+//! The delivery ledger in PostgreSQL: which call carried which job, the exact
+//! body and `Random` of each call, and how it ended. It turns the broker's
+//! redeliveries into "ack, already done" or "resend the very same call", so a
+//! worker killed between a call and its acks does not broadcast twice.
+//!
+//! The schema lives in `migrations/`, applied by `sqlx::migrate!`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+/// The ledger could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("DATABASE_URL is not a PostgreSQL URL: {0}")]
+    Url(String),
+    #[error("the ledger database is unreachable or failed: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot apply the ledger's migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// What the ledger knows of a job that arrives (again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Known {
+    /// Delivered or dead-lettered already: ack it without a call.
+    Settled,
+    /// Its call may or may not have reached the service.
+    InFlight(InFlightCall),
+    /// Nothing, or nothing that still binds it: a new job.
+    New,
+}
+
+/// A call recorded as in flight, with what it takes to resend it verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlightCall {
+    pub call_id: i64,
+    pub body: Vec<u8>,
+    pub random: u32,
+    /// Time since the call's first attempt, by the database's clock.
+    pub age: Duration,
+}
+
+/// A job's record, for `jobs show`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobReport {
+    pub job_id: String,
+    /// `in_flight`, `delivered` or `dead_lettered`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub error_code: Option<i64>,
+    pub error_info: Option<String>,
+    /// Unix milliseconds of the job's last change.
+    pub updated_at_ms: i64,
+    pub call_id: i64,
+    pub call_state: String,
+    pub msg_seq: Option<i64>,
+    /// Unix milliseconds of the call's first attempt.
+    pub call_started_ms: i64,
+    /// Jobs in the call, this one included.
+    pub call_jobs: i32,
+}
+
+/// The decision for one arriving job, from its row and its call's row. Pure.
+pub fn classify_record(job_state: &str, call_state: &str, call: Option<InFlightCall>) -> Known {
+    match (job_state, call_state, call) {
+        ("delivered" | "dead_lettered", _, _) => Known::Settled,
+        ("in_flight", "in_flight", Some(call)) => Known::InFlight(call),
+        // The call was split, abandoned or failed as a whole after this job's
+        // last record: nothing was delivered for it, so it is new again.
+        _ => Known::New,
+    }
+}
+
+/// A handle on the ledger; cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The pool's options hold the database URL, password included.
+        f.write_str("Ledger")
+    }
+}
+
+impl Ledger {
+    /// A pool that connects on first use, so a worker can start while the
+    /// database is down and wait for it.
+    pub fn connect_lazy(url: &str) -> Result<Self, LedgerError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| LedgerError::Url(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(options.application_name("broadcast-worker"));
+        Ok(Self { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<(), LedgerError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// One query for a whole set of arriving jobs.
+    pub async fn lookup(&self, job_ids: &[String]) -> Result<HashMap<String, Known>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT j.job_id, j.state AS job_state, c.id AS call_id, c.state AS call_state, \
+                    CASE WHEN j.state = 'in_flight' AND c.state = 'in_flight' THEN c.body END AS body, \
+                    c.random, EXTRACT(EPOCH FROM (now() - c.created_at))::float8 AS age \
+             FROM jobs j JOIN calls c ON c.id = j.call_id \
+             WHERE j.job_id = ANY($1)",
+        )
+        .bind(job_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut known = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let body: Option<Vec<u8>> = row.try_get("body")?;
+            let call = body.map(|body| InFlightCall {
+                call_id: row.get("call_id"),
+                body,
+                random: u32::try_from(row.get::<i64, _>("random")).unwrap_or(0),
+                age: Duration::from_secs_f64(row.get::<f64, _>("age").max(0.0)),
+            });
+            let state = classify_record(row.get("job_state"), row.get("call_state"), call);
+            known.insert(row.get("job_id"), state);
+        }
+        Ok(known)
+    }
+
+    /// Records a call as in flight, before its first attempt. A split call's
+    /// halves name their parent, which is closed as `split`.
+    pub async fn begin_call(
+        &self,
+        body: &[u8],
+        random: u32,
+        job_ids: &[String],
+        parent: Option<i64>,
+    ) -> Result<i64, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let call_id: i64 = sqlx::query_scalar(
+            "INSERT INTO calls (body, random, job_count, state) VALUES ($1, $2, $3, 'in_flight') RETURNING id",
+        )
+        .bind(body)
+        .bind(i64::from(random))
+        .bind(i32::try_from(job_ids.len()).unwrap_or(i32::MAX))
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO jobs (job_id, call_id, state) SELECT id, $2, 'in_flight' FROM unnest($1::text[]) AS id \
+             ON CONFLICT (job_id) DO UPDATE SET call_id = EXCLUDED.call_id, state = 'in_flight', \
+                 reason = NULL, error_code = NULL, error_info = NULL, updated_at = now()",
+        )
+        .bind(job_ids)
+        .bind(call_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(parent) = parent {
+            close_call(&mut tx, parent, "split", None, None, None).await?;
+        }
+        tx.commit().await?;
+        Ok(call_id)
+    }
+
+    /// The call reached the service: it and every job still bound to it are delivered.
+    pub async fn call_delivered(
+        &self,
+        call_id: i64,
+        msg_seq: Option<u64>,
+    ) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let msg_seq = msg_seq.and_then(|s| i64::try_from(s).ok());
+        close_call(&mut tx, call_id, "delivered", msg_seq, None, None).await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'delivered', updated_at = now() WHERE call_id = $1 AND state = 'in_flight'",
+        )
+        .bind(call_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A call that will not be resent as it was (a recovered call the service
+    /// refused): its jobs that have not arrived yet count as new.
+    pub async fn call_abandoned(
+        &self,
+        call_id: i64,
+        code: Option<i64>,
+        info: &str,
+    ) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        close_call(&mut tx, call_id, "abandoned", None, code, Some(info)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Jobs dead-lettered (after the dead letter was confirmed). When they
+    /// were a call's jobs, the call is closed too.
+    pub async fn jobs_dead_lettered(
+        &self,
+        call_id: Option<i64>,
+        job_ids: &[String],
+        reason: &str,
+        code: Option<i64>,
+        info: &str,
+    ) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'dead_lettered', reason = $2, error_code = $3, error_info = $4, updated_at = now() \
+             WHERE job_id = ANY($1)",
+        )
+        .bind(job_ids)
+        .bind(reason)
+        .bind(code)
+        .bind(info)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(call_id) = call_id {
+            close_call(&mut tx, call_id, "dead_lettered", None, code, Some(info)).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What the ledger says of one job.
+    pub async fn show(&self, job_id: &str) -> Result<Option<JobReport>, LedgerError> {
+        let row = sqlx::query(
+            "SELECT j.job_id, j.state, j.reason, j.error_code, j.error_info, \
+                    (EXTRACT(EPOCH FROM j.updated_at) * 1000)::bigint AS updated_at_ms, \
+                    c.id AS call_id, c.state AS call_state, c.msg_seq, c.job_count, \
+                    (EXTRACT(EPOCH FROM c.created_at) * 1000)::bigint AS call_started_ms \
+             FROM jobs j JOIN calls c ON c.id = j.call_id WHERE j.job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| JobReport {
+            job_id: row.get("job_id"),
+            state: row.get("state"),
+            reason: row.get("reason"),
+            error_code: row.get("error_code"),
+            error_info: row.get("error_info"),
+            updated_at_ms: row.get("updated_at_ms"),
+            call_id: row.get("call_id"),
+            call_state: row.get("call_state"),
+            msg_seq: row.get("msg_seq"),
+            call_started_ms: row.get("call_started_ms"),
+            call_jobs: row.get("job_count"),
+        }))
+    }
+
+    /// Deletes up to `batch` settled jobs older than `age`, then the settled
+    /// calls no job points at any more. Returns how many rows went.
+    pub async fn prune(&self, age: Duration, batch: i64) -> Result<u64, LedgerError> {
+        let seconds = age.as_secs_f64();
+        let jobs = sqlx::query(
+            "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs \
+               WHERE state <> 'in_flight' AND updated_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(seconds)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let calls = sqlx::query(
+            "DELETE FROM calls WHERE id IN (SELECT c.id FROM calls c \
+               WHERE c.state <> 'in_flight' AND c.settled_at < now() - make_interval(secs => $1) \
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.call_id = c.id) LIMIT $2)",
+        )
+        .bind(seconds)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(jobs + calls)
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+async fn close_call(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    call_id: i64,
+    state: &str,
+    msg_seq: Option<i64>,
+    code: Option<i64>,
+    info: Option<&str>,
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "UPDATE calls SET state = $2, msg_seq = COALESCE($3, msg_seq), error_code = $4, error_info = $5, \
+             settled_at = now() WHERE id = $1 AND state = 'in_flight'",
+    )
+    .bind(call_id)
+    .bind(state)
+    .bind(msg_seq)
+    .bind(code)
+    .bind(info)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arriving_jobs_are_classified_by_their_records() {
+        let call = InFlightCall {
+            call_id: 7,
+            body: b"{}".to_vec(),
+            random: 1,
+            age: Duration::from_secs(3),
+        };
+        assert_eq!(
+            classify_record("delivered", "delivered", None),
+            Known::Settled
+        );
+        assert_eq!(
+            classify_record("dead_lettered", "in_flight", None),
+            Known::Settled
+        );
+        assert_eq!(
+            classify_record("in_flight", "in_flight", Some(call.clone())),
+            Known::InFlight(call)
+        );
+        assert_eq!(classify_record("in_flight", "abandoned", None), Known::New);
+        assert_eq!(classify_record("in_flight", "split", None), Known::New);
+        assert_eq!(
+            classify_record("in_flight", "dead_lettered", None),
+            Known::New
+        );
+    }
+}

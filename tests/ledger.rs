@@ -1,0 +1,427 @@
+//! Delivering once: the PostgreSQL ledger against kills at every point of the
+//! cycle, standby takeover, a loop of random kills, and a lost database. Each
+//! test has its own database and queues; the simulator counts deliveries after
+//! its repeat filter.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use broadcast_worker::ledger::Ledger;
+use broadcast_worker::worker::InDoubtPolicy;
+use common::*;
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(90);
+
+async fn ledger_for(db: &TestDatabase) -> Ledger {
+    let ledger = Ledger::connect_lazy(&db.url()).unwrap();
+    ledger.migrate().await.expect("migrations apply");
+    ledger
+}
+
+/// Kills the worker at `point` on the second call, restarts it (or lets a
+/// standby take over), and checks every job went out exactly once.
+async fn crash_and_recover(point: &str, standby_takes_over: bool) {
+    let test = format!(
+        "crash-{point}-{}",
+        if standby_takes_over {
+            "standby"
+        } else {
+            "restart"
+        }
+    );
+    let db = TestDatabase::create(&test).await;
+    let app = spawn_app(&test, 5.0).await;
+    let jobs = backlog(point, 300);
+    app.publish_many(&jobs).await;
+    let ledger_env = ("DATABASE_URL", db.url());
+    let mut doomed = worker_process(
+        &app,
+        &[
+            ledger_env.clone(),
+            ("BROADCAST_TEST_CRASH_AT", format!("{point}:2")),
+        ],
+    );
+    let mut standby = None;
+    if standby_takes_over {
+        app.wait_for("the first call", LONG, |app| {
+            app.sim.simulator.stats().calls >= 1
+        })
+        .await;
+        standby = Some(worker_process(&app, std::slice::from_ref(&ledger_env)));
+    }
+    let status = wait_exit(&mut doomed, LONG).await;
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "the worker died at the crash point"
+    );
+    let mut survivor = match standby {
+        Some(standby) => standby,
+        None => worker_process(&app, &[ledger_env]),
+    };
+    app.wait_for("every job delivered", LONG, |app| app.all_delivered(&jobs))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&survivor, "-TERM");
+    wait_exit(&mut survivor, Duration::from_secs(20)).await;
+    app.assert_each_delivered_once(&jobs);
+    assert_eq!(app.queue_len(&app.names.jobs).await, 0, "every job acked");
+    assert_eq!(
+        app.queue_len(&app.names.dead).await,
+        0,
+        "nothing dead-lettered"
+    );
+    let repeats = app.sim.simulator.stats().repeats_dropped;
+    match point {
+        // The call answered OK before the crash was sent again verbatim, and
+        // the service dropped the copy.
+        "after-call" => assert!(repeats >= 1, "the resend was a repeat"),
+        // The ledger knew: the redelivered jobs were acked without a call.
+        "after-ledger" => assert_eq!(repeats, 0, "no call was repeated"),
+        _ => {}
+    }
+    let ledger = ledger_for(&db).await;
+    let report = ledger
+        .show(&jobs[0].0)
+        .await
+        .unwrap()
+        .expect("the ledger knows the job");
+    assert_eq!(report.state, "delivered");
+    assert!(report.msg_seq.is_some());
+}
+
+#[tokio::test]
+async fn a_kill_before_the_call_loses_and_doubles_nothing() {
+    crash_and_recover("before-call", false).await;
+}
+
+#[tokio::test]
+async fn a_kill_after_the_call_before_the_ledger_loses_and_doubles_nothing() {
+    crash_and_recover("after-call", false).await;
+}
+
+#[tokio::test]
+async fn a_kill_after_the_ledger_before_the_acks_loses_and_doubles_nothing() {
+    crash_and_recover("after-ledger", false).await;
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_after_a_kill_before_the_call() {
+    crash_and_recover("before-call", true).await;
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_after_a_kill_after_the_call() {
+    crash_and_recover("after-call", true).await;
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_after_a_kill_after_the_ledger() {
+    crash_and_recover("after-ledger", true).await;
+}
+
+#[tokio::test]
+async fn twenty_random_kills_of_two_replicas_lose_and_double_nothing() {
+    let db = TestDatabase::create("kill-loop").await;
+    let mut app = spawn_app("kill-loop", 20.0).await;
+    // Each kill of the active replica returns its prefetched jobs with one
+    // more delivery counted: keep that under the broker's limit.
+    app.config.topology.delivery_limit = 100;
+    let channel = app.connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            app.names.jobs.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    app.config.topology.declare(&app.connection).await.unwrap();
+    let jobs = backlog("loop", 2000);
+    app.publish_many(&jobs).await;
+    let env = [
+        ("DATABASE_URL", db.url()),
+        ("BROADCAST_MAX_BATCH_BYTES", "1500".to_string()),
+        ("BROADCAST_PREFETCH", "200".to_string()),
+    ];
+    let mut replicas = [worker_process(&app, &env), worker_process(&app, &env)];
+    let mut kills = 0;
+    while kills < 20 {
+        tokio::time::sleep(Duration::from_millis(150 + rand::random::<u64>() % 300)).await;
+        let victim = rand::random::<u32>() as usize % 2;
+        signal(&replicas[victim], "-KILL");
+        wait_exit(&mut replicas[victim], Duration::from_secs(5)).await;
+        replicas[victim] = worker_process(&app, &env);
+        kills += 1;
+    }
+    let delivered_during_kills = app.sim.simulator.stats().elements_delivered;
+    app.wait_for("every job delivered", Duration::from_secs(120), |app| {
+        app.all_delivered(&jobs)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for replica in &mut replicas {
+        signal(replica, "-TERM");
+        wait_exit(replica, Duration::from_secs(20)).await;
+    }
+    eprintln!(
+        "kill loop: {kills} kills, {delivered_during_kills} of 2000 delivered while killing, repeats dropped by the service: {}",
+        app.sim.simulator.stats().repeats_dropped
+    );
+    app.assert_each_delivered_once(&jobs);
+    assert_eq!(app.queue_len(&app.names.jobs).await, 0);
+    assert_eq!(app.queue_len(&app.names.dead).await, 0);
+}
+
+#[tokio::test]
+async fn losing_the_database_stops_sending_and_resumes_without_loss_or_repeat() {
+    let db = TestDatabase::create("db-loss").await;
+    ledger_for(&db).await;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let mut app = spawn_app("db-loss", 5.0).await;
+    app.config.ledger = Some(Ledger::connect_lazy(&db.url_via(proxy.addr)).unwrap());
+    let jobs = backlog("dbloss", 400);
+    app.publish_many(&jobs).await;
+    app.start_worker();
+    let status = app.status();
+    app.wait_for("some calls", LONG, |app| {
+        app.sim.simulator.stats().deliveries >= 2
+    })
+    .await;
+    proxy.set_down(true);
+    app.wait_for("the worker to notice", LONG, |_| {
+        status.ledger_down.load(Ordering::Relaxed)
+    })
+    .await;
+    let calls_when_down = app.sim.simulator.stats().calls;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // At most the call already under way when the database went.
+    assert!(
+        app.sim.simulator.stats().calls <= calls_when_down + 1,
+        "no sending while the ledger is down"
+    );
+    assert!(
+        status.ledger_down.load(Ordering::Relaxed),
+        "reported while down"
+    );
+    proxy.set_down(false);
+    app.wait_for_elements(400, LONG).await;
+    assert!(!status.ledger_down.load(Ordering::Relaxed), "recovered");
+    app.stop_worker().await.unwrap();
+    app.assert_each_delivered_once(&jobs);
+    assert_eq!(app.queue_len(&app.names.jobs).await, 0);
+}
+
+#[tokio::test]
+async fn a_job_the_ledger_knows_as_delivered_is_acked_without_a_call() {
+    let db = TestDatabase::create("known").await;
+    let mut app = spawn_app("known", 50.0).await;
+    app.config.ledger = Some(ledger_for(&db).await);
+    app.publish("dup-1", &text_job("dup-1")).await;
+    app.start_worker();
+    app.wait_for_elements(1, LONG).await;
+    // The producer publishes the same job again (same message_id).
+    app.publish("dup-1", &text_job("dup-1")).await;
+    app.publish("other", &text_job("other")).await;
+    app.wait_for_elements(2, LONG).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.queue_len(&app.names.jobs).await,
+        0,
+        "the duplicate was acked"
+    );
+    assert_eq!(
+        app.sim.simulator.stats().calls,
+        2,
+        "no call for the duplicate"
+    );
+    assert_eq!(app.delivered_texts().get("job:dup-1"), Some(&1));
+    app.stop_worker().await.unwrap();
+}
+
+/// Records `ids` as one call in flight, made `age_secs` ago, as a worker that
+/// then died would have left it.
+async fn leave_call_in_flight(
+    ledger: &Ledger,
+    db: &TestDatabase,
+    ids: &[&str],
+    age_secs: u64,
+) -> Vec<u8> {
+    let jobs: Vec<Value> = ids.iter().map(|id| text_job(id)).collect();
+    let elements: Vec<Value> = jobs.iter().map(|j| j["MsgBody"][0].clone()).collect();
+    let body = serde_json::json!({"Random": 12345, "MsgBody": elements})
+        .to_string()
+        .into_bytes();
+    let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    let call = ledger.begin_call(&body, 12345, &ids, None).await.unwrap();
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::query("UPDATE calls SET created_at = now() - make_interval(secs => $2) WHERE id = $1")
+        .bind(call)
+        .bind(age_secs as f64)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    body
+}
+
+#[tokio::test]
+async fn a_young_call_in_flight_is_resent_verbatim_and_its_jobs_acked() {
+    let db = TestDatabase::create("resend").await;
+    let mut app = spawn_app("resend", 50.0).await;
+    let ledger = ledger_for(&db).await;
+    app.config.ledger = Some(ledger.clone());
+    let body = leave_call_in_flight(&ledger, &db, &["r-1", "r-2", "r-3"], 10).await;
+    for id in ["r-1", "r-2", "r-3"] {
+        app.publish(id, &text_job(id)).await;
+    }
+    app.start_worker();
+    app.wait_for_elements(3, LONG).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deliveries = app.sim.simulator.deliveries(0, 10);
+    assert_eq!(deliveries.len(), 1, "one call");
+    assert_eq!(deliveries[0].bytes, body.len());
+    assert_eq!(
+        deliveries[0].body.as_ref().unwrap()["Random"],
+        12345,
+        "the recorded Random"
+    );
+    assert_eq!(app.queue_len(&app.names.jobs).await, 0);
+    assert_eq!(
+        ledger.show("r-2").await.unwrap().unwrap().state,
+        "delivered"
+    );
+    app.stop_worker().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_old_call_in_flight_is_dead_lettered_as_in_doubt_or_resent_as_configured() {
+    for policy in [InDoubtPolicy::DeadLetter, InDoubtPolicy::Resend] {
+        let db = TestDatabase::create("in-doubt").await;
+        let mut app = spawn_app("in-doubt", 50.0).await;
+        let ledger = ledger_for(&db).await;
+        app.config.ledger = Some(ledger.clone());
+        app.config.in_doubt = policy;
+        leave_call_in_flight(&ledger, &db, &["old-1"], 400).await;
+        app.publish("old-1", &text_job("old-1")).await;
+        app.start_worker();
+        match policy {
+            InDoubtPolicy::DeadLetter => {
+                app.wait_for_dead(1, LONG).await;
+                let dead = app.take_dead_letters().await;
+                assert_eq!(dead[0].reason, "in-doubt");
+                assert_eq!(app.sim.simulator.stats().calls, 0);
+                let report = ledger.show("old-1").await.unwrap().unwrap();
+                assert_eq!(
+                    (report.state.as_str(), report.reason.as_deref()),
+                    ("dead_lettered", Some("in-doubt"))
+                );
+            }
+            InDoubtPolicy::Resend => {
+                app.wait_for_elements(1, LONG).await;
+                assert_eq!(app.queue_len(&app.names.dead).await, 0);
+            }
+        }
+        app.stop_worker().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn jobs_show_answers_where_a_broadcast_is() {
+    let db = TestDatabase::create("show").await;
+    let mut app = spawn_app("show", 50.0).await;
+    app.config.ledger = Some(ledger_for(&db).await);
+    app.sim
+        .simulator
+        .set_faults(broadcast_worker::simulator::FaultPlan {
+            rules: vec![broadcast_worker::simulator::FaultRule {
+                body_contains: "BANNED".into(),
+                fault: broadcast_worker::simulator::Fault {
+                    code: Some(80001),
+                    ..Default::default()
+                },
+            }],
+            ..Default::default()
+        });
+    app.publish("s-1", &text_job("s-1")).await;
+    app.publish("s-2", &text_job("s-2")).await;
+    let mut banned = text_job("BANNED");
+    banned["From_Account"] = "troll".into();
+    app.publish("s-bad", &banned).await;
+    app.start_worker();
+    app.wait_for_elements(2, LONG).await;
+    app.wait_for_dead(1, LONG).await;
+    app.stop_worker().await.unwrap();
+    let run = |id: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_broadcast-worker"))
+            .args(["jobs", "show", id])
+            .env("DATABASE_URL", db.url())
+            .output()
+            .unwrap()
+    };
+    let delivered = String::from_utf8(run("s-1").stdout).unwrap();
+    assert!(delivered.contains("s-1: delivered at"), "{delivered}");
+    assert!(
+        delivered.contains("MsgSeq 1,") && delivered.contains("with 1 other job(s)"),
+        "{delivered}"
+    );
+    let dead = String::from_utf8(run("s-bad").stdout).unwrap();
+    assert!(
+        dead.contains("dead-lettered") && dead.contains("rejected, ErrorCode 80001"),
+        "{dead}"
+    );
+    let unknown = run("never-sent");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("knows no job"));
+}
+
+#[tokio::test]
+async fn settled_records_older_than_the_retention_are_pruned() {
+    let db = TestDatabase::create("prune").await;
+    let ledger = ledger_for(&db).await;
+    for i in 0..5 {
+        let id = format!("p-{i}");
+        let call = ledger
+            .begin_call(b"{}", i, std::slice::from_ref(&id), None)
+            .await
+            .unwrap();
+        if i < 4 {
+            ledger
+                .call_delivered(call, Some(u64::from(i)))
+                .await
+                .unwrap();
+        }
+    }
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::query("UPDATE jobs SET updated_at = now() - interval '8 days' WHERE job_id IN ('p-0', 'p-1', 'p-2', 'p-4')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE calls SET settled_at = now() - interval '8 days'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let week = Duration::from_secs(7 * 86_400);
+    // Small batches: two jobs at a time.
+    let mut removed = 0;
+    loop {
+        let n = ledger.prune(week, 2).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        removed += n;
+    }
+    assert_eq!(removed, 6, "three old delivered jobs and their three calls");
+    assert!(ledger.show("p-0").await.unwrap().is_none());
+    assert!(
+        ledger.show("p-3").await.unwrap().is_some(),
+        "recent records stay"
+    );
+    assert!(
+        ledger.show("p-4").await.unwrap().is_some(),
+        "in-flight records stay"
+    );
+}
