@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY migrations ./migrations
 RUN cargo build --release --locked
 
 # Run: a slim image with the one binary; it runs as an unprivileged user.

@@ -690,6 +690,7 @@ impl Worker {
                         info!("the app-wide fault is gone: sending again");
                     }
                     info!(attempt, msg_seq, "delivered");
+                    self.crash_point(CrashPoint::AfterCall);
                     let ledger_call = call.ledger_id;
                     let done = call
                         .batch
@@ -812,7 +813,6 @@ impl Worker {
             calls
         };
         if !delivered_calls.is_empty() {
-            self.crash_point(CrashPoint::AfterCall);
             if let Some(ledger) = self.config.ledger.clone() {
                 for (call, msg_seq) in &delivered_calls {
                     with_ledger(&self.status, shutdown, || {

@@ -1,0 +1,241 @@
+//! Figures for delivering once: how long a standby takes to send after the
+//! active replica is killed, what the ledger costs per call, and how many
+//! jobs a loop of random kills delivers twice with and without the ledger.
+//! Run with `cargo bench --bench recovery` (RabbitMQ and PostgreSQL on
+//! 127.0.0.1). Prints a Markdown table; `BENCH_OUT=FILE` also writes it.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use broadcast_worker::ledger::Ledger;
+use common::*;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Kill the active replica; time until the standby's first call arrives.
+async fn failover(rounds: usize) -> Vec<f64> {
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let db = TestDatabase::create("failover").await;
+        let app = spawn_app(&format!("failover-{round}"), 5.0).await;
+        // Enough for a minute at 5 calls a second: the kill lands mid-stream.
+        let jobs = backlog("fo", 20_000);
+        app.publish_many(&jobs).await;
+        let env = [("DATABASE_URL", db.url())];
+        let mut active = worker_process(&app, &env);
+        app.wait_for("the first calls", Duration::from_secs(30), |app| {
+            app.sim.simulator.stats().calls >= 2
+        })
+        .await;
+        let mut standby = worker_process(&app, &env);
+        // Let the standby connect and register as a consumer.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let calls_before = app.sim.simulator.stats().calls;
+        let killed = Instant::now();
+        signal(&active, "-KILL");
+        wait_exit(&mut active, Duration::from_secs(5)).await;
+        while app.sim.simulator.stats().calls <= calls_before {
+            assert!(
+                killed.elapsed() < Duration::from_secs(60),
+                "the standby never sent"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        times.push(killed.elapsed().as_secs_f64() * 1000.0);
+        signal(&standby, "-TERM");
+        wait_exit(&mut standby, Duration::from_secs(20)).await;
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times
+}
+
+/// Round trips to the ledger for one call of 100 jobs: the arrival lookup,
+/// the in-flight record, the delivered record.
+async fn ledger_cost(cycles: usize) -> Vec<f64> {
+    let db = TestDatabase::create("ledger-cost").await;
+    let ledger = Ledger::connect_lazy(&db.url()).unwrap();
+    ledger.migrate().await.unwrap();
+    let body = vec![b'x'; 11_900];
+    let mut times = Vec::new();
+    for cycle in 0..cycles {
+        let ids: Vec<String> = (0..100).map(|i| format!("cost-{cycle}-{i}")).collect();
+        let started = Instant::now();
+        ledger.lookup(&ids).await.unwrap();
+        let call = ledger
+            .begin_call(&body, cycle as u32, &ids, None)
+            .await
+            .unwrap();
+        ledger
+            .call_delivered(call, Some(cycle as u64))
+            .await
+            .unwrap();
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times
+}
+
+/// Two replicas, `kills` random SIGKILLs while 2000 jobs drain; returns
+/// (jobs delivered more than once, jobs never delivered).
+async fn kill_loop(with_ledger: bool, kills: usize) -> (usize, usize) {
+    let db = TestDatabase::create("bench-kills").await;
+    let mut app = spawn_app(
+        if with_ledger {
+            "kills-ledger"
+        } else {
+            "kills-bare"
+        },
+        20.0,
+    )
+    .await;
+    app.config.topology.delivery_limit = 100;
+    let channel = app.connection.create_channel().await.unwrap();
+    let _ = channel
+        .queue_delete(
+            app.names.jobs.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await;
+    app.config.topology.declare(&app.connection).await.unwrap();
+    let jobs = backlog("kl", 2000);
+    app.publish_many(&jobs).await;
+    let mut env = vec![
+        ("BROADCAST_MAX_BATCH_BYTES", "1500".to_string()),
+        ("BROADCAST_PREFETCH", "200".to_string()),
+    ];
+    if with_ledger {
+        env.push(("DATABASE_URL", db.url()));
+    }
+    let mut replicas = [worker_process(&app, &env), worker_process(&app, &env)];
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(100 + rand::random::<u64>() % 300)).await;
+        let victim = rand::random::<u32>() as usize % 2;
+        signal(&replicas[victim], "-KILL");
+        wait_exit(&mut replicas[victim], Duration::from_secs(5)).await;
+        replicas[victim] = worker_process(&app, &env);
+    }
+    app.wait_for("every job", Duration::from_secs(180), |app| {
+        app.all_delivered(&jobs)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for replica in &mut replicas {
+        signal(replica, "-TERM");
+        wait_exit(replica, Duration::from_secs(20)).await;
+    }
+    let texts = app.delivered_texts();
+    let twice = jobs
+        .iter()
+        .filter(|(_, b)| texts.get(&text_of(b)).copied().unwrap_or(0) > 1)
+        .count();
+    let lost = jobs
+        .iter()
+        .filter(|(_, b)| !texts.contains_key(&text_of(b)))
+        .count();
+    (twice, lost)
+}
+
+/// A kill after every Nth answered call, before its acks (no ledger write
+/// to protect it without a ledger): what repeats reach the audience?
+async fn crash_after_call(with_ledger: bool) -> usize {
+    let db = TestDatabase::create("bench-crash").await;
+    let app = spawn_app(
+        if with_ledger {
+            "crash-ledger"
+        } else {
+            "crash-bare"
+        },
+        20.0,
+    )
+    .await;
+    let jobs = backlog("cc", 600);
+    app.publish_many(&jobs).await;
+    let mut env = vec![("BROADCAST_MAX_BATCH_BYTES", "3000".to_string())];
+    if with_ledger {
+        env.push(("DATABASE_URL", db.url()));
+    }
+    for _ in 0..10 {
+        let mut with_crash = env.clone();
+        with_crash.push(("BROADCAST_TEST_CRASH_AT", "after-call:3".to_string()));
+        let mut worker = worker_process(&app, &with_crash);
+        let _ = wait_exit(&mut worker, Duration::from_secs(60)).await;
+        if app.all_delivered(&jobs) {
+            break;
+        }
+    }
+    let mut last = worker_process(&app, &env);
+    app.wait_for("every job", Duration::from_secs(120), |app| {
+        app.all_delivered(&jobs)
+    })
+    .await;
+    signal(&last, "-TERM");
+    wait_exit(&mut last, Duration::from_secs(20)).await;
+    let texts = app.delivered_texts();
+    jobs.iter()
+        .filter(|(_, b)| texts.get(&text_of(b)).copied().unwrap_or(0) > 1)
+        .count()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let only: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with("--"));
+    let run = |name: &str| only.is_none_or(|o| name.contains(o.as_str()));
+    let mut rows: Vec<(String, String)> = Vec::new();
+    if run("failover") {
+        let t = failover(5).await;
+        rows.push((
+            "failover: SIGKILL of the active replica to the standby's first call (5 rounds)".into(),
+            format!(
+                "median {:.0} ms, min {:.0} ms, max {:.0} ms",
+                percentile(&t, 0.5),
+                t[0],
+                t[t.len() - 1]
+            ),
+        ));
+    }
+    if run("ledger") {
+        let t = ledger_cost(300).await;
+        rows.push((
+            "ledger cost per call of 100 jobs: lookup + in-flight record + delivered record (3 round trips, 9 statements)".into(),
+            format!("mean {:.2} ms, p50 {:.2} ms, p99 {:.2} ms", t.iter().sum::<f64>() / t.len() as f64, percentile(&t, 0.5), percentile(&t, 0.99)),
+        ));
+    }
+    if run("kills") {
+        for with_ledger in [true, false] {
+            let (twice, lost) = kill_loop(with_ledger, 20).await;
+            rows.push((
+                format!(
+                    "20 random kills of 2 replicas, 2000 jobs, {}: delivered twice / lost",
+                    if with_ledger {
+                        "with ledger"
+                    } else {
+                        "without ledger"
+                    }
+                ),
+                format!("{twice} / {lost}"),
+            ));
+        }
+    }
+    if run("crash") {
+        for with_ledger in [true, false] {
+            let twice = crash_after_call(with_ledger).await;
+            rows.push((
+                format!("kill right after an answered call, before its acks, until 600 jobs are out, {}: jobs delivered twice", if with_ledger { "with ledger" } else { "without ledger" }),
+                twice.to_string(),
+            ));
+        }
+    }
+    let mut table = String::from("| figure | value |\n|---|---|\n");
+    for (k, v) in &rows {
+        table.push_str(&format!("| {k} | {v} |\n"));
+    }
+    println!("{table}");
+    if let Ok(path) = std::env::var("BENCH_OUT") {
+        std::fs::write(path, &table).unwrap();
+    }
+}
