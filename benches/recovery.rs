@@ -62,7 +62,7 @@ async fn ledger_cost(cycles: usize) -> Vec<f64> {
     let body = vec![b'x'; 11_900];
     let mut times = Vec::new();
     for cycle in 0..cycles {
-        let ids: Vec<String> = (0..100).map(|i| format!("cost-{cycle}-{i}")).collect();
+        let ids: Vec<(String, u32)> = (0..100).map(|i| (format!("cost-{cycle}-{i}"), 0)).collect();
         let started = Instant::now();
         ledger.lookup(&ids).await.unwrap();
         let call = ledger

@@ -122,6 +122,9 @@ impl ApiClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_keepalive(Duration::from_secs(30))
             .tcp_nodelay(true)
+            // The service never redirects; following one would carry the
+            // UserSig to another host (and reqwest logs redirect URLs).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(TransportError::from_reqwest)?;
         Ok(Self {

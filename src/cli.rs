@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::api::ApiConfig;
 use crate::broker::{self, QueueNames, Topology};
 use crate::config::{AppArgs, SecretArgs};
+use crate::dlq::{self, DeadInfo, DeadJob, Selection};
 use crate::enqueue::{publish_lines, LineResult, PublishOptions};
 use crate::ledger::{Ledger, LedgerError};
 use crate::outcome::Classifier;
@@ -50,6 +51,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Publish jobs: one JSON body per line from a file or standard input, or --text.
     Enqueue(EnqueueArgs),
+    /// Inspect, replay and purge the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Apply the ledger's migrations to DATABASE_URL.
     Migrate(LedgerArgs),
     /// Ask the ledger about jobs.
@@ -114,6 +118,111 @@ impl LedgerArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// What is in `{prefix}.dead`, with a summary by reason and code; nothing is removed or reordered.
+    List {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Newest first (default: oldest first, the queue's order).
+        #[arg(long)]
+        newest_first: bool,
+        /// Print at most this many jobs (the summary counts all).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole dead letter: body, properties, and every header that says why.
+    Show {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        job_id: String,
+    },
+    /// Move selected jobs back to `{prefix}.jobs` (each removed here only after its publish is confirmed).
+    Replay {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Say what would move, move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Test hook: exit abruptly after the N-th confirmed publish, before its removal.
+        #[arg(long, env = "BROADCAST_TEST_CRASH_AT", hide = true)]
+        crash_at: Option<String>,
+    },
+    /// Remove selected jobs for good (only with --yes), printing each.
+    Purge {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Really remove them.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Filters on dead letters.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilterArgs {
+    /// Only this x-reason (`rejected`, `invalid-job`, `broker:delivery_limit`, ...).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only this ErrorCode.
+    #[arg(long)]
+    pub code: Option<i64>,
+    /// Only jobs dead-lettered at least this many seconds ago.
+    #[arg(long)]
+    pub older_than_secs: Option<i64>,
+    /// Only jobs dead-lettered less than this many seconds ago.
+    #[arg(long)]
+    pub newer_than_secs: Option<i64>,
+}
+
+/// Which dead letters to act on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelectArgs {
+    /// Job ids (repeatable).
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Every dead letter.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl FilterArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            reason: self.reason.clone(),
+            code: self.code,
+            older_than_secs: self.older_than_secs,
+            newer_than_secs: self.newer_than_secs,
+            ..Selection::default()
+        }
+    }
+}
+
+impl SelectArgs {
+    fn selection(&self) -> anyhow::Result<Selection> {
+        let selection = Selection {
+            ids: self.ids.clone(),
+            all: self.all,
+            ..self.filter.selection()
+        };
+        if selection.is_empty() {
+            bail!("say which jobs: --id, --reason, --code, --older-than-secs, --newer-than-secs, or --all");
+        }
+        Ok(selection)
+    }
+}
+
+#[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// Where is this broadcast? Delivered (when, MsgSeq, which call), in flight, or dead-lettered.
     Show {
@@ -150,6 +259,9 @@ pub struct RunArgs {
         default_value_t = 168.0
     )]
     pub ledger_retention_hours: f64,
+    /// Address of the ops endpoint (`/metrics`, `/healthz`, `/readyz`); port 0 picks one (printed).
+    #[arg(long, env = "BROADCAST_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
     /// Test hook: exit abruptly at POINT:N (before-call, after-call, after-ledger).
     #[arg(long, env = "BROADCAST_TEST_CRASH_AT", hide = true)]
     pub crash_at: Option<String>,
@@ -412,6 +524,7 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Run(args) => run(*args).await,
+            Command::Dlq(command) => dlq(command).await,
             Command::Migrate(args) => {
                 args.ledger()?.migrate().await?;
                 println!("ledger migrations applied");
@@ -438,7 +551,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_batch_bytes = config.max_batch_bytes,
         base_url = %config.api.base_url,
         sdkappid = config.api.sdkappid,
-        "starting the worker; without a ledger delivery is at least once"
+        "starting the worker"
     );
     let shutdown = CancellationToken::new();
     match &config.ledger {
@@ -454,6 +567,14 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(_) => info!("ledger in use (migrations skipped): each job is delivered once"),
     }
     let worker = Worker::new(config)?;
+    let metrics = crate::telemetry::install_recorder()?;
+    crate::telemetry::describe();
+    metrics::gauge!(crate::telemetry::RATE).set(args.rate);
+    let ops = crate::telemetry::serve(args.metrics_addr, metrics, worker.status())
+        .await
+        .with_context(|| format!("cannot listen on {} for metrics", args.metrics_addr))?;
+    println!("ops endpoint listening on http://{ops}");
+    info!(%ops, "ops endpoint: /metrics, /healthz, /readyz");
     let task = tokio::spawn(worker.run(shutdown.clone()));
     tokio::pin!(task);
     tokio::select! {
@@ -530,6 +651,241 @@ async fn show_job(ledger: &LedgerArgs, job_id: &str, json: bool) -> anyhow::Resu
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let broker_args = match &command {
+        DlqCommand::List { broker, .. }
+        | DlqCommand::Show { broker, .. }
+        | DlqCommand::Replay { broker, .. }
+        | DlqCommand::Purge { broker, .. } => broker.clone(),
+    };
+    let names = broker_args.check()?.names;
+    let connection = broker::connect(&broker_args.amqp_url, "broadcast-worker dlq").await?;
+    let channel = broker::confirm_channel(&connection).await?;
+    channel
+        .queue_declare(
+            names.dead.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("there is no dead-letter queue {}: {e}", names.dead))?;
+    let dead = dlq::read_all(&channel, &names.dead).await?;
+    let now = dlq::now_ms();
+    let code = match command {
+        DlqCommand::List {
+            filter,
+            newest_first,
+            limit,
+            json,
+            ..
+        } => {
+            let selection = filter.selection();
+            let mut shown: Vec<&DeadInfo> = dead
+                .iter()
+                .map(|d| &d.info)
+                .filter(|i| selection.matches(i, now))
+                .collect();
+            if newest_first {
+                shown.reverse();
+            }
+            let summary = dlq::summarize(shown.iter().copied());
+            shown.truncate(limit.unwrap_or(usize::MAX));
+            if json {
+                let summary: Vec<_> = summary
+                    .iter()
+                    .map(|((reason, code), count)| serde_json::json!({"reason": reason, "code": code, "count": count}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"total": dead.len(), "summary": summary, "jobs": shown})
+                );
+            } else {
+                println!(
+                    "{:<36} {:<18} {:>6} {:>8} {:>8} {:>7}  INFO",
+                    "ID", "REASON", "CODE", "AGE", "ATTEMPTS", "REPLAYS"
+                );
+                for info in &shown {
+                    println!(
+                        "{:<36} {:<18} {:>6} {:>8} {:>8} {:>7}  {}",
+                        info.id,
+                        info.reason,
+                        info.error_code.map_or("-".into(), |c| c.to_string()),
+                        info.age_secs(now).map_or("?".into(), |a| format!("{a}s")),
+                        info.attempts.map_or("-".into(), |a| a.to_string()),
+                        info.replays,
+                        info.error_info.as_deref().unwrap_or("")
+                    );
+                }
+                let counts: Vec<String> = summary
+                    .iter()
+                    .map(|((reason, code), n)| format!("{reason}/{code}: {n}"))
+                    .collect();
+                println!(
+                    "{} of {} dead letters match; by reason/code: {}",
+                    summary.values().sum::<usize>(),
+                    dead.len(),
+                    counts.join(", ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        DlqCommand::Show { job_id, .. } => match dead.iter().find(|d| d.id == job_id) {
+            Some(job) => {
+                let body =
+                    serde_json::from_slice::<serde_json::Value>(&job.body).unwrap_or_else(|_| {
+                        serde_json::Value::String(String::from_utf8_lossy(&job.body).into_owned())
+                    });
+                let headers: serde_json::Map<String, serde_json::Value> = job
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .map(|h| {
+                        h.inner()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), amqp_to_json(v)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let p = &job.properties;
+                let report = serde_json::json!({
+                    "id": job.id,
+                    "why": job.info,
+                    "body": body,
+                    "properties": {
+                        "message_id": p.message_id().as_ref().map(|s| s.to_string()),
+                        "content_type": p.content_type().as_ref().map(|s| s.to_string()),
+                        "timestamp": p.timestamp(),
+                        "expiration": p.expiration().as_ref().map(|s| s.to_string()),
+                        "delivery_mode": p.delivery_mode(),
+                        "headers": headers,
+                    },
+                });
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("no dead letter with id {job_id:?} in {}", names.dead);
+                ExitCode::FAILURE
+            }
+        },
+        DlqCommand::Replay {
+            select,
+            dry_run,
+            crash_at,
+            ..
+        } => {
+            let selection = select.selection()?;
+            let crash_after: Option<usize> = crash_at
+                .as_deref()
+                .and_then(|s| s.strip_prefix("after-publish:"))
+                .and_then(|n| n.parse().ok());
+            let chosen: Vec<DeadJob> = dead
+                .into_iter()
+                .filter(|d| selection.matches(&d.info, now))
+                .collect();
+            if dry_run {
+                for job in &chosen {
+                    println!(
+                        "would replay {} ({}, replayed {} time(s) before)",
+                        job.id, job.info.reason, job.info.replays
+                    );
+                }
+                println!("would replay {} job(s); nothing moved", chosen.len());
+            } else {
+                let progress = indicatif::ProgressBar::new(chosen.len() as u64);
+                let mut replayed = 0;
+                for job in chosen {
+                    let id = job.id.clone();
+                    job.replay(&channel, &names.jobs, || {
+                        if crash_after == Some(replayed + 1) {
+                            eprintln!(
+                                "test hook: exiting after a confirmed publish, before its removal"
+                            );
+                            std::process::exit(137);
+                        }
+                    })
+                    .await?;
+                    replayed += 1;
+                    progress.inc(1);
+                    progress.suspend(|| println!("replayed {id}"));
+                }
+                progress.finish_and_clear();
+                println!("replayed {replayed} job(s) to {}", names.jobs);
+            }
+            ExitCode::SUCCESS
+        }
+        DlqCommand::Purge { select, yes, .. } => {
+            let selection = select.selection()?;
+            let chosen: Vec<DeadJob> = dead
+                .into_iter()
+                .filter(|d| selection.matches(&d.info, now))
+                .collect();
+            if !yes {
+                for job in &chosen {
+                    println!("would remove {} ({})", job.id, job.info.reason);
+                }
+                eprintln!(
+                    "{} job(s) selected; nothing removed: purge needs --yes",
+                    chosen.len()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            let progress = indicatif::ProgressBar::new(chosen.len() as u64);
+            let mut removed = 0;
+            for job in chosen {
+                let line = format!(
+                    "removed {} ({}, {})",
+                    job.id,
+                    job.info.reason,
+                    job.info.error_info.as_deref().unwrap_or("")
+                );
+                job.remove().await?;
+                removed += 1;
+                progress.inc(1);
+                progress.suspend(|| println!("{line}"));
+            }
+            progress.finish_and_clear();
+            println!("removed {removed} job(s) from {}", names.dead);
+            ExitCode::SUCCESS
+        }
+    };
+    // Whatever was not replayed or removed goes back, in its place.
+    let _ = channel.close(200, "dlq done".into()).await;
+    let _ = connection.close(200, "dlq done".into()).await;
+    Ok(code)
+}
+
+/// An AMQP header value as JSON, for `dlq show`.
+fn amqp_to_json(value: &lapin::types::AMQPValue) -> serde_json::Value {
+    use lapin::types::AMQPValue as V;
+    match value {
+        V::Boolean(b) => (*b).into(),
+        V::ShortShortInt(v) => (*v).into(),
+        V::ShortShortUInt(v) => (*v).into(),
+        V::ShortInt(v) => (*v).into(),
+        V::ShortUInt(v) => (*v).into(),
+        V::LongInt(v) => (*v).into(),
+        V::LongUInt(v) => (*v).into(),
+        V::LongLongInt(v) => (*v).into(),
+        V::Float(v) => (*v).into(),
+        V::Double(v) => (*v).into(),
+        V::Timestamp(v) => (*v).into(),
+        V::ShortString(s) => s.as_str().into(),
+        V::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned().into(),
+        V::FieldArray(items) => items.as_slice().iter().map(amqp_to_json).collect(),
+        V::FieldTable(table) => table
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.to_string(), amqp_to_json(v)))
+            .collect(),
+        V::Void => serde_json::Value::Null,
+        other => format!("{other:?}").into(),
+    }
 }
 
 async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {

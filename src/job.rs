@@ -14,6 +14,9 @@ use crate::message::{parse_body, BodyError, KNOWN_FIELDS};
 /// The header that carries a job's deadline: unix time in milliseconds.
 pub const DEADLINE_HEADER: &str = "x-deadline";
 
+/// The header that counts a job's replays from the dead-letter queue.
+pub const REPLAYS_HEADER: &str = "x-replays";
+
 /// Jobs that share a merge key can travel in one call: the call's sender and
 /// custom data apply to all of its elements.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -34,6 +37,8 @@ pub struct Job {
     pub elements: Vec<Box<RawValue>>,
     /// After this, the job is dead-lettered as expired instead of sent late.
     pub deadline: Option<SystemTime>,
+    /// Times an operator replayed it from the dead-letter queue (`x-replays`).
+    pub replays: u32,
 }
 
 impl Job {
@@ -135,6 +140,7 @@ pub fn decode(
         },
         elements,
         deadline: deadline_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
+        replays: 0,
     };
     let bytes = call_overhead(&job.key) + job.elements_bytes();
     if bytes > max_call_bytes {

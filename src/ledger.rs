@@ -64,7 +64,17 @@ pub struct JobReport {
 }
 
 /// The decision for one arriving job, from its row and its call's row. Pure.
-pub fn classify_record(job_state: &str, call_state: &str, call: Option<InFlightCall>) -> Known {
+/// A job replayed more often than when its call began is a new job.
+pub fn classify_record(
+    job_state: &str,
+    call_state: &str,
+    call: Option<InFlightCall>,
+    recorded_replays: u32,
+    arriving_replays: u32,
+) -> Known {
+    if arriving_replays > recorded_replays {
+        return Known::New;
+    }
     match (job_state, call_state, call) {
         ("delivered" | "dead_lettered", _, _) => Known::Settled,
         ("in_flight", "in_flight", Some(call)) => Known::InFlight(call),
@@ -106,16 +116,21 @@ impl Ledger {
         Ok(())
     }
 
-    /// One query for a whole set of arriving jobs.
-    pub async fn lookup(&self, job_ids: &[String]) -> Result<HashMap<String, Known>, LedgerError> {
+    /// One query for a whole set of arriving jobs: their ids and replay counts.
+    pub async fn lookup(
+        &self,
+        jobs: &[(String, u32)],
+    ) -> Result<HashMap<String, Known>, LedgerError> {
+        let job_ids: Vec<&str> = jobs.iter().map(|(id, _)| id.as_str()).collect();
+        let arriving: HashMap<&str, u32> = jobs.iter().map(|(id, r)| (id.as_str(), *r)).collect();
         let rows = sqlx::query(
-            "SELECT j.job_id, j.state AS job_state, c.id AS call_id, c.state AS call_state, \
+            "SELECT j.job_id, j.state AS job_state, j.replays, c.id AS call_id, c.state AS call_state, \
                     CASE WHEN j.state = 'in_flight' AND c.state = 'in_flight' THEN c.body END AS body, \
                     c.random, EXTRACT(EPOCH FROM (now() - c.created_at))::float8 AS age \
              FROM jobs j JOIN calls c ON c.id = j.call_id \
              WHERE j.job_id = ANY($1)",
         )
-        .bind(job_ids)
+        .bind(&job_ids)
         .fetch_all(&self.pool)
         .await?;
         let mut known = HashMap::with_capacity(rows.len());
@@ -127,8 +142,17 @@ impl Ledger {
                 random: u32::try_from(row.get::<i64, _>("random")).unwrap_or(0),
                 age: Duration::from_secs_f64(row.get::<f64, _>("age").max(0.0)),
             });
-            let state = classify_record(row.get("job_state"), row.get("call_state"), call);
-            known.insert(row.get("job_id"), state);
+            let job_id: String = row.get("job_id");
+            let recorded = u32::try_from(row.get::<i32, _>("replays")).unwrap_or(0);
+            let replays = arriving.get(job_id.as_str()).copied().unwrap_or(0);
+            let state = classify_record(
+                row.get("job_state"),
+                row.get("call_state"),
+                call,
+                recorded,
+                replays,
+            );
+            known.insert(job_id, state);
         }
         Ok(known)
     }
@@ -139,9 +163,14 @@ impl Ledger {
         &self,
         body: &[u8],
         random: u32,
-        job_ids: &[String],
+        jobs: &[(String, u32)],
         parent: Option<i64>,
     ) -> Result<i64, LedgerError> {
+        let job_ids: Vec<&str> = jobs.iter().map(|(id, _)| id.as_str()).collect();
+        let replays: Vec<i32> = jobs
+            .iter()
+            .map(|(_, r)| i32::try_from(*r).unwrap_or(i32::MAX))
+            .collect();
         let mut tx = self.pool.begin().await?;
         let call_id: i64 = sqlx::query_scalar(
             "INSERT INTO calls (body, random, job_count, state) VALUES ($1, $2, $3, 'in_flight') RETURNING id",
@@ -152,12 +181,14 @@ impl Ledger {
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO jobs (job_id, call_id, state) SELECT id, $2, 'in_flight' FROM unnest($1::text[]) AS id \
+            "INSERT INTO jobs (job_id, call_id, state, replays) \
+             SELECT id, $2, 'in_flight', replays FROM unnest($1::text[], $3::int[]) AS t (id, replays) \
              ON CONFLICT (job_id) DO UPDATE SET call_id = EXCLUDED.call_id, state = 'in_flight', \
-                 reason = NULL, error_code = NULL, error_info = NULL, updated_at = now()",
+                 replays = EXCLUDED.replays, reason = NULL, error_code = NULL, error_info = NULL, updated_at = now()",
         )
-        .bind(job_ids)
+        .bind(&job_ids)
         .bind(call_id)
+        .bind(&replays)
         .execute(&mut *tx)
         .await?;
         if let Some(parent) = parent {
@@ -323,22 +354,37 @@ mod tests {
             age: Duration::from_secs(3),
         };
         assert_eq!(
-            classify_record("delivered", "delivered", None),
+            classify_record("delivered", "delivered", None, 0, 0),
             Known::Settled
         );
         assert_eq!(
-            classify_record("dead_lettered", "in_flight", None),
+            classify_record("dead_lettered", "in_flight", None, 0, 0),
             Known::Settled
         );
         assert_eq!(
-            classify_record("in_flight", "in_flight", Some(call.clone())),
+            classify_record("in_flight", "in_flight", Some(call.clone()), 0, 0),
             Known::InFlight(call)
         );
-        assert_eq!(classify_record("in_flight", "abandoned", None), Known::New);
-        assert_eq!(classify_record("in_flight", "split", None), Known::New);
         assert_eq!(
-            classify_record("in_flight", "dead_lettered", None),
+            classify_record("in_flight", "abandoned", None, 0, 0),
             Known::New
+        );
+        assert_eq!(
+            classify_record("in_flight", "split", None, 0, 0),
+            Known::New
+        );
+        assert_eq!(
+            classify_record("in_flight", "dead_lettered", None, 0, 0),
+            Known::New
+        );
+        // A replay of a dead-lettered job is a new job; the same replay again is not.
+        assert_eq!(
+            classify_record("dead_lettered", "dead_lettered", None, 0, 1),
+            Known::New
+        );
+        assert_eq!(
+            classify_record("delivered", "delivered", None, 1, 1),
+            Known::Settled
         );
     }
 }

@@ -122,6 +122,11 @@ impl<T> Batcher<T> {
         Some(Batch::new(key, jobs))
     }
 
+    /// Every waiting job, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Queued<T>> {
+        self.queues.iter().flat_map(|(_, queue)| queue.iter())
+    }
+
     /// Removes and returns the jobs whose deadline has passed.
     pub fn take_expired(&mut self, now: std::time::SystemTime) -> Vec<Queued<T>> {
         let mut expired = Vec::new();

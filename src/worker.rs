@@ -40,6 +40,7 @@ use crate::ledger::{Known, Ledger, LedgerError};
 use crate::limit::{Limiter, SlowDown};
 use crate::merge::{Batch, Batcher, Queued};
 use crate::outcome::{Classifier, Outcome};
+use crate::telemetry;
 use crate::usersig::{SecretKey, Signer};
 use std::collections::HashMap;
 
@@ -193,6 +194,28 @@ pub struct WorkerStatus {
     pub halted: AtomicBool,
     /// Stopped sending because the ledger cannot be read or written.
     pub ledger_down: AtomicBool,
+}
+
+impl WorkerStatus {
+    fn set_consuming(&self, on: bool) {
+        self.consuming.store(on, Ordering::Relaxed);
+        metrics::gauge!(telemetry::CONNECTED).set(f64::from(u8::from(on)));
+        if !on {
+            metrics::gauge!(telemetry::ACTIVE).set(0.0);
+        }
+    }
+
+    /// Sets the halt flag; returns what it was.
+    fn set_halted(&self, on: bool) -> bool {
+        metrics::gauge!(telemetry::HALTED).set(f64::from(u8::from(on)));
+        self.halted.swap(on, Ordering::Relaxed)
+    }
+
+    /// Sets the ledger-down flag; returns what it was.
+    fn set_ledger_down(&self, on: bool) -> bool {
+        metrics::gauge!(telemetry::LEDGER_DOWN).set(f64::from(u8::from(on)));
+        self.ledger_down.swap(on, Ordering::Relaxed)
+    }
 }
 
 /// A job's delivery: what is needed to ack it or dead-letter it as it came.
@@ -349,7 +372,7 @@ impl Worker {
                 Err(e @ BrokerError::Topology { .. }) => return Err(WorkerError::Topology(e)),
                 Err(e) => SessionEnd::Broker(e.to_string()),
             };
-            self.status.consuming.store(false, Ordering::Relaxed);
+            self.status.set_consuming(false);
             match end {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Broker(why) => {
@@ -414,7 +437,7 @@ impl Worker {
             )
             .await
             .map_err(BrokerError::Channel)?;
-        self.status.consuming.store(true, Ordering::Relaxed);
+        self.status.set_consuming(true);
         info!(queue = %names.jobs, prefetch = self.config.prefetch, "consuming (active, or standing by until the active consumer goes)");
 
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -486,6 +509,7 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<std::convert::Infallible, SessionEnd> {
         loop {
+            queues.readmit_duplicates();
             while queues.is_empty() {
                 tokio::select! {
                     biased;
@@ -495,6 +519,8 @@ impl Worker {
                 self.admit(queues, publish_channel, shutdown).await?;
             }
             {
+                metrics::gauge!(telemetry::OLDEST_UNSETTLED_SECONDS).set(queues.oldest_age_secs());
+                let waiting = Instant::now();
                 let permit = self.limiter.acquire();
                 tokio::pin!(permit);
                 loop {
@@ -505,6 +531,8 @@ impl Worker {
                         incoming = rx.recv() => queues.arrive(incoming)?,
                     }
                 }
+                metrics::histogram!(telemetry::PERMIT_WAIT_SECONDS)
+                    .record(waiting.elapsed().as_secs_f64());
             }
             while let Ok(incoming) = rx.try_recv() {
                 queues.arrive(Some(incoming))?;
@@ -545,6 +573,7 @@ impl Worker {
         publish_channel: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
+        queues.set_aside_duplicates();
         if queues.arrived.is_empty() {
             return Ok(());
         }
@@ -554,10 +583,10 @@ impl Worker {
             }
             return Ok(());
         };
-        let ids: Vec<String> = queues
+        let ids: Vec<(String, u32)> = queues
             .arrived
             .iter()
-            .map(|(job, _)| job.id.clone())
+            .map(|(job, _)| (job.id.clone(), job.replays))
             .collect();
         let mut known = with_ledger(&self.status, shutdown, || ledger.lookup(&ids)).await?;
         let mut settled = Vec::new();
@@ -566,6 +595,7 @@ impl Worker {
                 None | Some(Known::New) => queues.batcher.push(job, pending),
                 Some(Known::Settled) => {
                     info!(job = %job.id, "redelivered job already settled: acked without a call");
+                    metrics::counter!(telemetry::JOBS_ACKED_KNOWN).increment(1);
                     settled.push((
                         job,
                         pending,
@@ -650,6 +680,8 @@ impl Worker {
             .build();
         let mut transient_failures = 0u32;
         let mut resigns = 0u32;
+        let mut first_attempt = true;
+        let mut last_outcome = "none";
         loop {
             if !std::mem::take(has_permit) {
                 tokio::select! {
@@ -659,7 +691,12 @@ impl Worker {
                 }
             }
             if let (Some(ledger), None) = (self.config.ledger.clone(), call.ledger_id) {
-                let ids: Vec<String> = call.batch.jobs.iter().map(|q| q.job.id.clone()).collect();
+                let ids: Vec<(String, u32)> = call
+                    .batch
+                    .jobs
+                    .iter()
+                    .map(|q| (q.job.id.clone(), q.job.replays))
+                    .collect();
                 let (body, random, parent) = (&call.batch.body, call.batch.random, call.parent);
                 let recorded = with_ledger(&self.status, shutdown, || {
                     ledger.begin_call(body, random, &ids, parent)
@@ -677,20 +714,34 @@ impl Worker {
                 queued.tag.attempts += 1;
             }
             let attempt = call.batch.jobs[0].tag.attempts;
+            if first_attempt {
+                metrics::histogram!(telemetry::CALL_BYTES).record(call.batch.body.len() as f64);
+                metrics::histogram!(telemetry::CALL_JOBS).record(call.batch.jobs.len() as f64);
+            }
             // The call in flight is always finished, shutdown or not.
+            let sent = Instant::now();
             let result = self
                 .client
                 .send_broadcast(&usersig, call.batch.body.clone())
                 .await;
+            metrics::histogram!(telemetry::CALL_SECONDS).record(sent.elapsed().as_secs_f64());
             let outcome = self.config.classifier.classify(&result);
             let (code, info) = describe(&result);
+            metrics::counter!(telemetry::CALLS, "outcome" => outcome_label(&outcome), "code" => code_label(&result))
+                .increment(1);
+            if !std::mem::take(&mut first_attempt) {
+                metrics::counter!(telemetry::RETRIES, "after" => last_outcome).increment(1);
+            }
+            last_outcome = outcome_label(&outcome);
             match outcome {
                 Outcome::Delivered { msg_seq } => {
-                    if self.status.halted.swap(false, Ordering::Relaxed) {
+                    if self.status.set_halted(false) {
                         info!("the app-wide fault is gone: sending again");
                     }
                     info!(attempt, msg_seq, "delivered");
                     self.crash_point(CrashPoint::AfterCall);
+                    metrics::counter!(telemetry::JOBS_DELIVERED)
+                        .increment(call.batch.jobs.len() as u64);
                     let ledger_call = call.ledger_id;
                     let done = call
                         .batch
@@ -728,6 +779,7 @@ impl Worker {
                 Outcome::RateLimited { min_pause } => {
                     warn!(attempt, code, "frequency limit: pausing the sender");
                     self.limiter.on_rate_limited(min_pause);
+                    metrics::gauge!(telemetry::RATE).set(self.limiter.current_rate());
                 }
                 Outcome::Resign if resigns < 2 => {
                     resigns += 1;
@@ -768,7 +820,7 @@ impl Worker {
                         return Ok(dead_letter_all(call, "rejected", code, info));
                     }
                     AppFaultPolicy::Halt => {
-                        if !self.status.halted.swap(true, Ordering::Relaxed) {
+                        if !self.status.set_halted(true) {
                             error!(
                                 code, %info, probe_every = ?self.config.app_fault_probe,
                                 "app-wide fault: sending stopped, every job kept; fix the app's configuration (console switch, admin account, SDKAppID, secret key)"
@@ -853,6 +905,7 @@ impl Worker {
                         .await?;
                     }
                     warn!(job = %job.id, reason = dead.reason, code = dead.error_code, "dead-lettered");
+                    count_dead_letter(dead.reason, dead.error_code);
                     ack(&pending.acker, &job.id).await?;
                 }
                 Fate::Leave => {
@@ -896,11 +949,40 @@ struct Queues {
     batcher: Batcher<Pending>,
     /// Calls the ledger holds as in flight, to resend first (newest last).
     recovering: Vec<Call>,
+    /// Copies of a job already held (a producer's double publish, a replay
+    /// run twice): looked at again once the first copy is settled.
+    duplicates: Vec<(Job, Pending)>,
 }
 
 impl Queues {
     fn is_empty(&self) -> bool {
         self.arrived.is_empty() && self.batcher.is_empty() && self.recovering.is_empty()
+    }
+
+    /// Moves arrived copies of jobs already held aside, so one call never
+    /// carries a job twice.
+    fn set_aside_duplicates(&mut self) {
+        let mut held: std::collections::HashSet<String> = self
+            .batcher
+            .iter()
+            .map(|q| q.job.id.clone())
+            .chain(
+                self.recovering
+                    .iter()
+                    .flat_map(|c| c.batch.jobs.iter().map(|q| q.job.id.clone())),
+            )
+            .collect();
+        let (fresh, copies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.arrived)
+            .into_iter()
+            .partition(|(job, _)| held.insert(job.id.clone()));
+        self.arrived = fresh;
+        self.duplicates.extend(copies);
+    }
+
+    /// Gives the copies set aside another look (their first copy has been
+    /// settled since, or is held still and they are set aside again).
+    fn readmit_duplicates(&mut self) {
+        self.arrived.append(&mut self.duplicates);
     }
 
     fn arrive(&mut self, incoming: Option<Incoming>) -> Result<(), SessionEnd> {
@@ -912,6 +994,24 @@ impl Queues {
             Some(Incoming::Lost(why)) => Err(SessionEnd::Broker(why)),
             None => Err(SessionEnd::Broker("the consumer task ended".into())),
         }
+    }
+
+    /// Seconds since the oldest held job arrived.
+    fn oldest_age_secs(&self) -> f64 {
+        let oldest = self
+            .arrived
+            .iter()
+            .map(|(_, p)| p.first_seen_ms)
+            .chain(self.batcher.iter().map(|q| q.tag.first_seen_ms))
+            .chain(
+                self.recovering
+                    .iter()
+                    .flat_map(|c| c.batch.jobs.iter().map(|q| q.tag.first_seen_ms)),
+            )
+            .min();
+        oldest.map_or(0.0, |ms| {
+            broker::unix_ms(SystemTime::now()).saturating_sub(ms) as f64 / 1000.0
+        })
     }
 
     /// Adds a redelivered job to the resend of its call.
@@ -943,7 +1043,12 @@ impl Queues {
 
     /// Everything held, for a shutdown.
     fn drain(&mut self) -> Vec<Pending> {
-        let mut all: Vec<Pending> = self.arrived.drain(..).map(|(_, pending)| pending).collect();
+        let mut all: Vec<Pending> = self
+            .arrived
+            .drain(..)
+            .chain(self.duplicates.drain(..))
+            .map(|(_, pending)| pending)
+            .collect();
         all.extend(
             self.recovering
                 .drain(..)
@@ -974,13 +1079,13 @@ where
     loop {
         match op().await {
             Ok(value) => {
-                if status.ledger_down.swap(false, Ordering::Relaxed) {
+                if status.set_ledger_down(false) {
                     info!("the ledger answers again: sending resumes");
                 }
                 return Ok(value);
             }
             Err(e) => {
-                if !status.ledger_down.swap(true, Ordering::Relaxed) {
+                if !status.set_ledger_down(true) {
                     error!(error = %e, "the ledger is unreachable: sending stopped (delivery could no longer be promised once), every job kept");
                 }
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
@@ -1061,6 +1166,35 @@ fn dead_letter_fate(
     }
 }
 
+fn count_dead_letter(reason: &'static str, code: Option<i64>) {
+    let code = code.map_or_else(|| "none".to_string(), |c| c.to_string());
+    metrics::counter!(telemetry::JOBS_DEAD_LETTERED, "reason" => reason, "code" => code)
+        .increment(1);
+}
+
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Delivered { .. } => "delivered",
+        Outcome::Transient => "transient",
+        Outcome::RateLimited { .. } => "rate_limited",
+        Outcome::Resign => "resign",
+        Outcome::Permanent => "permanent",
+        Outcome::AppFault => "app_fault",
+    }
+}
+
+/// The ErrorCode as a label, or the kind of transport failure.
+fn code_label(result: &Result<ApiResponse, TransportError>) -> String {
+    match result {
+        Ok(response) => response.error_code.to_string(),
+        Err(TransportError::Status { status }) => format!("http_{status}"),
+        Err(TransportError::Timeout) => "timeout".into(),
+        Err(TransportError::Connect(_)) => "connect".into(),
+        Err(TransportError::InvalidResponse(_)) => "invalid_response".into(),
+        Err(TransportError::Other(_)) => "transport".into(),
+    }
+}
+
 /// The ErrorCode and text of an attempt, for logs and dead letters. The text
 /// of a transport error never holds the URL (see [`crate::api`]).
 fn describe(result: &Result<ApiResponse, TransportError>) -> (Option<i64>, String) {
@@ -1095,7 +1229,11 @@ impl Decoder {
     async fn run(self, mut consumer: lapin::Consumer, tx: mpsc::UnboundedSender<Incoming>) {
         while let Some(delivery) = consumer.next().await {
             let delivery = match delivery {
-                Ok(delivery) => delivery,
+                Ok(delivery) => {
+                    metrics::counter!(telemetry::JOBS_RECEIVED).increment(1);
+                    metrics::gauge!(telemetry::ACTIVE).set(1.0);
+                    delivery
+                }
                 Err(e) => {
                     let _ = tx.send(Incoming::Lost(format!("consumer error: {e}")));
                     return;
@@ -1115,9 +1253,13 @@ impl Decoder {
                 self.max_batch_bytes,
                 SystemTime::now(),
             );
+            let replays = broker::header_i64(&delivery.properties, job::REPLAYS_HEADER)
+                .and_then(|r| u32::try_from(r).ok())
+                .unwrap_or(0);
             let pending = Pending::from_delivery(delivery);
             match decoded {
-                Ok(job) => {
+                Ok(mut job) => {
+                    job.replays = replays;
                     if tx.send(Incoming::Job(job, pending)).is_err() {
                         return;
                     }
@@ -1156,6 +1298,7 @@ impl Decoder {
         )
         .await?;
         warn!(job = %id, reason = dead.reason, info = %dead.error_info, "dead-lettered on arrival");
+        count_dead_letter(dead.reason, None);
         ack(&pending.acker, id).await
     }
 }

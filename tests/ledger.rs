@@ -254,7 +254,7 @@ async fn leave_call_in_flight(
     let body = serde_json::json!({"Random": 12345, "MsgBody": elements})
         .to_string()
         .into_bytes();
-    let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    let ids: Vec<(String, u32)> = ids.iter().map(|s| (s.to_string(), 0)).collect();
     let call = ledger.begin_call(&body, 12345, &ids, None).await.unwrap();
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
@@ -384,7 +384,7 @@ async fn settled_records_older_than_the_retention_are_pruned() {
     for i in 0..5 {
         let id = format!("p-{i}");
         let call = ledger
-            .begin_call(b"{}", i, std::slice::from_ref(&id), None)
+            .begin_call(b"{}", i, &[(id.clone(), 0)], None)
             .await
             .unwrap();
         if i < 4 {

@@ -511,6 +511,7 @@ pub fn worker_process(app: &TestApp, extra: &[(&str, String)]) -> std::process::
             "BROADCAST_DELIVERY_LIMIT",
             app.config.topology.delivery_limit.to_string(),
         )
+        .env("BROADCAST_METRICS_ADDR", "127.0.0.1:0")
         .env_remove("TIM_SECRET_KEY_FILE")
         .env_remove("DATABASE_URL")
         .env_remove("BROADCAST_TEST_CRASH_AT")

@@ -1,0 +1,165 @@
+//! What operators see of a running worker: Prometheus metrics, `/healthz` and
+//! `/readyz` on one HTTP endpoint. The metric names live here, so README's
+//! table and the code cannot drift apart. No label ever carries a secret: labels
+//! are outcomes, reasons and ErrorCodes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::worker::WorkerStatus;
+
+pub const JOBS_RECEIVED: &str = "broadcast_jobs_received_total";
+pub const JOBS_DELIVERED: &str = "broadcast_jobs_delivered_total";
+pub const JOBS_ACKED_KNOWN: &str = "broadcast_jobs_already_settled_total";
+pub const JOBS_DEAD_LETTERED: &str = "broadcast_jobs_dead_lettered_total";
+pub const CALLS: &str = "broadcast_calls_total";
+pub const CALL_SECONDS: &str = "broadcast_call_duration_seconds";
+pub const CALL_BYTES: &str = "broadcast_call_bytes";
+pub const CALL_JOBS: &str = "broadcast_call_jobs";
+pub const PERMIT_WAIT_SECONDS: &str = "broadcast_permit_wait_seconds";
+pub const RETRIES: &str = "broadcast_retries_total";
+pub const OLDEST_UNSETTLED_SECONDS: &str = "broadcast_oldest_unsettled_job_age_seconds";
+pub const ACTIVE: &str = "broadcast_consumer_active";
+pub const CONNECTED: &str = "broadcast_broker_connected";
+pub const HALTED: &str = "broadcast_halted";
+pub const LEDGER_DOWN: &str = "broadcast_ledger_down";
+pub const RATE: &str = "broadcast_rate_calls_per_second";
+
+/// Installs the process-wide Prometheus recorder. Call once, at start.
+pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let seconds = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let bytes = [
+        500.0, 1000.0, 2000.0, 4000.0, 8000.0, 10000.0, 11000.0, 11500.0, 12000.0,
+    ];
+    let jobs = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 150.0, 200.0];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(CALL_SECONDS.into()), &seconds)?
+        .set_buckets_for_metric(Matcher::Full(PERMIT_WAIT_SECONDS.into()), &seconds)?
+        .set_buckets_for_metric(Matcher::Full(CALL_BYTES.into()), &bytes)?
+        .set_buckets_for_metric(Matcher::Full(CALL_JOBS.into()), &jobs)?
+        .install_recorder()
+}
+
+/// Describes every metric, for the `# HELP` lines.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        JOBS_RECEIVED,
+        "Jobs received from the jobs queue (redeliveries included)"
+    );
+    describe_counter!(
+        JOBS_DELIVERED,
+        "Jobs acked after the service took their call"
+    );
+    describe_counter!(
+        JOBS_ACKED_KNOWN,
+        "Redelivered jobs the ledger knew as settled, acked without a call"
+    );
+    describe_counter!(
+        JOBS_DEAD_LETTERED,
+        "Jobs dead-lettered, by reason and ErrorCode"
+    );
+    describe_counter!(CALLS, "Call attempts, by outcome and ErrorCode");
+    describe_histogram!(CALL_SECONDS, Unit::Seconds, "Time of one call attempt");
+    describe_histogram!(CALL_BYTES, Unit::Bytes, "Body size of each call");
+    describe_histogram!(CALL_JOBS, "Jobs merged into each call");
+    describe_histogram!(
+        PERMIT_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time the sender waited for a permit"
+    );
+    describe_counter!(RETRIES, "Attempts after the first, by kind");
+    describe_gauge!(
+        OLDEST_UNSETTLED_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest job held and not yet settled"
+    );
+    describe_gauge!(ACTIVE, "1 once this replica receives jobs in its session (the active consumer), 0 while standing by");
+    describe_gauge!(CONNECTED, "1 while connected to the broker and consuming");
+    describe_gauge!(HALTED, "1 while sending is stopped by an app-wide fault");
+    describe_gauge!(
+        LEDGER_DOWN,
+        "1 while sending is stopped because the ledger is unreachable"
+    );
+    describe_gauge!(RATE, "The rate the token bucket runs at now");
+    for gauge in [
+        ACTIVE,
+        CONNECTED,
+        HALTED,
+        LEDGER_DOWN,
+        OLDEST_UNSETTLED_SECONDS,
+    ] {
+        metrics::gauge!(gauge).set(0.0);
+    }
+}
+
+/// The ops endpoint: `/metrics`, `/healthz`, `/readyz`.
+pub fn router(handle: PrometheusHandle, status: Arc<WorkerStatus>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(
+                |State((handle, _)): State<(PrometheusHandle, Arc<WorkerStatus>)>| async move {
+                    handle.run_upkeep();
+                    handle.render()
+                },
+            ),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(
+                |State((_, status)): State<(PrometheusHandle, Arc<WorkerStatus>)>| async move {
+                    readiness(&status)
+                },
+            ),
+        )
+        .with_state((handle, status))
+}
+
+/// Ready: connected and consuming (active or standing by), not halted by an
+/// app-wide fault, the ledger reachable.
+fn readiness(status: &WorkerStatus) -> impl IntoResponse {
+    let consuming = status.consuming.load(Ordering::Relaxed);
+    let halted = status.halted.load(Ordering::Relaxed);
+    let ledger_down = status.ledger_down.load(Ordering::Relaxed);
+    let ready = consuming && !halted && !ledger_down;
+    let body = Json(serde_json::json!({
+        "ready": ready,
+        "consuming": consuming,
+        "halted_by_app_fault": halted,
+        "ledger_down": ledger_down,
+    }));
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body)
+}
+
+/// Binds the ops endpoint and serves it in the background; returns the
+/// bound address (port 0 picks one).
+pub async fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    status: Arc<WorkerStatus>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router(handle, status)).await;
+    });
+    Ok(bound)
+}
