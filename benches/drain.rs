@@ -1,25 +1,22 @@
-//! End-to-end figures against real RabbitMQ and the simulator on loopback:
-//! how full the calls are, how close a burst drains to the quota's bound, and
-//! how long a lone job takes at idle. Run with `cargo bench --bench drain`.
-//! Prints a Markdown table; `BENCH_OUT=FILE` also writes it to FILE.
+//! How close the worker comes to what the quota physically allows, against
+//! one call per job; its latency at idle; its ingest ceiling against a bare
+//! consumer; and its memory with small and huge backlogs. Real RabbitMQ, the
+//! simulator on loopback, the release build.
+//!
+//! `cargo bench --bench drain` runs every scenario, prints the table and writes
+//! it into BENCHMARKS.md. A name narrows it (`cargo bench --bench drain idle`);
+//! `BENCH_BACKLOG_JOBS` and `BENCH_MEMORY_JOBS` change the sizes.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use broadcast_worker::api::{ApiConfig, MAX_BODY_BYTES};
-use broadcast_worker::broker::{self, QueueNames};
-use broadcast_worker::simulator::{Simulator, SimulatorConfig, SpawnedSimulator};
-use broadcast_worker::usersig::SecretKey;
-use broadcast_worker::worker::{Worker, WorkerConfig};
-use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::BasicProperties;
+use broadcast_worker::api::MAX_BODY_BYTES;
+use common::*;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
-
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const APP: u64 = 1400000009;
-const ADMIN: &str = "administrator";
-const KEY: &str = "bench-key";
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -28,112 +25,59 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A realistic ~100-byte job: text or custom elements, a few senders.
-fn job(i: usize) -> Value {
-    let from = ["system", "match-bot", "gift-bot"][i % 7 % 3];
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A realistic job of about 100 bytes: text or custom elements, mostly from
+/// one sender, some from two others. Its text carries its number and the
+/// time it was published.
+fn job(i: usize, published_ms: u64) -> Value {
+    let from = match i % 10 {
+        0..=6 => "system",
+        7 | 8 => "match-bot",
+        _ => "gift-bot",
+    };
     let element = if i.is_multiple_of(2) {
-        json!({"MsgType": "TIMTextElem", "MsgContent": {"Text": format!("job:{i} Player{} scored!", i % 997)}})
+        json!({"MsgType": "TIMTextElem", "MsgContent": {"Text": format!("job:{i}@{published_ms} Player{} scored", i % 997)}})
     } else {
-        json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": format!("job:{i} {{\"gift\":{}}}", i % 31)}})
+        json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": format!("job:{i}@{published_ms} {{\"gift\":{}}}", i % 31)}})
     };
     json!({"From_Account": from, "MsgBody": [element]})
 }
 
-fn job_marker(element: &Value) -> Option<usize> {
-    let text = element["MsgContent"]["Text"]
-        .as_str()
-        .or(element["MsgContent"]["Data"].as_str())?;
-    text.strip_prefix("job:")?.split(' ').next()?.parse().ok()
+/// (job number, publish time) from a delivered element.
+fn marker(element: &Value) -> Option<(usize, u64)> {
+    let content = &element["MsgContent"];
+    let text = content["Text"].as_str().or(content["Data"].as_str())?;
+    let (i, rest) = text.strip_prefix("job:")?.split_once('@')?;
+    Some((i.parse().ok()?, rest.split(' ').next()?.parse().ok()?))
 }
 
-struct Bench {
-    prefix: String,
-    sim: SpawnedSimulator,
-    connection: lapin::Connection,
-    channel: lapin::Channel,
-    config: WorkerConfig,
+async fn publish_jobs(app: &TestApp, range: std::ops::Range<usize>) -> Vec<Value> {
+    let published = now_ms();
+    let bodies: Vec<Value> = range.clone().map(|i| job(i, published)).collect();
+    app.publish_bulk(
+        range
+            .zip(bodies.iter())
+            .map(|(i, b)| (format!("bench-{i}"), b.to_string().into_bytes())),
+    )
+    .await;
+    bodies
 }
 
-async fn setup(name: &str, rate: f64) -> Bench {
-    let prefix = format!("bwbench-{name}-{:08x}", rand::random::<u32>());
-    let mut sim_config = SimulatorConfig::new(APP, ADMIN, SecretKey::new(KEY));
-    sim_config.rate = rate;
-    let sim = Simulator::new(sim_config)
-        .spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let mut config = WorkerConfig::new(
-        AMQP_URL.into(),
-        &prefix,
-        ApiConfig::new(sim.base_url(), APP, ADMIN),
-        SecretKey::new(KEY),
-    );
-    config.rate = rate;
-    let connection = broker::connect(AMQP_URL, "bench")
-        .await
-        .expect("RabbitMQ at 127.0.0.1:5672");
-    config.topology.declare(&connection).await.unwrap();
-    let channel = broker::confirm_channel(&connection).await.unwrap();
-    Bench {
-        prefix,
-        sim,
-        connection,
-        channel,
-        config,
-    }
-}
-
-impl Bench {
-    async fn publish(&self, jobs: &[(usize, Value)]) -> HashMap<usize, u64> {
-        let mut sent_at = HashMap::new();
-        for chunk in jobs.chunks(500) {
-            let mut confirms = Vec::new();
-            for (i, body) in chunk {
-                sent_at.insert(*i, now_ms());
-                confirms.push(
-                    self.channel
-                        .basic_publish(
-                            "".into(),
-                            QueueNames::new(&self.prefix).jobs.as_str().into(),
-                            BasicPublishOptions::default(),
-                            body.to_string().as_bytes(),
-                            BasicProperties::default().with_message_id(format!("bench-{i}").into()),
-                        )
-                        .await
-                        .unwrap(),
-                );
-            }
-            for c in confirms {
-                c.await.unwrap();
-            }
-        }
-        sent_at
-    }
-
-    async fn cleanup(self) {
-        let names = QueueNames::new(&self.prefix);
-        let ch = self.connection.create_channel().await.unwrap();
-        let _ = ch
-            .queue_delete(names.jobs.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = ch
-            .queue_delete(names.dead.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = ch
-            .exchange_delete(names.dlx.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-}
-
-/// Calls needed to send these jobs in order (per merge key), each filled
-/// until the next job would not fit.
-fn packing_minimum(jobs: &[(usize, Value)]) -> usize {
+/// Calls needed to send these jobs in order, per merge key, each filled until
+/// the next job would not fit: the arithmetic bound.
+fn packing_minimum(jobs: &[Value]) -> usize {
     let mut open: HashMap<String, usize> = HashMap::new();
     let mut calls = 0;
-    for (_, body) in jobs {
-        let key = format!("{}|{}", body["From_Account"], body["CloudCustomData"]);
+    for body in jobs {
+        let key = body["From_Account"].to_string();
         let element = body["MsgBody"][0].to_string().len();
-        let size = open.entry(key.clone()).or_insert(0);
+        let size = open.entry(key).or_insert(0);
         if *size == 0 || *size + 1 + element > MAX_BODY_BYTES {
             calls += 1;
             let overhead =
@@ -149,57 +93,64 @@ fn packing_minimum(jobs: &[(usize, Value)]) -> usize {
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn burst(n: usize, rate: f64, rows: &mut Vec<(String, String)>) {
-    let bench = setup("burst", rate).await;
-    let jobs: Vec<(usize, Value)> = (0..n).map(|i| (i, job(i))).collect();
-    let worker = Worker::new(bench.config.clone()).unwrap();
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(worker.run(token.clone()));
-    let started = Instant::now();
-    let sent_at = bench.publish(&jobs).await;
-    let publish_time = started.elapsed();
-    while bench.sim.simulator.stats().elements_delivered < n as u64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drain = started.elapsed();
-    token.cancel();
-    let _ = handle.await;
-    let stats = bench.sim.simulator.stats();
-    let deliveries = bench.sim.simulator.deliveries(0, usize::MAX);
-    let total_bytes: usize = deliveries.iter().map(|d| d.bytes).sum();
-    let mut latencies: Vec<u64> = Vec::new();
-    for d in &deliveries {
-        for element in d.body.as_ref().unwrap()["MsgBody"].as_array().unwrap() {
-            if let Some(i) = job_marker(element) {
-                latencies.push(d.received_at_ms.saturating_sub(sent_at[&i]));
+/// Latencies (ms) from publish to arrival at the simulator, sorted.
+fn latencies(app: &TestApp) -> Vec<u64> {
+    let mut out = Vec::new();
+    for delivery in app.sim.simulator.deliveries(0, usize::MAX) {
+        for element in delivery.body.as_ref().unwrap()["MsgBody"]
+            .as_array()
+            .unwrap()
+        {
+            if let Some((_, published)) = marker(element) {
+                out.push(delivery.received_at_ms.saturating_sub(published));
             }
         }
     }
-    latencies.sort_unstable();
+    out.sort_unstable();
+    out
+}
+
+type Rows = Vec<(String, String)>;
+
+async fn backlog_and_baseline(n: usize, rate: f64, rows: &mut Rows) {
+    let mut app = spawn_app("bench-backlog", rate).await;
+    app.sim.simulator.reset();
+    let jobs = publish_jobs(&app, 0..n).await;
+    let started = Instant::now();
+    app.start_worker();
+    app.wait_for_elements(n as u64, Duration::from_secs(3600))
+        .await;
+    let drain = started.elapsed().as_secs_f64();
+    app.stop_worker().await.unwrap();
+    let stats = app.sim.simulator.stats();
+    let bytes: usize = app
+        .sim
+        .simulator
+        .deliveries(0, usize::MAX)
+        .iter()
+        .map(|d| d.bytes)
+        .sum();
     let minimum = packing_minimum(&jobs);
-    let bound = minimum as f64 / rate;
-    rows.push((
-        format!("burst of {n} jobs at {rate} calls/s: calls made / in-order packing minimum"),
-        format!("{} / {minimum}", stats.deliveries),
-    ));
+    // The first call goes at once; each further one waits a period.
+    let bound = (minimum - 1) as f64 / rate;
+    let lat = latencies(&app);
+    let fill = 100.0 * bytes as f64 / (stats.deliveries as f64 * MAX_BODY_BYTES as f64);
+    rows.push((format!("backlog of {n} jobs (~100 bytes, 3 senders) at {rate} calls/s: calls made / in-order packing minimum"), format!("{} / {minimum}", stats.deliveries)));
     rows.push((
         "mean body bytes per call (share of 12,000)".into(),
-        format!(
-            "{:.0} ({:.1}%)",
-            total_bytes as f64 / stats.deliveries as f64,
-            100.0 * total_bytes as f64 / (stats.deliveries as f64 * 12_000.0)
-        ),
+        format!("{:.0} ({fill:.1}%)", bytes as f64 / stats.deliveries as f64),
     ));
     rows.push((
-        "drain time / arithmetic bound (minimum calls / rate)".into(),
+        "drain time / arithmetic bound ((minimum - 1) / rate)".into(),
         format!(
-            "{:.2} s / {bound:.2} s ({:+.1}%), publishing took {:.2} s",
-            drain.as_secs_f64(),
-            100.0 * (drain.as_secs_f64() / bound - 1.0),
-            publish_time.as_secs_f64()
+            "{drain:.1} s / {bound:.1} s ({:+.2}%)",
+            100.0 * (drain / bound - 1.0)
         ),
     ));
     rows.push((
@@ -207,70 +158,240 @@ async fn burst(n: usize, rate: f64, rows: &mut Vec<(String, String)>) {
         stats.frequency_violations.to_string(),
     ));
     rows.push((
-        "enqueue-to-delivery latency p50 / p99 / max".into(),
+        "enqueue-to-delivery latency p50 / p99 / max (all queued at the start)".into(),
         format!(
-            "{} / {} / {} ms",
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
-            latencies.last().unwrap()
+            "{:.1} / {:.1} / {:.1} s",
+            percentile(&lat, 0.5) as f64 / 1000.0,
+            percentile(&lat, 0.99) as f64 / 1000.0,
+            percentile(&lat, 1.0) as f64 / 1000.0
         ),
     ));
-    bench.cleanup().await;
+
+    // Baseline, same run: the first 1,000 jobs, one per call, same rate and limiter.
+    let base_n = 1000.min(n);
+    app.sim.simulator.reset();
+    app.config.max_jobs_per_call = 1;
+    publish_jobs(&app, 0..base_n).await;
+    let started = Instant::now();
+    app.start_worker();
+    app.wait_for_elements(base_n as u64, Duration::from_secs(3600))
+        .await;
+    let base_time = started.elapsed().as_secs_f64();
+    app.stop_worker().await.unwrap();
+    let base_stats = app.sim.simulator.stats();
+    let extrapolated = base_time * n as f64 / base_n as f64;
+    rows.push((
+        format!("baseline, one job per call: first {base_n} jobs, calls / time"),
+        format!(
+            "{} calls / {base_time:.1} s ({} frequency-limit answers)",
+            base_stats.deliveries, base_stats.frequency_violations
+        ),
+    ));
+    rows.push((
+        format!("baseline extrapolated to all {n} jobs / merged drain: ratio"),
+        format!(
+            "{:.0} s ({:.1} h) / {drain:.1} s: {:.0}x",
+            extrapolated,
+            extrapolated / 3600.0,
+            extrapolated / drain
+        ),
+    ));
 }
 
-async fn idle(n: usize, rows: &mut Vec<(String, String)>) {
-    let bench = setup("idle", 5.0).await;
-    let worker = Worker::new(bench.config.clone()).unwrap();
-    let token = CancellationToken::new();
-    let handle = tokio::spawn(worker.run(token.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut latencies = Vec::new();
+async fn idle(n: usize, rows: &mut Rows) {
+    // The broker's own hop, publish to a bare consumer, for comparison.
+    let app = spawn_app("bench-hop", 5.0).await;
+    let channel = app.connection.create_channel().await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            app.names.jobs.as_str().into(),
+            "hop".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut hops = Vec::new();
     for i in 0..n {
-        let sent = bench.publish(&[(i, job(i))]).await[&i];
-        while bench.sim.simulator.stats().elements_delivered < (i + 1) as u64 {
-            tokio::time::sleep(Duration::from_micros(200)).await;
+        let sent = Instant::now();
+        app.publish(&format!("hop-{i}"), &job(i, now_ms())).await;
+        let delivery = consumer.next().await.unwrap().unwrap();
+        hops.push(sent.elapsed().as_micros() as u64);
+        delivery.acker.ack(Default::default()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(consumer);
+    let _ = channel.close(200, "".into()).await;
+    hops.sort_unstable();
+
+    let mut app = spawn_app("bench-idle", 5.0).await;
+    app.start_worker();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut total = Vec::new();
+    for i in 0..n {
+        let sent = Instant::now();
+        app.publish(&format!("idle-{i}"), &job(i, now_ms())).await;
+        while app.sim.simulator.stats().elements_delivered < (i + 1) as u64 {
+            tokio::time::sleep(Duration::from_micros(100)).await;
         }
-        let d = bench.sim.simulator.deliveries(i as u64, 1);
-        latencies.push(d[0].received_at_ms.saturating_sub(sent));
+        total.push(sent.elapsed().as_micros() as u64);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    token.cancel();
-    let _ = handle.await;
-    latencies.sort_unstable();
+    app.stop_worker().await.unwrap();
+    total.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
     rows.push((
-        format!("idle: lone job enqueue-to-delivery p50 / p99 ({n} jobs, 250 ms apart)"),
+        format!("idle: lone job publish-to-simulator p50 / p99 ({n} jobs, 250 ms apart)"),
         format!(
-            "{} / {} ms",
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99)
+            "{:.2} / {:.2} ms",
+            ms(percentile(&total, 0.5)),
+            ms(percentile(&total, 0.99))
         ),
     ));
-    bench.cleanup().await;
+    rows.push((
+        "idle: broker's own hop, publish-to-bare-consumer p50 / p99".into(),
+        format!(
+            "{:.2} / {:.2} ms",
+            ms(percentile(&hops, 0.5)),
+            ms(percentile(&hops, 0.99))
+        ),
+    ));
+    rows.push(("idle: the worker's own time (p50 difference: decode, permit, sign, HTTP to the simulator and back)".into(), format!("{:.2} ms", ms(percentile(&total, 0.5)) - ms(percentile(&hops, 0.5)))));
+}
+
+async fn ingest(n: usize, rows: &mut Rows) {
+    // The broker's ceiling: a bare consumer that only acks.
+    let bare = spawn_app("bench-bare", 5.0).await;
+    publish_jobs(&bare, 0..n).await;
+    let channel = bare.connection.create_channel().await.unwrap();
+    channel.basic_qos(1000, Default::default()).await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            bare.names.jobs.as_str().into(),
+            "bare".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..n {
+        let delivery = consumer.next().await.unwrap().unwrap();
+        delivery.acker.ack(Default::default()).await.unwrap();
+    }
+    let bare_rate = n as f64 / started.elapsed().as_secs_f64();
+    drop(consumer);
+    let _ = channel.close(200, "".into()).await;
+
+    // The worker, as its own process, with the quota out of the way.
+    let mut app = spawn_app("bench-ingest", 1.0e9).await;
+    app.config.rate = 1.0e6;
+    app.sim.simulator.reset();
+    publish_jobs(&app, 0..n).await;
+    let started = Instant::now();
+    let mut worker = worker_process(&app, &[]);
+    let pid = worker.id();
+    app.wait_for_elements(n as u64, Duration::from_secs(600))
+        .await;
+    while app.queue_len(&app.names.jobs).await > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid).unwrap_or(f64::NAN);
+    signal(&worker, "-TERM");
+    wait_exit(&mut worker, Duration::from_secs(20)).await;
+    let stats = app.sim.simulator.stats();
+    let rate = n as f64 / elapsed;
+    rows.push((
+        format!("ingest ceiling: {n} jobs consumed, merged, sent and acked (quota out of the way)"),
+        format!("{rate:.0} jobs/s in {} calls", stats.deliveries),
+    ));
+    rows.push((
+        "ingest: bare consumer that only acks, same queue setup".into(),
+        format!("{bare_rate:.0} jobs/s"),
+    ));
+    rows.push((
+        "ingest: worker / bare consumer".into(),
+        format!("{:.0}%", 100.0 * rate / bare_rate),
+    ));
+    rows.push((
+        "ingest: worker CPU seconds per 1,000 jobs".into(),
+        format!("{:.3} s", cpu * 1000.0 / n as f64),
+    ));
+}
+
+async fn memory(sizes: &[usize], rows: &mut Rows) {
+    for &n in sizes {
+        let app = spawn_app("bench-memory", 5.0).await;
+        publish_jobs(&app, 0..n).await;
+        let mut worker = worker_process(&app, &[]);
+        let pid = worker.id();
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let peak = peak_rss_kib(pid).unwrap_or(0);
+        signal(&worker, "-TERM");
+        wait_exit(&mut worker, Duration::from_secs(20)).await;
+        rows.push((
+            format!("peak resident memory of the worker, {n} jobs queued (15 s at 5 calls/s)"),
+            format!("{:.1} MiB", peak as f64 / 1024.0),
+        ));
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    // `cargo bench` passes --bench; a name filter may follow.
     let only: Option<&String> = args.iter().skip(1).find(|a| !a.starts_with("--"));
-    let mut rows = Vec::new();
     let run = |name: &str| only.is_none_or(|o| name.contains(o.as_str()));
-    if run("burst") {
-        let n: usize = std::env::var("BENCH_BURST_JOBS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000);
-        burst(n, 5.0, &mut rows).await;
+    let mut rows: Rows = Vec::new();
+    let backlog_jobs = env_usize("BENCH_BACKLOG_JOBS", 100_000);
+    if run("backlog") {
+        backlog_and_baseline(backlog_jobs, 5.0, &mut rows).await;
     }
     if run("idle") {
         idle(40, &mut rows).await;
     }
-    let mut table = String::from("| figure | value |\n|---|---|\n");
-    for (k, v) in &rows {
-        table.push_str(&format!("| {k} | {v} |\n"));
+    if run("ingest") {
+        ingest(env_usize("BENCH_INGEST_JOBS", 100_000), &mut rows).await;
     }
+    if run("memory") {
+        memory(
+            &[10_000, env_usize("BENCH_MEMORY_JOBS", 1_000_000)],
+            &mut rows,
+        )
+        .await;
+    }
+    let table = markdown_table(&rows);
     println!("{table}");
-    if let Ok(path) = std::env::var("BENCH_OUT") {
-        std::fs::write(path, &table).unwrap();
+    if only.is_none() {
+        let section = format!(
+            "## Throughput, latency, memory: `cargo bench --bench drain`\n\nRun on {}: {}.\n\n{table}",
+            chrono_free_date(),
+            machine()
+        );
+        write_section(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md"),
+            "drain",
+            &section,
+        );
     }
+}
+
+/// Today's date (UTC) without a date crate.
+fn chrono_free_date() -> String {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }

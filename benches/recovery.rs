@@ -2,7 +2,8 @@
 //! active replica is killed, what the ledger costs per call, and how many
 //! jobs a loop of random kills delivers twice with and without the ledger.
 //! Run with `cargo bench --bench recovery` (RabbitMQ and PostgreSQL on
-//! 127.0.0.1). Prints a Markdown table; `BENCH_OUT=FILE` also writes it.
+//! 127.0.0.1). Prints a Markdown table and, run whole, writes it into
+//! BENCHMARKS.md.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -230,12 +231,17 @@ async fn main() {
             ));
         }
     }
-    let mut table = String::from("| figure | value |\n|---|---|\n");
-    for (k, v) in &rows {
-        table.push_str(&format!("| {k} | {v} |\n"));
-    }
+    let table = markdown_table(&rows);
     println!("{table}");
-    if let Ok(path) = std::env::var("BENCH_OUT") {
-        std::fs::write(path, &table).unwrap();
+    if only.is_none() {
+        let section = format!(
+            "## Delivering once: `cargo bench --bench recovery`\n\nWorker processes with the PostgreSQL ledger, on {}.\n\n{table}",
+            machine()
+        );
+        write_section(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md"),
+            "recovery",
+            &section,
+        );
     }
 }

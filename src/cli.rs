@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::api::ApiConfig;
 use crate::broker::{self, QueueNames, Topology};
-use crate::config::{AppArgs, SecretArgs};
+use crate::config::AppArgs;
 use crate::dlq::{self, DeadInfo, DeadJob, Selection};
 use crate::enqueue::{publish_lines, LineResult, PublishOptions};
 use crate::ledger::{Ledger, LedgerError};
@@ -286,6 +286,9 @@ pub struct RunArgs {
     /// Largest call body in bytes (at most 12000).
     #[arg(long, env = "BROADCAST_MAX_BATCH_BYTES", default_value_t = crate::api::MAX_BODY_BYTES)]
     pub max_batch_bytes: usize,
+    /// Jobs merged into one call at most (1 sends each job alone).
+    #[arg(long, env = "BROADCAST_MAX_JOBS_PER_CALL")]
+    pub max_jobs_per_call: Option<usize>,
     /// Transient failures of one call before its jobs are dead-lettered.
     #[arg(long, env = "BROADCAST_MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: u32,
@@ -383,6 +386,10 @@ impl RunArgs {
         config.rate_guard = Duration::from_millis(self.rate_guard_ms);
         config.prefetch = self.prefetch;
         config.max_batch_bytes = self.max_batch_bytes;
+        if self.max_jobs_per_call == Some(0) {
+            bail!("BROADCAST_MAX_JOBS_PER_CALL must be at least 1");
+        }
+        config.max_jobs_per_call = self.max_jobs_per_call.unwrap_or(usize::MAX);
         config.max_attempts = self.max_attempts;
         config.max_retry_age = Duration::from_secs(self.max_retry_age_secs);
         config.backoff_min = Duration::from_millis(self.backoff_min_ms.max(1));
@@ -493,14 +500,9 @@ pub struct SignArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The app's SDKAppID.
-    #[arg(long, env = "TIM_SDKAPPID")]
-    pub sdkappid: u64,
-    /// The identifier the UserSig must be for.
-    #[arg(long, env = "TIM_IDENTIFIER")]
-    pub identifier: String,
+    /// The app, the identifier the UserSig must be for, and the key.
     #[command(flatten)]
-    pub secret: SecretArgs,
+    pub app: AppArgs,
     /// Check as of this unix time (default: now).
     #[arg(long)]
     pub at: Option<u64>,
@@ -1012,7 +1014,7 @@ fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let key = args.secret.load()?;
+    let key = args.app.secret.load()?;
     let sig = match args.usersig.as_deref() {
         Some(sig) if sig != "-" => sig.to_string(),
         _ => {
@@ -1024,7 +1026,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let now = args.at.unwrap_or_else(crate::usersig::unix_now);
-    match usersig::verify(&sig, &key, args.sdkappid, &args.identifier, now) {
+    match usersig::verify(&sig, &key, args.app.sdkappid, &args.app.identifier, now) {
         Ok(claims) => {
             let report = serde_json::json!({
                 "valid": true,

@@ -92,9 +92,9 @@ impl<T> Batcher<T> {
     }
 
     /// The next call: the oldest job and the jobs of its key that follow it,
-    /// as many as fit in `max_bytes`. Every job passed decoding's size check,
-    /// so the oldest job always fits alone.
-    pub fn take_batch(&mut self, max_bytes: usize) -> Option<Batch<T>> {
+    /// as many as fit in `max_bytes` (and `max_jobs`). Every job passed
+    /// decoding's size check, so the oldest job always fits alone.
+    pub fn take_batch(&mut self, max_bytes: usize, max_jobs: usize) -> Option<Batch<T>> {
         let index = self
             .queues
             .iter()
@@ -109,7 +109,7 @@ impl<T> Batcher<T> {
         while let Some(next) = queue.front() {
             let comma = usize::from(!jobs.is_empty());
             let added = comma + next.job.elements_bytes();
-            if !jobs.is_empty() && size + added > max_bytes {
+            if !jobs.is_empty() && (size + added > max_bytes || jobs.len() >= max_jobs) {
                 break;
             }
             size += added;
@@ -248,7 +248,7 @@ mod tests {
         let mut b = Batcher::new();
         b.push(job("a", Some("sys"), "one"), ());
         b.push(job("b", Some("sys"), "two"), ());
-        let batch = b.take_batch(12_000).unwrap();
+        let batch = b.take_batch(12_000, usize::MAX).unwrap();
         let parsed: BroadcastBody = serde_json::from_slice(&batch.body).unwrap();
         assert_eq!(parsed.random, batch.random);
         assert_eq!(parsed.from_account.as_deref(), Some("sys"));
@@ -265,7 +265,7 @@ mod tests {
         }
         let mut seen = Vec::new();
         let mut prev_first = None;
-        while let Some(batch) = b.take_batch(12_000) {
+        while let Some(batch) = b.take_batch(12_000, usize::MAX) {
             assert!(batch.body.len() <= 12_000);
             let tags: Vec<i32> = batch.jobs.iter().map(|q| q.tag).collect();
             assert!(tags.windows(2).all(|w| w[0] < w[1]), "arrival order kept");
@@ -289,13 +289,17 @@ mod tests {
         let mut b = Batcher::new();
         b.push(job("a", None, "x"), ());
         b.push(job("b", None, "y"), ());
-        let both = b.take_batch(12_000).unwrap();
+        let both = b.take_batch(12_000, usize::MAX).unwrap();
         let widest = both.body.len() + (10 - both.random.to_string().len());
         for (cap, want) in [(widest, 2), (widest - 1, 1)] {
             let mut b = Batcher::new();
             b.push(job("a", None, "x"), ());
             b.push(job("b", None, "y"), ());
-            assert_eq!(b.take_batch(cap).unwrap().jobs.len(), want, "cap {cap}");
+            assert_eq!(
+                b.take_batch(cap, usize::MAX).unwrap().jobs.len(),
+                want,
+                "cap {cap}"
+            );
         }
     }
 
@@ -305,7 +309,7 @@ mod tests {
         for i in 0..5 {
             b.push(job(&format!("j{i}"), None, "t"), i);
         }
-        let batch = b.take_batch(12_000).unwrap();
+        let batch = b.take_batch(12_000, usize::MAX).unwrap();
         let random = batch.random;
         let (left, right) = batch.split();
         assert_eq!(left.jobs.iter().map(|q| q.tag).collect::<Vec<_>>(), [0, 1]);

@@ -98,33 +98,23 @@ pub enum VerifyError {
     BadSignature,
 }
 
-/// The text the HMAC covers, exactly as the reference libraries build it.
-fn content_to_sign(
-    identifier: &str,
-    sdkappid: u64,
-    time: u64,
-    expire: u64,
-    userbuf_b64: Option<&str>,
-) -> String {
+/// The text the HMAC covers, exactly as the reference libraries build it,
+/// and the userbuf as it appears there (standard base64).
+fn content_to_sign(claims: &Claims) -> (String, Option<String>) {
+    let userbuf_b64 = claims.userbuf.as_deref().map(|b| STANDARD.encode(b));
     let mut content = format!(
-        "TLS.identifier:{identifier}\nTLS.sdkappid:{sdkappid}\nTLS.time:{time}\nTLS.expire:{expire}\n"
+        "TLS.identifier:{}\nTLS.sdkappid:{}\nTLS.time:{}\nTLS.expire:{}\n",
+        claims.identifier, claims.sdkappid, claims.time, claims.expire
     );
-    if let Some(buf) = userbuf_b64 {
+    if let Some(buf) = &userbuf_b64 {
         content.push_str(&format!("TLS.userbuf:{buf}\n"));
     }
-    content
+    (content, userbuf_b64)
 }
 
 /// Signs a UserSig valid from `time` for `expire` seconds.
 pub fn sign(key: &SecretKey, claims: &Claims) -> UserSig {
-    let userbuf_b64 = claims.userbuf.as_deref().map(|b| STANDARD.encode(b));
-    let content = content_to_sign(
-        &claims.identifier,
-        claims.sdkappid,
-        claims.time,
-        claims.expire,
-        userbuf_b64.as_deref(),
-    );
+    let (content, userbuf_b64) = content_to_sign(claims);
     let mut mac = key.mac();
     mac.update(content.as_bytes());
     let sig = STANDARD.encode(mac.finalize().into_bytes());
@@ -170,14 +160,7 @@ pub fn verify(
             expired_at: claims.expires_at(),
         });
     }
-    let userbuf_b64 = claims.userbuf.as_deref().map(|b| STANDARD.encode(b));
-    let content = content_to_sign(
-        &claims.identifier,
-        claims.sdkappid,
-        claims.time,
-        claims.expire,
-        userbuf_b64.as_deref(),
-    );
+    let (content, _) = content_to_sign(&claims);
     let presented = STANDARD
         .decode(sig_b64.as_bytes())
         .map_err(|_| VerifyError::Malformed("TLS.sig is not base64".into()))?;

@@ -69,6 +69,8 @@ pub struct WorkerConfig {
     /// much can pile up for one call.
     pub prefetch: u16,
     pub max_batch_bytes: usize,
+    /// Jobs merged into one call at most (1 turns merging off).
+    pub max_jobs_per_call: usize,
     /// Transient failures of one call before its jobs are dead-lettered.
     pub max_attempts: u32,
     /// Age of a call after which transient failures dead-letter its jobs;
@@ -156,6 +158,7 @@ impl WorkerConfig {
             slow_down: SlowDown::default(),
             prefetch: 1000,
             max_batch_bytes: crate::api::MAX_BODY_BYTES,
+            max_jobs_per_call: usize::MAX,
             max_attempts: 8,
             max_retry_age: Duration::from_secs(240),
             backoff_min: Duration::from_millis(500),
@@ -554,7 +557,7 @@ impl Worker {
                 Some(call) => Some(call),
                 None => queues
                     .batcher
-                    .take_batch(self.config.max_batch_bytes)
+                    .take_batch(self.config.max_batch_bytes, self.config.max_jobs_per_call)
                     .map(|batch| Call::fresh(batch, None)),
             };
             if let Some(call) = call {
@@ -1227,7 +1230,19 @@ struct Decoder {
 
 impl Decoder {
     async fn run(self, mut consumer: lapin::Consumer, tx: mpsc::UnboundedSender<Incoming>) {
+        let this = Arc::new(self);
+        // Dead letters are confirmed concurrently, so a stream of bad input
+        // does not hold up the good jobs behind it. Each task holds an unacked
+        // delivery, so the prefetch bounds how many run at once.
+        let mut dead_letters: tokio::task::JoinSet<Result<(), BrokerError>> =
+            tokio::task::JoinSet::new();
         while let Some(delivery) = consumer.next().await {
+            while let Some(done) = dead_letters.try_join_next() {
+                if let Ok(Err(e)) = done {
+                    let _ = tx.send(Incoming::Lost(e.to_string()));
+                    return;
+                }
+            }
             let delivery = match delivery {
                 Ok(delivery) => {
                     metrics::counter!(telemetry::JOBS_RECEIVED).increment(1);
@@ -1250,7 +1265,7 @@ impl Decoder {
                 &delivery.data,
                 message_id.as_deref(),
                 deadline_ms,
-                self.max_batch_bytes,
+                this.max_batch_bytes,
                 SystemTime::now(),
             );
             let replays = broker::header_i64(&delivery.properties, job::REPLAYS_HEADER)
@@ -1266,10 +1281,9 @@ impl Decoder {
                 }
                 Err(rejection) => {
                     let id = message_id.unwrap_or_else(|| job::body_digest(&pending.body));
-                    if let Err(e) = self.dead_letter(&id, pending, rejection).await {
-                        let _ = tx.send(Incoming::Lost(e.to_string()));
-                        return;
-                    }
+                    let this = this.clone();
+                    dead_letters
+                        .spawn(async move { this.dead_letter(&id, pending, rejection).await });
                 }
             }
         }

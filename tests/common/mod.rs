@@ -366,6 +366,8 @@ pub struct TcpProxy {
     pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// While set, new connections are closed at once.
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Stalls and delays applied to the bytes in flight.
+    pub faults: std::sync::Arc<ProxyFaults>,
     cut: tokio::sync::watch::Sender<u64>,
     task: JoinHandle<()>,
 }
@@ -380,9 +382,11 @@ impl TcpProxy {
         let counter = accepted.clone();
         let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let refusing = down.clone();
+        let faults = std::sync::Arc::new(ProxyFaults::default());
+        let proxy_faults = faults.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
                 if refusing.load(std::sync::atomic::Ordering::SeqCst) {
@@ -393,12 +397,16 @@ impl TcpProxy {
                 let upstream = upstream.clone();
                 let mut cuts = cuts.clone();
                 cuts.borrow_and_update();
+                let faults = faults.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
                         return;
                     };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = pump(client_read, server_write, faults.clone()) => {}
+                        _ = pump(server_read, client_write, faults) => {}
                         _ = cuts.changed() => {}
                     }
                 });
@@ -407,6 +415,7 @@ impl TcpProxy {
         TcpProxy {
             addr,
             accepted,
+            faults: proxy_faults,
             down,
             cut,
             task,
@@ -590,5 +599,149 @@ impl TestApp {
         let texts = self.delivered_texts();
         jobs.iter()
             .all(|(_, body)| texts.contains_key(&text_of(body)))
+    }
+}
+
+impl TestApp {
+    /// Publishes many bodies with a bounded window of confirms (for large
+    /// backlogs in benchmarks).
+    pub async fn publish_bulk(&self, jobs: impl Iterator<Item = (String, Vec<u8>)>) {
+        let mut window = Vec::with_capacity(2000);
+        for (id, body) in jobs {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "".into(),
+                    self.names.jobs.as_str().into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default()
+                        .with_message_id(id.as_str().into())
+                        .with_delivery_mode(2),
+                )
+                .await
+                .unwrap();
+            window.push(confirm);
+            if window.len() == 2000 {
+                for confirm in window.drain(..) {
+                    broker::check_confirmation("jobs", confirm.await.unwrap()).unwrap();
+                }
+            }
+        }
+        for confirm in window {
+            broker::check_confirmation("jobs", confirm.await.unwrap()).unwrap();
+        }
+    }
+}
+
+/// Replaces (or appends) the section `name` of a Markdown file, between
+/// `<!-- name:start -->` and `<!-- name:end -->`.
+pub fn write_section(path: &str, name: &str, content: &str) {
+    let start = format!("<!-- {name}:start -->");
+    let end = format!("<!-- {name}:end -->");
+    let block = format!("{start}\n{}\n{end}", content.trim_end());
+    let text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
+    let text = match (text.find(&start), text.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{}{}", &text[..a], block, &text[b + end.len()..]),
+        _ => format!("{}\n\n{}\n", text.trim_end(), block),
+    };
+    std::fs::write(path, text).unwrap();
+}
+
+/// A two-column Markdown table of a benchmark's figures.
+pub fn markdown_table(rows: &[(String, String)]) -> String {
+    let mut table = String::from("| figure | value |\n|---|---|\n");
+    for (figure, value) in rows {
+        table.push_str(&format!("| {figure} | {value} |\n"));
+    }
+    table
+}
+
+/// The machine a benchmark ran on, in one line.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let rabbit = std::process::Command::new("rabbitmqctl")
+        .arg("version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB, RabbitMQ {rabbit} and PostgreSQL on the same machine, release build")
+}
+
+/// Resident memory high-water mark of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// What the proxy does to bytes in flight: hold them (a stalled link) or
+/// delay each chunk (a slow one).
+#[derive(Default)]
+pub struct ProxyFaults {
+    pub stalled: std::sync::atomic::AtomicBool,
+    pub delay_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Copies one direction, chunk by chunk, under the proxy's faults.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    faults: std::sync::Arc<ProxyFaults>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while faults.stalled.load(SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let delay = faults.delay_ms.load(SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }

@@ -1,0 +1,30 @@
+//! Any bytes through the job decoder: it must accept them or reject them with
+//! a reason, never panic; an accepted job must fit a call on its own.
+#![no_main]
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use broadcast_worker::job::{self, Rejection};
+use broadcast_worker::merge::Batcher;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let now = UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+    match job::decode(data, None, None, 12_000, now) {
+        Ok(job) => {
+            // A decoded job always makes a call within the cap, alone.
+            let mut batcher = Batcher::new();
+            batcher.push(job, ());
+            let batch = batcher.take_batch(12_000, usize::MAX).expect("one job makes one call");
+            assert!(batch.body.len() <= 12_000, "a call of {} bytes", batch.body.len());
+            assert!(serde_json::from_slice::<serde_json::Value>(&batch.body).is_ok());
+        }
+        Err(rejection) => {
+            assert!(!rejection.to_string().is_empty());
+            assert!(matches!(
+                rejection,
+                Rejection::InvalidJson(_) | Rejection::InvalidJob(_) | Rejection::TooLarge { .. }
+            ));
+        }
+    }
+});
