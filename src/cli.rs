@@ -835,6 +835,8 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                     "{} job(s) selected; nothing removed: purge needs --yes",
                     chosen.len()
                 );
+                let _ = channel.close(200, "dlq done".into()).await;
+                let _ = connection.close(200, "dlq done".into()).await;
                 return Ok(ExitCode::FAILURE);
             }
             let progress = indicatif::ProgressBar::new(chosen.len() as u64);

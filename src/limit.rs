@@ -64,6 +64,14 @@ impl Limiter {
         self.current_rate
     }
 
+    /// The shortest time between two sends at the rate in force. The sender
+    /// also keeps it between the moments it actually sends, so that whatever
+    /// runs between a permit and its send (signing, the ledger's write) cannot
+    /// bunch two sends together.
+    pub fn min_gap(&self) -> Duration {
+        (Duration::from_secs(1) + self.guard).div_f64(self.current_rate)
+    }
+
     /// Waits for the pause, if any, then for a permit.
     pub async fn acquire(&mut self) {
         if let Some(until) = self.paused_until.take() {

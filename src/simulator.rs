@@ -319,19 +319,34 @@ impl Simulator {
     }
 
     /// Binds `addr` (port 0 for any) and serves in the background until the
-    /// returned handle is dropped. For tests and benchmarks.
+    /// returned handle is dropped. For tests and benchmarks: it runs on a
+    /// thread and runtime of its own, as a separate server would, so its
+    /// clock (the frequency limit) does not wait on the caller's tasks.
     pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<SpawnedSimulator> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let sim = self.clone();
-        tokio::spawn(async move {
-            let _ = sim
-                .serve(listener, async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("simulator")
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("simulator".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let _ = sim
+                        .serve(listener, async move {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                });
+            })?;
         Ok(SpawnedSimulator {
             simulator: self,
             addr,

@@ -321,6 +321,8 @@ pub struct Worker {
     signer: Signer,
     status: Arc<WorkerStatus>,
     crash_counts: HashMap<CrashPoint, u32>,
+    /// When the last call was sent, for the limiter's gap between sends.
+    last_send: Option<Instant>,
 }
 
 impl Worker {
@@ -340,6 +342,7 @@ impl Worker {
             signer,
             status: Arc::new(WorkerStatus::default()),
             crash_counts: HashMap::new(),
+            last_send: None,
         })
     }
 
@@ -721,6 +724,10 @@ impl Worker {
                 metrics::histogram!(telemetry::CALL_BYTES).record(call.batch.body.len() as f64);
                 metrics::histogram!(telemetry::CALL_JOBS).record(call.batch.jobs.len() as f64);
             }
+            if let Some(last) = self.last_send {
+                tokio::time::sleep_until((last + self.limiter.min_gap()).into()).await;
+            }
+            self.last_send = Some(Instant::now());
             // The call in flight is always finished, shutdown or not.
             let sent = Instant::now();
             let result = self

@@ -101,7 +101,7 @@ async fn list_summarizes_and_filters_without_changing_the_queue() {
     };
     let second = list_json(&app, &[]);
     assert_eq!(ids(&first), ids(&second));
-    assert_eq!(app.queue_len(&app.names.dead).await, 5);
+    app.wait_for_len(&app.names.dead, 5).await;
     let mut newest = ids(&list_json(&app, &["--newest-first"]));
     newest.reverse();
     assert_eq!(newest, ids(&first));
@@ -140,11 +140,7 @@ async fn show_prints_the_whole_job_and_why() {
     );
     let missing = dlq(&app, &["show", "nope"], &[]);
     assert!(!missing.status.success());
-    assert_eq!(
-        app.queue_len(&app.names.dead).await,
-        4,
-        "show removes nothing"
-    );
+    app.wait_for_len(&app.names.dead, 4).await; // "show removes nothing"
 }
 
 #[tokio::test]
@@ -161,7 +157,7 @@ async fn replay_moves_selected_jobs_back_and_the_worker_sends_them() {
         "{}",
         stdout(&dry)
     );
-    assert_eq!(app.queue_len(&app.names.dead).await, 5);
+    app.wait_for_len(&app.names.dead, 5).await;
     let refused = dlq(&app, &["replay"], &[]);
     assert!(!refused.status.success(), "a replay must say which jobs");
 
@@ -174,8 +170,8 @@ async fn replay_moves_selected_jobs_back_and_the_worker_sends_them() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout(&out).contains("replayed 2 job(s)"));
-    assert_eq!(app.queue_len(&app.names.dead).await, 3);
-    assert_eq!(app.queue_len(&app.names.jobs).await, 2);
+    app.wait_for_len(&app.names.dead, 3).await;
+    app.wait_for_len(&app.names.jobs, 2).await;
 
     app.start_worker();
     app.wait_for_elements(2, LONG).await;
@@ -218,14 +214,14 @@ async fn purge_needs_yes_and_prints_what_it_removed() {
     let app = app_with_dead_letters("dlq-purge", 1).await;
     let refused = dlq(&app, &["purge", "--reason", "invalid-json"], &[]);
     assert!(!refused.status.success());
-    assert_eq!(app.queue_len(&app.names.dead).await, 4);
+    app.wait_for_len(&app.names.dead, 4).await;
     let out = dlq(&app, &["purge", "--reason", "invalid-json", "--yes"], &[]);
     assert!(out.status.success());
     let text = stdout(&out);
     for i in 0..3 {
         assert!(text.contains(&format!("removed bad-json-{i}")), "{text}");
     }
-    assert_eq!(app.queue_len(&app.names.dead).await, 1);
+    app.wait_for_len(&app.names.dead, 1).await;
     let left = list_json(&app, &[]);
     assert_eq!(left["jobs"][0]["id"], "rejected-0");
 }
@@ -246,18 +242,14 @@ async fn an_interrupted_replay_loses_and_doubles_nothing() {
         &[("BROADCAST_TEST_CRASH_AT", "after-publish:4")],
     );
     assert_eq!(interrupted.status.code(), Some(137));
-    assert_eq!(app.queue_len(&app.names.jobs).await, 4);
-    assert_eq!(
-        app.queue_len(&app.names.dead).await,
-        3 + 5,
-        "three removed; the fourth is still here"
-    );
+    app.wait_for_len(&app.names.jobs, 4).await;
+    app.wait_for_len(&app.names.dead, 3 + 5).await; // "three removed; the fourth is still here"
 
     // Run again to the end: the fourth goes out a second time, same id and count.
     let out = dlq(&app, &["replay", "--reason", "rejected"], &[]);
     assert!(out.status.success());
-    assert_eq!(app.queue_len(&app.names.dead).await, 3);
-    assert_eq!(app.queue_len(&app.names.jobs).await, 9);
+    app.wait_for_len(&app.names.dead, 3).await;
+    app.wait_for_len(&app.names.jobs, 9).await;
 
     app.start_worker();
     app.wait_for_elements(8, LONG).await;
@@ -271,11 +263,7 @@ async fn an_interrupted_replay_loses_and_doubles_nothing() {
             "POISON-{i} delivered exactly once"
         );
     }
-    assert_eq!(
-        app.queue_len(&app.names.jobs).await,
-        0,
-        "the copy was acked as already settled"
-    );
+    app.wait_for_len(&app.names.jobs, 0).await; // "the copy was acked as already settled"
 }
 
 #[tokio::test]

@@ -35,6 +35,9 @@ fn packing_minimum(jobs: &[Value], cap: usize) -> usize {
 #[tokio::test]
 async fn a_burst_is_packed_into_full_calls_and_delivered_once() {
     let mut app = spawn_app("burst", 2.0).await;
+    // The test shares two cores with a dozen others: give the bucket more
+    // margin against scheduling jitter than a dedicated worker needs.
+    app.config.rate_guard = Duration::from_millis(50);
     app.start_worker();
     let jobs: Vec<(String, Value)> = (0..1200)
         .map(|i| {
@@ -58,7 +61,17 @@ async fn a_burst_is_packed_into_full_calls_and_delivered_once() {
         assert_eq!(texts.get(text), Some(&1), "job {id} delivered exactly once");
     }
     assert_eq!(stats.elements_delivered, 1200);
-    assert_eq!(stats.frequency_violations, 0, "no frequency-limit answers");
+    let arrivals: Vec<(u64, Option<i64>)> = app
+        .sim
+        .simulator
+        .calls()
+        .iter()
+        .map(|c| (c.received_at_ms, c.error_code))
+        .collect();
+    assert_eq!(
+        stats.frequency_violations, 0,
+        "no frequency-limit answers: {arrivals:?}"
+    );
     assert!(
         stats.largest_body <= 12_000,
         "largest call {} bytes",
@@ -279,8 +292,20 @@ async fn a_refused_merged_call_is_split_until_only_the_offender_is_dead_lettered
         let want = if i == 6 { None } else { Some(&1) };
         assert_eq!(texts.get(&format!("job:{id}")), want, "{id}");
     }
-    // The first call merged all nine.
-    assert!(app.sim.simulator.calls()[0].bytes > 9 * 40);
+    // A merged call was refused, then split: some refused call carried
+    // more than the poisoned job alone (about 90 bytes).
+    let refused: Vec<usize> = app
+        .sim
+        .simulator
+        .calls()
+        .iter()
+        .filter(|c| c.error_code == Some(10004))
+        .map(|c| c.bytes)
+        .collect();
+    assert!(
+        refused.len() >= 2 && refused.iter().any(|&b| b > 150),
+        "{refused:?}"
+    );
     app.stop_worker().await.unwrap();
 }
 

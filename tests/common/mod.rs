@@ -219,6 +219,23 @@ impl TestApp {
         q.message_count()
     }
 
+    /// Waits until a queue holds exactly `n` ready messages (returns to a
+    /// quorum queue are applied asynchronously).
+    pub async fn wait_for_len(&self, queue: &str, n: u32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let len = self.queue_len(queue).await;
+            if len == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queue} holds {len}, not {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn wait_for_dead(&self, n: u32, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
