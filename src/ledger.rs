@@ -311,12 +311,6 @@ impl Ledger {
         .rows_affected();
         Ok(jobs + calls)
     }
-
-    /// Checks that the database answers.
-    pub async fn ping(&self) -> Result<(), LedgerError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
 }
 
 async fn close_call(

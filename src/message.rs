@@ -214,11 +214,6 @@ const ELEMENT_SPECS: &[ElementSpec] = &[
     ),
 ];
 
-/// The `MsgType`s the API documents.
-pub fn known_msg_types() -> impl Iterator<Item = &'static str> {
-    ELEMENT_SPECS.iter().map(|(name, _, _)| *name)
-}
-
 /// Checks one `MsgBody` element. The error names the offending path relative to
 /// the element, e.g. `MsgContent.Text missing`.
 pub fn check_element(element: &Value) -> Result<(), String> {

@@ -115,10 +115,6 @@ pub enum OverrideError {
 }
 
 impl Classifier {
-    pub fn new(overrides: HashMap<i64, ErrorClass>) -> Self {
-        Self { overrides }
-    }
-
     /// Parses `10004=transient,80003=permanent` (spaces allowed, empty is none).
     pub fn parse_overrides(spec: &str) -> Result<Self, OverrideError> {
         let mut overrides = HashMap::new();

@@ -252,10 +252,6 @@ impl Simulator {
         }
     }
 
-    pub fn config(&self) -> &SimulatorConfig {
-        &self.config
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State0> {
         // A panic while holding the lock leaves plain counters behind; keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
