@@ -4,9 +4,9 @@
 use std::hint::black_box;
 use std::time::SystemTime;
 
-use broadcast_worker::job;
-use broadcast_worker::merge::Batcher;
-use broadcast_worker::usersig::{self, Claims, SecretKey};
+use broadcast_worker::pipeline::batcher::Batcher;
+use broadcast_worker::pipeline::job;
+use broadcast_worker::tencent::usersig::{self, Claims, SecretKey};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 fn body(i: usize) -> Vec<u8> {

@@ -13,6 +13,88 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
+/// The headers the project reads and writes on jobs and dead letters.
+pub mod headers {
+    /// A job's deadline, unix milliseconds: after it, dead-lettered as expired.
+    pub const DEADLINE: &str = "x-deadline";
+    /// How often an operator replayed the job from the dead-letter queue.
+    pub const REPLAYS: &str = "x-replays";
+    /// Why a job was dead-lettered (a [`super::DeadReason`]).
+    pub const REASON: &str = "x-reason";
+    /// The service's ErrorCode, or void when there was none.
+    pub const ERROR_CODE: &str = "x-error-code";
+    /// The service's ErrorInfo, or what went wrong in words.
+    pub const ERROR_INFO: &str = "x-error-info";
+    /// Calls attempted with the job in them.
+    pub const ATTEMPTS: &str = "x-attempts";
+    /// Unix milliseconds when a worker first received the job.
+    pub const FIRST_SEEN: &str = "x-first-seen";
+    /// Unix milliseconds when the job was dead-lettered.
+    pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+    /// Set by RabbitMQ when it dead-letters a message itself.
+    pub const FIRST_DEATH_REASON: &str = "x-first-death-reason";
+
+    /// Headers that dead-lettering adds (ours and RabbitMQ's): a replay removes
+    /// them, so the job goes back as it came.
+    pub const ADDED_BY_DEAD_LETTERING: &[&str] = &[
+        REASON,
+        ERROR_CODE,
+        ERROR_INFO,
+        ATTEMPTS,
+        FIRST_SEEN,
+        DEAD_LETTERED_AT,
+        "x-death",
+        FIRST_DEATH_REASON,
+        "x-first-death-queue",
+        "x-first-death-exchange",
+        "x-last-death-reason",
+        "x-last-death-queue",
+        "x-last-death-exchange",
+        "x-delivery-count",
+    ];
+}
+
+/// Why a job was dead-lettered: the `x-reason` header, and the ledger's
+/// `reason` column, spelled the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadReason {
+    /// The body is not JSON.
+    InvalidJson,
+    /// The body is JSON but not a job the service could take.
+    InvalidJob,
+    /// A call with this job alone is over the byte cap.
+    TooLarge,
+    /// Its deadline passed before it could be sent.
+    Expired,
+    /// The service refused it for good.
+    Rejected,
+    /// Transient failures went on past the attempts or the age allowed.
+    RetriesExhausted,
+    /// Its call may or may not have been delivered, and can no longer be
+    /// resent safely.
+    InDoubt,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::InvalidJson => "invalid-json",
+            DeadReason::InvalidJob => "invalid-job",
+            DeadReason::TooLarge => "too-large",
+            DeadReason::Expired => "expired",
+            DeadReason::Rejected => "rejected",
+            DeadReason::RetriesExhausted => "retries-exhausted",
+            DeadReason::InDoubt => "in-doubt",
+        }
+    }
+}
+
+impl std::fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The names a prefix gives: `{prefix}.jobs`, `{prefix}.dead`, `{prefix}.dlx`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueNames {
@@ -227,8 +309,7 @@ pub fn check_confirmation(target: &str, confirm: Confirmation) -> Result<(), Bro
 /// Why a job was dead-lettered, as headers on the dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
-    /// `invalid-json`, `invalid-job`, `too-large`, `rejected`, `retries-exhausted`, `expired`.
-    pub reason: &'static str,
+    pub reason: DeadReason,
     pub error_code: Option<i64>,
     pub error_info: String,
     /// Calls attempted with this job in them.
@@ -240,32 +321,35 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// The original properties plus the headers that say why.
     pub fn properties(&self, original: &BasicProperties) -> BasicProperties {
-        let mut headers = original.headers().clone().unwrap_or_default();
+        let mut table = original.headers().clone().unwrap_or_default();
         let mut set = |name: &str, value: AMQPValue| {
-            headers.insert(ShortString::from(name), value);
+            table.insert(ShortString::from(name), value);
         };
-        set("x-reason", AMQPValue::LongString(self.reason.into()));
+        set(
+            headers::REASON,
+            AMQPValue::LongString(self.reason.as_str().into()),
+        );
         match self.error_code {
-            Some(code) => set("x-error-code", AMQPValue::LongLongInt(code)),
-            None => set("x-error-code", AMQPValue::Void),
+            Some(code) => set(headers::ERROR_CODE, AMQPValue::LongLongInt(code)),
+            None => set(headers::ERROR_CODE, AMQPValue::Void),
         }
         set(
-            "x-error-info",
+            headers::ERROR_INFO,
             AMQPValue::LongString(LongString::from(self.error_info.as_str())),
         );
         set(
-            "x-attempts",
+            headers::ATTEMPTS,
             AMQPValue::LongLongInt(i64::from(self.attempts)),
         );
         set(
-            "x-first-seen",
+            headers::FIRST_SEEN,
             AMQPValue::LongLongInt(i64::try_from(self.first_seen_ms).unwrap_or(i64::MAX)),
         );
         set(
-            "x-dead-lettered-at",
+            headers::DEAD_LETTERED_AT,
             AMQPValue::LongLongInt(i64::try_from(unix_ms(SystemTime::now())).unwrap_or(i64::MAX)),
         );
-        original.clone().with_headers(headers)
+        original.clone().with_headers(table)
     }
 }
 

@@ -2,27 +2,20 @@
 //! `send_broadcast_msg`.
 //!
 //! A map of the modules, in the order data flows:
-//! - [`message`]: the request body and the rules of its message elements.
-//! - [`usersig`]: signing and verifying the admin's UserSig v2.
-//! - [`api`]: the HTTP call, its response, and the client.
-//! - [`outcome`]: what an answer means for the jobs of a call.
-//! - [`simulator`]: a local `send_broadcast_msg` for tests, benchmarks and demos.
-//! - [`config`]: settings shared by the commands; secrets stay hidden.
-//! - [`cli`]: the subcommands.
+//! - [`tencent`]: the external API, with no AMQP and no SQL: the request body
+//!   and its element rules, the UserSig, the HTTP client, the classification
+//!   of answers, and a local simulator of the service.
+//! - [`broker`]: RabbitMQ: topology, publishing with confirms, dead letters and
+//!   the header names they carry.
+//! - [`ledger`]: the delivery record in PostgreSQL that makes delivery once.
+//! - [`pipeline`]: the worker: deliveries in, calls out, each job settled.
+//! - [`ops`]: what operators use: telemetry and status, the dead-letter queue,
+//!   `enqueue`, `jobs show`.
+//! - [`cli`]: the subcommands and their settings.
 
-pub mod api;
 pub mod broker;
 pub mod cli;
-pub mod config;
-pub mod dlq;
-pub mod enqueue;
-pub mod job;
 pub mod ledger;
-pub mod limit;
-pub mod merge;
-pub mod message;
-pub mod outcome;
-pub mod simulator;
-pub mod telemetry;
-pub mod usersig;
-pub mod worker;
+pub mod ops;
+pub mod pipeline;
+pub mod tencent;

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use broadcast_worker::api::{ApiResponse, TransportError};
-use broadcast_worker::outcome::{Classifier, Outcome};
+use broadcast_worker::tencent::classify::{Classifier, Outcome};
+use broadcast_worker::tencent::client::{ApiResponse, TransportError};
 
 fn answer(code: i64) -> Result<ApiResponse, TransportError> {
     Ok(ApiResponse {

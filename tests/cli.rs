@@ -4,10 +4,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use broadcast_worker::api::{ApiClient, ApiConfig};
-use broadcast_worker::message::BroadcastBody;
-use broadcast_worker::usersig::unix_now;
-use broadcast_worker::usersig::{self, Claims, SecretKey};
+use broadcast_worker::tencent::body::BroadcastBody;
+use broadcast_worker::tencent::client::{ApiClient, ApiConfig};
+use broadcast_worker::tencent::usersig::unix_now;
+use broadcast_worker::tencent::usersig::{self, Claims, SecretKey};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_broadcast-worker");

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use broadcast_worker::ledger::Ledger;
-use broadcast_worker::simulator::{Fault, FaultPlan, FaultRule};
+use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule};
 use common::*;
 use serde_json::Value;
 

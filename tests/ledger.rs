@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use broadcast_worker::ledger::Ledger;
-use broadcast_worker::worker::InDoubtPolicy;
+use broadcast_worker::pipeline::InDoubtPolicy;
 use common::*;
 use serde_json::Value;
 
@@ -335,10 +335,10 @@ async fn jobs_show_answers_where_a_broadcast_is() {
     app.config.ledger = Some(ledger_for(&db).await);
     app.sim
         .simulator
-        .set_faults(broadcast_worker::simulator::FaultPlan {
-            rules: vec![broadcast_worker::simulator::FaultRule {
+        .set_faults(broadcast_worker::tencent::simulator::FaultPlan {
+            rules: vec![broadcast_worker::tencent::simulator::FaultRule {
                 body_contains: "BANNED".into(),
-                fault: broadcast_worker::simulator::Fault {
+                fault: broadcast_worker::tencent::simulator::Fault {
                     code: Some(80001),
                     ..Default::default()
                 },

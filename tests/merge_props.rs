@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use broadcast_worker::job::{self, Job};
-use broadcast_worker::merge::{call_random, Batcher};
+use broadcast_worker::pipeline::batcher::{call_random, Batcher};
+use broadcast_worker::pipeline::job::{self, Job};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -63,7 +63,7 @@ proptest! {
         let mut batcher = Batcher::new();
         let mut seen: HashMap<usize, usize> = HashMap::new();
         let mut last_per_key: HashMap<String, usize> = HashMap::new();
-        let mut check = |batch: broadcast_worker::merge::Batch<usize>| -> Result<(), TestCaseError> {
+        let mut check = |batch: broadcast_worker::pipeline::batcher::Batch<usize>| -> Result<(), TestCaseError> {
             prop_assert!(batch.body.len() <= cap, "call of {} bytes over {cap}", batch.body.len());
             let parsed: Value = serde_json::from_slice(&batch.body).unwrap();
             prop_assert_eq!(parsed["Random"].as_u64(), Some(u64::from(batch.random)));

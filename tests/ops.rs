@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use broadcast_worker::simulator::{DropPoint, Fault, FaultPlan, FaultRule};
-use broadcast_worker::usersig::{self, Claims, SecretKey};
+use broadcast_worker::tencent::simulator::{DropPoint, Fault, FaultPlan, FaultRule};
+use broadcast_worker::tencent::usersig::{self, Claims, SecretKey};
 use common::*;
 
 const LONG: Duration = Duration::from_secs(60);

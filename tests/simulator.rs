@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use broadcast_worker::api::{ApiClient, ApiConfig, ApiResponse, TransportError};
-use broadcast_worker::message::BroadcastBody;
-use broadcast_worker::simulator::{
+use broadcast_worker::tencent::body::BroadcastBody;
+use broadcast_worker::tencent::client::{ApiClient, ApiConfig, ApiResponse, TransportError};
+use broadcast_worker::tencent::simulator::{
     DropPoint, Fault, FaultPlan, Simulator, SimulatorConfig, SpawnedSimulator,
 };
-use broadcast_worker::usersig::unix_now;
-use broadcast_worker::usersig::{self, Claims, SecretKey, UserSig};
+use broadcast_worker::tencent::usersig::unix_now;
+use broadcast_worker::tencent::usersig::{self, Claims, SecretKey, UserSig};
 use serde_json::json;
 
 const APP: u64 = 1400000001;

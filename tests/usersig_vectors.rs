@@ -2,7 +2,7 @@
 //! sign-then-verify property for any identifier.
 
 use base64::Engine;
-use broadcast_worker::usersig::{self, Claims, SecretKey, VerifyError};
+use broadcast_worker::tencent::usersig::{self, Claims, SecretKey, VerifyError};
 use proptest::prelude::*;
 use serde::Deserialize;
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use broadcast_worker::simulator::{Fault, FaultPlan, FaultRule};
+use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule};
 use common::*;
 use serde_json::{json, Value};
 
@@ -443,7 +443,7 @@ async fn persistent_transient_errors_exhaust_into_dead_letters() {
 #[tokio::test]
 async fn app_faults_can_be_configured_to_dead_letter() {
     let mut app = spawn_app("appfault-dl", 50.0).await;
-    app.config.on_app_fault = broadcast_worker::worker::AppFaultPolicy::DeadLetter;
+    app.config.on_app_fault = broadcast_worker::pipeline::AppFaultPolicy::DeadLetter;
     app.sim.simulator.set_faults(FaultPlan {
         script: vec![Fault {
             code: Some(70009),
@@ -515,15 +515,18 @@ async fn a_queue_with_other_arguments_is_a_clear_error() {
         )
         .await
         .unwrap();
-    let api =
-        broadcast_worker::api::ApiConfig::new("http://127.0.0.1:9/".parse().unwrap(), APP, ADMIN);
-    let config = broadcast_worker::worker::WorkerConfig::new(
+    let api = broadcast_worker::tencent::client::ApiConfig::new(
+        "http://127.0.0.1:9/".parse().unwrap(),
+        APP,
+        ADMIN,
+    );
+    let config = broadcast_worker::pipeline::WorkerConfig::new(
         AMQP_URL.into(),
         &prefix,
         api,
-        broadcast_worker::usersig::SecretKey::new(KEY),
+        broadcast_worker::tencent::usersig::SecretKey::new(KEY),
     );
-    let worker = broadcast_worker::worker::Worker::new(config).unwrap();
+    let worker = broadcast_worker::pipeline::Worker::new(config).unwrap();
     let result =
         tokio::time::timeout(Duration::from_secs(20), worker.run(Default::default())).await;
     delete_topology(&prefix);

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use broadcast_worker::job::{self, Rejection};
-use broadcast_worker::merge::Batcher;
+use broadcast_worker::pipeline::job::{self, Rejection};
+use broadcast_worker::pipeline::batcher::Batcher;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

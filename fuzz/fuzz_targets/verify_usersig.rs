@@ -2,7 +2,7 @@
 //! reason, never a panic, and bounded memory however it inflates.
 #![no_main]
 
-use broadcast_worker::usersig::{self, SecretKey};
+use broadcast_worker::tencent::usersig::{self, SecretKey};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

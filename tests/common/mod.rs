@@ -6,11 +6,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use broadcast_worker::api::ApiConfig;
 use broadcast_worker::broker::{self, QueueNames};
-use broadcast_worker::simulator::{Simulator, SimulatorConfig, SpawnedSimulator};
-use broadcast_worker::usersig::SecretKey;
-use broadcast_worker::worker::{Worker, WorkerConfig, WorkerError, WorkerStatus};
+use broadcast_worker::ops::telemetry::WorkerStatus;
+use broadcast_worker::pipeline::{Worker, WorkerConfig, WorkerError};
+use broadcast_worker::tencent::client::ApiConfig;
+use broadcast_worker::tencent::simulator::{Simulator, SimulatorConfig, SpawnedSimulator};
+use broadcast_worker::tencent::usersig::SecretKey;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions,
     QueueDeleteOptions,

@@ -14,8 +14,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel};
 use serde::Serialize;
 
-use crate::broker::{self, BrokerError};
-use crate::job::{self, REPLAYS_HEADER};
+use crate::broker::{self, headers, BrokerError};
+use crate::pipeline::job;
 
 /// One dead letter, held unacked while the command runs.
 pub struct DeadJob {
@@ -105,12 +105,12 @@ pub async fn read_all(channel: &Channel, queue: &str) -> Result<Vec<DeadJob>, Br
         let info = DeadInfo {
             id: id.clone(),
             reason: reason_of(&properties),
-            error_code: broker::header_i64(&properties, "x-error-code"),
-            error_info: broker::header_str(&properties, "x-error-info"),
-            attempts: broker::header_i64(&properties, "x-attempts"),
-            first_seen_ms: broker::header_i64(&properties, "x-first-seen"),
-            dead_lettered_at_ms: broker::header_i64(&properties, "x-dead-lettered-at"),
-            replays: broker::header_i64(&properties, REPLAYS_HEADER)
+            error_code: broker::header_i64(&properties, headers::ERROR_CODE),
+            error_info: broker::header_str(&properties, headers::ERROR_INFO),
+            attempts: broker::header_i64(&properties, headers::ATTEMPTS),
+            first_seen_ms: broker::header_i64(&properties, headers::FIRST_SEEN),
+            dead_lettered_at_ms: broker::header_i64(&properties, headers::DEAD_LETTERED_AT),
+            replays: broker::header_i64(&properties, headers::REPLAYS)
                 .and_then(|r| u32::try_from(r).ok())
                 .unwrap_or(0),
         };
@@ -128,10 +128,10 @@ pub async fn read_all(channel: &Channel, queue: &str) -> Result<Vec<DeadJob>, Br
 /// The worker's `x-reason`, or the reason RabbitMQ gave when it dead-lettered
 /// the message itself (a delivery limit, most likely).
 fn reason_of(properties: &BasicProperties) -> String {
-    if let Some(reason) = broker::header_str(properties, "x-reason") {
+    if let Some(reason) = broker::header_str(properties, headers::REASON) {
         return reason;
     }
-    match broker::header_str(properties, "x-first-death-reason") {
+    match broker::header_str(properties, headers::FIRST_DEATH_REASON) {
         Some(reason) => format!("broker:{reason}"),
         None => "unknown".into(),
     }
@@ -151,37 +151,18 @@ pub fn summarize<'a>(
     summary
 }
 
-/// Headers the dead-lettering added, removed on replay so the job goes back as
-/// it came, plus a replay count.
-const DEAD_LETTER_HEADERS: &[&str] = &[
-    "x-reason",
-    "x-error-code",
-    "x-error-info",
-    "x-attempts",
-    "x-first-seen",
-    "x-dead-lettered-at",
-    "x-death",
-    "x-first-death-reason",
-    "x-first-death-queue",
-    "x-first-death-exchange",
-    "x-last-death-reason",
-    "x-last-death-queue",
-    "x-last-death-exchange",
-    "x-delivery-count",
-];
-
 /// The properties a replayed job is published with.
 pub fn replay_properties(dead: &DeadJob) -> BasicProperties {
     let mut headers = FieldTable::default();
     if let Some(original) = dead.properties.headers() {
         for (key, value) in original.inner() {
-            if !DEAD_LETTER_HEADERS.contains(&key.as_str()) {
+            if !headers::ADDED_BY_DEAD_LETTERING.contains(&key.as_str()) {
                 headers.insert(key.clone(), value.clone());
             }
         }
     }
     headers.insert(
-        REPLAYS_HEADER.into(),
+        headers::REPLAYS.into(),
         AMQPValue::LongLongInt(i64::from(dead.info.replays) + 1),
     );
     let mut properties = dead.properties.clone().with_headers(headers);

@@ -9,13 +9,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::message::{parse_body, BodyError, KNOWN_FIELDS};
-
-/// The header that carries a job's deadline: unix time in milliseconds.
-pub const DEADLINE_HEADER: &str = "x-deadline";
-
-/// The header that counts a job's replays from the dead-letter queue.
-pub const REPLAYS_HEADER: &str = "x-replays";
+use crate::broker::DeadReason;
+use crate::tencent::body::{parse_body, BodyError, KNOWN_FIELDS};
 
 /// Jobs that share a merge key can travel in one call: the call's sender and
 /// custom data apply to all of its elements.
@@ -65,12 +60,12 @@ pub enum Rejection {
 
 impl Rejection {
     /// The `x-reason` value.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> DeadReason {
         match self {
-            Rejection::InvalidJson(_) => "invalid-json",
-            Rejection::InvalidJob(_) => "invalid-job",
-            Rejection::TooLarge { .. } => "too-large",
-            Rejection::Expired { .. } => "expired",
+            Rejection::InvalidJson(_) => DeadReason::InvalidJson,
+            Rejection::InvalidJob(_) => DeadReason::InvalidJob,
+            Rejection::TooLarge { .. } => DeadReason::TooLarge,
+            Rejection::Expired { .. } => DeadReason::Expired,
         }
     }
 }
@@ -99,7 +94,7 @@ impl fmt::Display for Rejection {
 /// The size of a call body with these key fields and no elements, with the
 /// widest `Random`: what a call costs before its elements.
 pub fn call_overhead(key: &MergeKey) -> usize {
-    crate::merge::call_body(key, u32::MAX, std::iter::empty()).len()
+    crate::pipeline::batcher::call_body(key, u32::MAX, std::iter::empty()).len()
 }
 
 /// Decodes a message. `message_id` and `deadline_ms` come from its properties
@@ -173,7 +168,10 @@ mod tests {
 
     #[test]
     fn reasons_are_exact() {
-        assert_eq!(decode_now("not json").unwrap_err().reason(), "invalid-json");
+        assert_eq!(
+            decode_now("not json").unwrap_err().reason(),
+            DeadReason::InvalidJson
+        );
         let err = decode_now(
             r#"{"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"a"}}],"Extra":1}"#,
         )

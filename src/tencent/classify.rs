@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::api::{ApiResponse, TransportError};
+use crate::tencent::client::{ApiResponse, TransportError};
 
 /// What to do with the jobs of a call after one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::job::{call_overhead, Job, MergeKey};
+use crate::pipeline::job::{call_overhead, Job, MergeKey};
 
 /// A job in the batcher, with whatever the caller needs to settle it later
 /// (the delivery's acker, in the worker; nothing, in tests).
@@ -196,7 +196,7 @@ pub fn call_random<'a>(ids: impl Iterator<Item = &'a str>) -> u32 {
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// The exact body of a call (the field order of [`crate::message::BroadcastBody`]).
+/// The exact body of a call (the field order of [`crate::tencent::body::BroadcastBody`]).
 pub fn call_body<'a>(
     key: &MergeKey,
     random: u32,
@@ -225,7 +225,7 @@ pub fn call_body<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::BroadcastBody;
+    use crate::tencent::body::BroadcastBody;
     use std::time::SystemTime;
 
     fn job(id: &str, from: Option<&str>, text: &str) -> Job {
@@ -233,7 +233,7 @@ mod tests {
         if let Some(from) = from {
             body["From_Account"] = from.into();
         }
-        crate::job::decode(
+        crate::pipeline::job::decode(
             body.to_string().as_bytes(),
             Some(id),
             None,

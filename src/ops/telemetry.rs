@@ -1,10 +1,10 @@
-//! What operators see of a running worker: Prometheus metrics, `/healthz` and
-//! `/readyz` on one HTTP endpoint. The metric names live here, so README's
+//! What operators see of a running worker: its status, Prometheus metrics,
+//! `/healthz` and `/readyz` on one HTTP endpoint. The metric names live here, so README's
 //! table and the code cannot drift apart. No label ever carries a secret: labels
 //! are outcomes, reasons and ErrorCodes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -14,8 +14,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-
-use crate::worker::WorkerStatus;
 
 pub const JOBS_RECEIVED: &str = "broadcast_jobs_received_total";
 pub const JOBS_DELIVERED: &str = "broadcast_jobs_delivered_total";
@@ -33,6 +31,39 @@ pub const CONNECTED: &str = "broadcast_broker_connected";
 pub const HALTED: &str = "broadcast_halted";
 pub const LEDGER_DOWN: &str = "broadcast_ledger_down";
 pub const RATE: &str = "broadcast_rate_calls_per_second";
+
+/// What others (health checks, tests) can see of a running worker.
+#[derive(Debug, Default)]
+pub struct WorkerStatus {
+    /// Connected to the broker with the topology declared and a consumer.
+    pub consuming: AtomicBool,
+    /// Stopped sending because of an app-wide fault.
+    pub halted: AtomicBool,
+    /// Stopped sending because the ledger cannot be read or written.
+    pub ledger_down: AtomicBool,
+}
+
+impl WorkerStatus {
+    pub fn set_consuming(&self, on: bool) {
+        self.consuming.store(on, Ordering::Relaxed);
+        metrics::gauge!(CONNECTED).set(f64::from(u8::from(on)));
+        if !on {
+            metrics::gauge!(ACTIVE).set(0.0);
+        }
+    }
+
+    /// Sets the halt flag; returns what it was.
+    pub fn set_halted(&self, on: bool) -> bool {
+        metrics::gauge!(HALTED).set(f64::from(u8::from(on)));
+        self.halted.swap(on, Ordering::Relaxed)
+    }
+
+    /// Sets the ledger-down flag; returns what it was.
+    pub fn set_ledger_down(&self, on: bool) -> bool {
+        metrics::gauge!(LEDGER_DOWN).set(f64::from(u8::from(on)));
+        self.ledger_down.swap(on, Ordering::Relaxed)
+    }
+}
 
 /// Installs the process-wide Prometheus recorder. Call once, at start.
 pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {

@@ -26,9 +26,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use crate::api::{MAX_BODY_BYTES, SEND_BROADCAST_PATH};
-use crate::message::{parse_body, BodyError};
-use crate::usersig::{self, SecretKey, VerifyError};
+use crate::tencent::body::{parse_body, BodyError};
+use crate::tencent::client::{MAX_BODY_BYTES, SEND_BROADCAST_PATH};
+use crate::tencent::usersig::{self, SecretKey, VerifyError};
 
 /// The one app the simulator hosts.
 #[derive(Debug, Clone)]
@@ -700,7 +700,7 @@ async fn reset_handler(State(sim): State<Simulator>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-use crate::usersig::unix_now;
+use crate::tencent::usersig::unix_now;
 
 fn unix_now_ms() -> u64 {
     SystemTime::now()

@@ -2,6 +2,8 @@
 //! has to do. Each command parses its flags (with environment fallbacks),
 //! builds what it needs, and returns an exit code.
 
+pub mod config;
+
 use std::collections::HashSet;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -12,16 +14,16 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::api::ApiConfig;
 use crate::broker::{self, QueueNames, Topology};
-use crate::config::AppArgs;
-use crate::dlq::{self, DeadInfo, DeadJob, Selection};
-use crate::enqueue::{publish_lines, LineResult, PublishOptions};
+use crate::cli::config::AppArgs;
 use crate::ledger::{Ledger, LedgerError};
-use crate::outcome::Classifier;
-use crate::simulator::{FaultPlan, Simulator, SimulatorConfig};
-use crate::usersig::{self, Claims};
-use crate::worker::{AppFaultPolicy, InDoubtPolicy, Worker, WorkerConfig};
+use crate::ops::dlq::{self, DeadInfo, DeadJob, Selection};
+use crate::ops::enqueue::{publish_lines, LineResult, PublishOptions};
+use crate::pipeline::{AppFaultPolicy, InDoubtPolicy, Worker, WorkerConfig};
+use crate::tencent::classify::Classifier;
+use crate::tencent::client::ApiConfig;
+use crate::tencent::simulator::{FaultPlan, Simulator, SimulatorConfig};
+use crate::tencent::usersig::{self, Claims};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -284,7 +286,7 @@ pub struct RunArgs {
     #[arg(long, env = "BROADCAST_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
     /// Largest call body in bytes (at most 12000).
-    #[arg(long, env = "BROADCAST_MAX_BATCH_BYTES", default_value_t = crate::api::MAX_BODY_BYTES)]
+    #[arg(long, env = "BROADCAST_MAX_BATCH_BYTES", default_value_t = crate::tencent::client::MAX_BODY_BYTES)]
     pub max_batch_bytes: usize,
     /// Jobs merged into one call at most (1 sends each job alone).
     #[arg(long, env = "BROADCAST_MAX_JOBS_PER_CALL")]
@@ -352,10 +354,12 @@ impl RunArgs {
         if self.prefetch == 0 {
             bail!("BROADCAST_PREFETCH must be at least 1");
         }
-        if self.max_batch_bytes > crate::api::MAX_BODY_BYTES || self.max_batch_bytes < 256 {
+        if self.max_batch_bytes > crate::tencent::client::MAX_BODY_BYTES
+            || self.max_batch_bytes < 256
+        {
             bail!(
                 "BROADCAST_MAX_BATCH_BYTES must be from 256 to {}, not {}",
-                crate::api::MAX_BODY_BYTES,
+                crate::tencent::client::MAX_BODY_BYTES,
                 self.max_batch_bytes
             );
         }
@@ -414,7 +418,7 @@ impl RunArgs {
         config.crash_at = self
             .crash_at
             .as_deref()
-            .map(crate::worker::parse_crash_at)
+            .map(crate::pipeline::crash::parse_crash_at)
             .transpose()
             .map_err(|e| anyhow::anyhow!("BROADCAST_TEST_CRASH_AT: {e}"))?;
         Ok(config)
@@ -444,7 +448,7 @@ pub struct EnqueueArgs {
     #[arg(long)]
     pub expiration_secs: Option<f64>,
     /// The worker's largest call body, for the size check.
-    #[arg(long, env = "BROADCAST_MAX_BATCH_BYTES", default_value_t = crate::api::MAX_BODY_BYTES)]
+    #[arg(long, env = "BROADCAST_MAX_BATCH_BYTES", default_value_t = crate::tencent::client::MAX_BODY_BYTES)]
     pub max_batch_bytes: usize,
 }
 
@@ -459,7 +463,7 @@ pub struct SimulateArgs {
     #[arg(long, env = "SIMULATOR_RATE", default_value_t = 1.0)]
     pub rate: f64,
     /// The largest body accepted, in bytes.
-    #[arg(long, default_value_t = crate::api::MAX_BODY_BYTES)]
+    #[arg(long, default_value_t = crate::tencent::client::MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// The repeat filter's window in seconds.
     #[arg(long, default_value_t = 300)]
@@ -569,10 +573,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(_) => info!("ledger in use (migrations skipped): each job is delivered once"),
     }
     let worker = Worker::new(config)?;
-    let metrics = crate::telemetry::install_recorder()?;
-    crate::telemetry::describe();
-    metrics::gauge!(crate::telemetry::RATE).set(args.rate);
-    let ops = crate::telemetry::serve(args.metrics_addr, metrics, worker.status())
+    let metrics = crate::ops::telemetry::install_recorder()?;
+    crate::ops::telemetry::describe();
+    metrics::gauge!(crate::ops::telemetry::RATE).set(args.rate);
+    let ops = crate::ops::telemetry::serve(args.metrics_addr, metrics, worker.status())
         .await
         .with_context(|| format!("cannot listen on {} for metrics", args.metrics_addr))?;
     println!("ops endpoint listening on http://{ops}");
@@ -904,7 +908,9 @@ async fn enqueue(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     let options = PublishOptions {
         deadline_in: secs("--deadline-secs", args.deadline_secs)?,
         expiration: secs("--expiration-secs", args.expiration_secs)?,
-        max_call_bytes: args.max_batch_bytes.min(crate::api::MAX_BODY_BYTES),
+        max_call_bytes: args
+            .max_batch_bytes
+            .min(crate::tencent::client::MAX_BODY_BYTES),
     };
     let input: Box<dyn std::io::BufRead> = match (&args.text, &args.file) {
         (Some(text), _) => {
@@ -1007,7 +1013,7 @@ fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     let claims = Claims {
         identifier: args.app.identifier,
         sdkappid: args.app.sdkappid,
-        time: args.time.unwrap_or_else(crate::usersig::unix_now),
+        time: args.time.unwrap_or_else(crate::tencent::usersig::unix_now),
         expire: args.expire,
         userbuf,
     };
@@ -1027,7 +1033,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             input.trim().to_string()
         }
     };
-    let now = args.at.unwrap_or_else(crate::usersig::unix_now);
+    let now = args.at.unwrap_or_else(crate::tencent::usersig::unix_now);
     match usersig::verify(&sig, &key, args.app.sdkappid, &args.app.identifier, now) {
         Ok(claims) => {
             let report = serde_json::json!({

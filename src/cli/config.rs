@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::usersig::SecretKey;
+use crate::tencent::usersig::SecretKey;
 
 /// A configuration mistake, said so an operator can fix it.
 #[derive(Debug, thiserror::Error)]

@@ -9,13 +9,18 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use crate::usersig::UserSig;
+use crate::tencent::usersig::UserSig;
 
 /// The path of the call, relative to the base URL.
 pub const SEND_BROADCAST_PATH: &str = "v4/group_open_http_svc/send_broadcast_msg";
 
 /// The largest body the service accepts, in bytes.
 pub const MAX_BODY_BYTES: usize = 12_000;
+
+/// Default request timeout: longer than the service's own 3 s.
+pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Default connect timeout.
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
 
 /// How to reach the service.
 #[derive(Debug, Clone)]
@@ -36,8 +41,8 @@ impl ApiConfig {
             base_url,
             sdkappid,
             identifier: identifier.into(),
-            request_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
         }
     }
 }

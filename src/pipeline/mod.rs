@@ -16,7 +16,14 @@
 //! again (the service drops it as a repeat if it got through), and each call is
 //! recorded before its first attempt and after its answer, before any ack.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+pub mod batcher;
+pub mod config;
+pub mod crash;
+pub mod job;
+pub mod limiter;
+
+pub use config::{AppFaultPolicy, InDoubtPolicy, WorkerConfig};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,149 +40,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::api::{ApiClient, ApiConfig, ApiResponse, TransportError};
-use crate::broker::{self, BrokerError, DeadLetter, Topology};
-use crate::job::{self, Job, Rejection, DEADLINE_HEADER};
+use crate::broker::{self, BrokerError, DeadLetter, DeadReason};
 use crate::ledger::{Known, Ledger, LedgerError};
-use crate::limit::{Limiter, SlowDown};
-use crate::merge::{Batch, Batcher, Queued};
-use crate::outcome::{Classifier, Outcome};
-use crate::telemetry;
-use crate::usersig::{SecretKey, Signer};
-use std::collections::HashMap;
-
-/// What to do when the service says the app itself is misconfigured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AppFaultPolicy {
-    /// Stop sending, keep every job, probe slowly until the fault is fixed.
-    Halt,
-    /// Dead-letter the call's jobs as `rejected` and go on.
-    DeadLetter,
-}
-
-/// Everything the worker needs, checked by the caller.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    pub amqp_url: String,
-    pub topology: Topology,
-    pub api: ApiConfig,
-    pub secret_key: SecretKey,
-    /// Calls per second for the app.
-    pub rate: f64,
-    /// Margin added to each one-second window of the bucket.
-    pub rate_guard: Duration,
-    pub slow_down: SlowDown,
-    /// Unacked deliveries the broker may hand over; bounds memory and how
-    /// much can pile up for one call.
-    pub prefetch: u16,
-    pub max_batch_bytes: usize,
-    /// Jobs merged into one call at most (1 turns merging off).
-    pub max_jobs_per_call: usize,
-    /// Transient failures of one call before its jobs are dead-lettered.
-    pub max_attempts: u32,
-    /// Age of a call after which transient failures dead-letter its jobs;
-    /// kept under the service's 5-minute repeat window so every retry is
-    /// still a repeat the service can drop.
-    pub max_retry_age: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    pub on_app_fault: AppFaultPolicy,
-    /// Time between probes while halted by an app-wide fault.
-    pub app_fault_probe: Duration,
-    pub classifier: Classifier,
-    /// Validity of each UserSig signed.
-    pub usersig_ttl: Duration,
-    /// Pause between reconnects grows up to this.
-    pub reconnect_max: Duration,
-    /// The delivery ledger; without one, delivery is at least once.
-    pub ledger: Option<Ledger>,
-    /// A call in flight younger than this is resent verbatim on redelivery:
-    /// the service's 300 s repeat window, less a margin for the wait to send.
-    pub resend_window: Duration,
-    /// What to do with a job whose call has been in flight longer than that.
-    pub in_doubt: InDoubtPolicy,
-    /// Settled ledger records older than this are pruned.
-    pub ledger_retention: Duration,
-    /// Test hook: exit abruptly at a point of the cycle (see [`CrashPoint`]).
-    pub crash_at: Option<(CrashPoint, u32)>,
-}
-
-/// What to do with a job whose call has been in flight for longer than the
-/// service's repeat window: resending it may broadcast it twice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum InDoubtPolicy {
-    /// Dead-letter it as `in-doubt` for an operator to decide.
-    DeadLetter,
-    /// Send its call again: at least once.
-    Resend,
-}
-
-/// Points of the cycle where a test can make the worker die as if killed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CrashPoint {
-    /// The call is recorded in flight but not sent.
-    BeforeCall,
-    /// The service answered OK; the ledger does not know yet.
-    AfterCall,
-    /// The ledger knows; the jobs are not acked.
-    AfterLedger,
-}
-
-impl std::str::FromStr for CrashPoint {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "before-call" => Ok(CrashPoint::BeforeCall),
-            "after-call" => Ok(CrashPoint::AfterCall),
-            "after-ledger" => Ok(CrashPoint::AfterLedger),
-            other => Err(format!("unknown crash point {other:?}")),
-        }
-    }
-}
-
-/// Reads `POINT:N` (die the N-th time POINT is reached).
-pub fn parse_crash_at(spec: &str) -> Result<(CrashPoint, u32), String> {
-    let (point, n) = spec.split_once(':').unwrap_or((spec, "1"));
-    let n: u32 = n
-        .parse()
-        .map_err(|_| format!("crash count {n:?} is not a number"))?;
-    Ok((point.parse()?, n.max(1)))
-}
-
-impl WorkerConfig {
-    /// Defaults for everything but the app and the broker.
-    pub fn new(amqp_url: String, prefix: &str, api: ApiConfig, secret_key: SecretKey) -> Self {
-        Self {
-            amqp_url,
-            topology: Topology {
-                names: broker::QueueNames::new(prefix),
-                delivery_limit: 20,
-            },
-            api,
-            secret_key,
-            rate: 1.0,
-            rate_guard: Duration::from_millis(10),
-            slow_down: SlowDown::default(),
-            prefetch: 1000,
-            max_batch_bytes: crate::api::MAX_BODY_BYTES,
-            max_jobs_per_call: usize::MAX,
-            max_attempts: 8,
-            max_retry_age: Duration::from_secs(240),
-            backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
-            on_app_fault: AppFaultPolicy::Halt,
-            app_fault_probe: Duration::from_secs(30),
-            classifier: Classifier::default(),
-            usersig_ttl: Duration::from_secs(86_400),
-            reconnect_max: Duration::from_secs(30),
-            ledger: None,
-            resend_window: Duration::from_secs(270),
-            in_doubt: InDoubtPolicy::DeadLetter,
-            ledger_retention: Duration::from_secs(7 * 86_400),
-            crash_at: None,
-        }
-    }
-}
+use crate::ops::telemetry::{self, WorkerStatus};
+use crate::tencent::classify::Outcome;
+use crate::tencent::client::{ApiClient, ApiResponse, TransportError};
+use crate::tencent::usersig::Signer;
+use batcher::{Batch, Batcher, Queued};
+use crash::{CrashHook, CrashPoint};
+use job::{Job, Rejection};
+use limiter::Limiter;
 
 /// A failure the worker cannot recover from by reconnecting.
 #[derive(Debug, thiserror::Error)]
@@ -186,39 +60,6 @@ pub enum WorkerError {
     Client(#[from] TransportError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-}
-
-/// What others (health checks, tests) can see of a running worker.
-#[derive(Debug, Default)]
-pub struct WorkerStatus {
-    /// Connected to the broker with the topology declared and a consumer.
-    pub consuming: AtomicBool,
-    /// Stopped sending because of an app-wide fault.
-    pub halted: AtomicBool,
-    /// Stopped sending because the ledger cannot be read or written.
-    pub ledger_down: AtomicBool,
-}
-
-impl WorkerStatus {
-    fn set_consuming(&self, on: bool) {
-        self.consuming.store(on, Ordering::Relaxed);
-        metrics::gauge!(telemetry::CONNECTED).set(f64::from(u8::from(on)));
-        if !on {
-            metrics::gauge!(telemetry::ACTIVE).set(0.0);
-        }
-    }
-
-    /// Sets the halt flag; returns what it was.
-    fn set_halted(&self, on: bool) -> bool {
-        metrics::gauge!(telemetry::HALTED).set(f64::from(u8::from(on)));
-        self.halted.swap(on, Ordering::Relaxed)
-    }
-
-    /// Sets the ledger-down flag; returns what it was.
-    fn set_ledger_down(&self, on: bool) -> bool {
-        metrics::gauge!(telemetry::LEDGER_DOWN).set(f64::from(u8::from(on)));
-        self.ledger_down.swap(on, Ordering::Relaxed)
-    }
 }
 
 /// A job's delivery: what is needed to ack it or dead-letter it as it came.
@@ -320,7 +161,7 @@ pub struct Worker {
     limiter: Limiter,
     signer: Signer,
     status: Arc<WorkerStatus>,
-    crash_counts: HashMap<CrashPoint, u32>,
+    crash: CrashHook,
     /// When the last call was sent, for the limiter's gap between sends.
     last_send: Option<Instant>,
 }
@@ -336,12 +177,12 @@ impl Worker {
             config.usersig_ttl,
         );
         Ok(Self {
+            crash: CrashHook::new(config.crash_at),
             config,
             client,
             limiter,
             signer,
             status: Arc::new(WorkerStatus::default()),
-            crash_counts: HashMap::new(),
             last_send: None,
         })
     }
@@ -551,7 +392,7 @@ impl Worker {
                 .map(|q| {
                     let deadline_ms = q.job.deadline.map(broker::unix_ms).unwrap_or(0);
                     let info = Rejection::Expired { deadline_ms }.to_string();
-                    let fate = dead_letter_fate(&q.tag, "expired", None, info, None);
+                    let fate = dead_letter_fate(&q.tag, DeadReason::Expired, None, info, None);
                     (q.job, q.tag, fate)
                 })
                 .collect();
@@ -627,7 +468,7 @@ impl Worker {
                         call.call_id,
                         call.age.as_secs()
                     );
-                    let fate = dead_letter_fate(&pending, "in-doubt", None, info, None);
+                    let fate = dead_letter_fate(&pending, DeadReason::InDoubt, None, info, None);
                     settled.push((job, pending, fate));
                 }
             }
@@ -713,7 +554,7 @@ impl Worker {
                     Err(SessionEnd::Shutdown) => return Ok(leave(call)),
                     Err(end) => return Err(end),
                 }
-                self.crash_point(CrashPoint::BeforeCall);
+                self.crash.reached(CrashPoint::BeforeCall);
             }
             let usersig = self.signer.current();
             for queued in &mut call.batch.jobs {
@@ -749,7 +590,7 @@ impl Worker {
                         info!("the app-wide fault is gone: sending again");
                     }
                     info!(attempt, msg_seq, "delivered");
-                    self.crash_point(CrashPoint::AfterCall);
+                    self.crash.reached(CrashPoint::AfterCall);
                     metrics::counter!(telemetry::JOBS_DELIVERED)
                         .increment(call.batch.jobs.len() as u64);
                     let ledger_call = call.ledger_id;
@@ -776,7 +617,12 @@ impl Worker {
                         || started.elapsed() >= self.config.max_retry_age
                     {
                         warn!(attempt, code, %info, "retries exhausted: dead-lettering the call's jobs");
-                        return Ok(dead_letter_all(call, "retries-exhausted", code, info));
+                        return Ok(dead_letter_all(
+                            call,
+                            DeadReason::RetriesExhausted,
+                            code,
+                            info,
+                        ));
                     }
                     let delay = backoff.next().unwrap_or(self.config.backoff_max);
                     warn!(attempt, code, %info, retry_in = ?delay, "transient failure");
@@ -820,14 +666,14 @@ impl Worker {
                 }
                 Outcome::Permanent => {
                     warn!(attempt, code, %info, job = %call.batch.jobs[0].job.id, "refused: dead-lettering the job");
-                    return Ok(dead_letter_all(call, "rejected", code, info));
+                    return Ok(dead_letter_all(call, DeadReason::Rejected, code, info));
                 }
                 // A fresh UserSig that still expires at once is a clock or key
                 // problem: the app's, not the job's.
                 Outcome::Resign | Outcome::AppFault => match self.config.on_app_fault {
                     AppFaultPolicy::DeadLetter => {
                         error!(attempt, code, %info, "app-wide fault: dead-lettering the call's jobs as configured");
-                        return Ok(dead_letter_all(call, "rejected", code, info));
+                        return Ok(dead_letter_all(call, DeadReason::Rejected, code, info));
                     }
                     AppFaultPolicy::Halt => {
                         if !self.status.set_halted(true) {
@@ -883,7 +729,7 @@ impl Worker {
                     .await?;
                 }
             }
-            self.crash_point(CrashPoint::AfterLedger);
+            self.crash.reached(CrashPoint::AfterLedger);
         }
         let dlx = self.config.topology.names.dlx.clone();
         for (job, pending, fate) in settlements {
@@ -907,14 +753,14 @@ impl Worker {
                             ledger.jobs_dead_lettered(
                                 call,
                                 &ids,
-                                dead.reason,
+                                dead.reason.as_str(),
                                 dead.error_code,
                                 &dead.error_info,
                             )
                         })
                         .await?;
                     }
-                    warn!(job = %job.id, reason = dead.reason, code = dead.error_code, "dead-lettered");
+                    warn!(job = %job.id, reason = %dead.reason, code = dead.error_code, "dead-lettered");
                     count_dead_letter(dead.reason, dead.error_code);
                     ack(&pending.acker, &job.id).await?;
                 }
@@ -931,22 +777,6 @@ impl Worker {
             }
         }
         Ok(())
-    }
-
-    /// The test hook: exit at once, as a kill would, at the configured point.
-    fn crash_point(&mut self, point: CrashPoint) {
-        let Some((at, n)) = self.config.crash_at else {
-            return;
-        };
-        if at != point {
-            return;
-        }
-        let count = self.crash_counts.entry(point).or_insert(0);
-        *count += 1;
-        if *count == n {
-            eprintln!("crash point {point:?} reached ({n}): exiting abruptly");
-            std::process::exit(137);
-        }
     }
 }
 
@@ -1143,7 +973,7 @@ fn leave(call: Call) -> CallEnd {
     )
 }
 
-fn dead_letter_all(call: Call, reason: &'static str, code: Option<i64>, info: String) -> CallEnd {
+fn dead_letter_all(call: Call, reason: DeadReason, code: Option<i64>, info: String) -> CallEnd {
     let ledger_call = call.ledger_id;
     CallEnd::Settled(
         call.batch
@@ -1159,7 +989,7 @@ fn dead_letter_all(call: Call, reason: &'static str, code: Option<i64>, info: St
 
 fn dead_letter_fate(
     pending: &Pending,
-    reason: &'static str,
+    reason: DeadReason,
     code: Option<i64>,
     info: String,
     call: Option<i64>,
@@ -1176,9 +1006,9 @@ fn dead_letter_fate(
     }
 }
 
-fn count_dead_letter(reason: &'static str, code: Option<i64>) {
+fn count_dead_letter(reason: DeadReason, code: Option<i64>) {
     let code = code.map_or_else(|| "none".to_string(), |c| c.to_string());
-    metrics::counter!(telemetry::JOBS_DEAD_LETTERED, "reason" => reason, "code" => code)
+    metrics::counter!(telemetry::JOBS_DEAD_LETTERED, "reason" => reason.as_str(), "code" => code)
         .increment(1);
 }
 
@@ -1206,7 +1036,7 @@ fn code_label(result: &Result<ApiResponse, TransportError>) -> String {
 }
 
 /// The ErrorCode and text of an attempt, for logs and dead letters. The text
-/// of a transport error never holds the URL (see [`crate::api`]).
+/// of a transport error never holds the URL (see [`crate::tencent::client`]).
 fn describe(result: &Result<ApiResponse, TransportError>) -> (Option<i64>, String) {
     match result {
         Ok(response) => (Some(response.error_code), response.error_info.clone()),
@@ -1266,7 +1096,7 @@ impl Decoder {
                 .message_id()
                 .as_ref()
                 .map(|id| id.as_str().to_owned());
-            let deadline_ms = broker::header_i64(&delivery.properties, DEADLINE_HEADER)
+            let deadline_ms = broker::header_i64(&delivery.properties, broker::headers::DEADLINE)
                 .and_then(|ms| u64::try_from(ms).ok());
             let decoded = job::decode(
                 &delivery.data,
@@ -1275,7 +1105,7 @@ impl Decoder {
                 this.max_batch_bytes,
                 SystemTime::now(),
             );
-            let replays = broker::header_i64(&delivery.properties, job::REPLAYS_HEADER)
+            let replays = broker::header_i64(&delivery.properties, broker::headers::REPLAYS)
                 .and_then(|r| u32::try_from(r).ok())
                 .unwrap_or(0);
             let pending = Pending::from_delivery(delivery);
@@ -1318,7 +1148,7 @@ impl Decoder {
             dead.properties(&pending.properties),
         )
         .await?;
-        warn!(job = %id, reason = dead.reason, info = %dead.error_info, "dead-lettered on arrival");
+        warn!(job = %id, reason = %dead.reason, info = %dead.error_info, "dead-lettered on arrival");
         count_dead_letter(dead.reason, None);
         ack(&pending.acker, id).await
     }

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, PublisherConfirm};
 
+use crate::broker::headers;
 use crate::broker::{self, BrokerError};
-use crate::job::{self, DEADLINE_HEADER};
+use crate::pipeline::job;
 
 /// How each published job is dressed.
 #[derive(Debug, Clone, Default)]
@@ -57,12 +58,12 @@ pub fn job_properties(id: &str, options: &PublishOptions) -> Result<BasicPropert
         .with_message_id(id)
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
-        .with_timestamp(crate::usersig::unix_now());
+        .with_timestamp(crate::tencent::usersig::unix_now());
     if let Some(deadline_in) = options.deadline_in {
         let mut headers = FieldTable::default();
         let deadline = broker::unix_ms(SystemTime::now() + deadline_in);
         headers.insert(
-            DEADLINE_HEADER.into(),
+            headers::DEADLINE.into(),
             AMQPValue::LongLongInt(i64::try_from(deadline).unwrap_or(i64::MAX)),
         );
         properties = properties.with_headers(headers);

@@ -1,0 +1,10 @@
+//! What operators use: telemetry (metrics, health, the worker's status), the
+//! dead-letter queue, publishing jobs, and the ledger's answers about a job.
+//!
+//! - [`telemetry`]: metric names, the worker's status, `/metrics`, `/healthz`, `/readyz`.
+//! - [`dlq`]: reading, replaying and purging dead letters.
+//! - [`enqueue`]: publishing validated jobs with confirms.
+
+pub mod dlq;
+pub mod enqueue;
+pub mod telemetry;

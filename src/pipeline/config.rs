@@ -1,0 +1,145 @@
+//! The worker's configuration: every setting, its default (one set, shared by
+//! the command line and [`WorkerConfig::new`]), and the policies an operator
+//! chooses between.
+
+use std::time::Duration;
+
+use crate::broker::{self, Topology};
+use crate::ledger::Ledger;
+use crate::tencent::classify::Classifier;
+use crate::tencent::client::ApiConfig;
+use crate::tencent::usersig::SecretKey;
+
+use super::crash::CrashPoint;
+use super::limiter::SlowDown;
+
+/// Defaults, in the units the command line takes them.
+pub mod defaults {
+    /// Calls per second for an app (the lower editions' quota).
+    pub const RATE: f64 = 1.0;
+    /// Milliseconds added to each second of the bucket, against clock jitter.
+    pub const RATE_GUARD_MS: u64 = 10;
+    /// Unacked deliveries held at once.
+    pub const PREFETCH: u16 = 1000;
+    /// Deliveries of one job before the broker dead-letters it by itself.
+    pub const DELIVERY_LIMIT: u32 = 20;
+    /// Transient failures of one call before its jobs are dead-lettered.
+    pub const MAX_ATTEMPTS: u32 = 8;
+    /// Seconds a call may keep retrying, under the service's 300 s repeat window.
+    pub const MAX_RETRY_AGE_SECS: u64 = 240;
+    pub const BACKOFF_MIN_MS: u64 = 500;
+    pub const BACKOFF_MAX_MS: u64 = 30_000;
+    /// Seconds between probes while halted by an app-wide fault.
+    pub const APP_FAULT_PROBE_SECS: f64 = 30.0;
+    /// Seconds a signed UserSig is valid.
+    pub const USERSIG_TTL_SECS: u64 = 86_400;
+    /// Longest pause between reconnects, in seconds.
+    pub const RECONNECT_MAX_SECS: u64 = 30;
+    /// Seconds within which a redelivered job's call is resent verbatim: the
+    /// service's 300 s repeat window, less a margin for the wait to send.
+    pub const RESEND_WINDOW_SECS: u64 = 270;
+    /// Hours settled ledger records are kept.
+    pub const LEDGER_RETENTION_HOURS: f64 = 168.0;
+    pub use crate::tencent::client::{CONNECT_TIMEOUT_MS, REQUEST_TIMEOUT_MS};
+}
+
+/// What to do when the service says the app itself is misconfigured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AppFaultPolicy {
+    /// Stop sending, keep every job, probe slowly until the fault is fixed.
+    Halt,
+    /// Dead-letter the call's jobs as `rejected` and go on.
+    DeadLetter,
+}
+
+/// Everything the worker needs, checked by the caller.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub amqp_url: String,
+    pub topology: Topology,
+    pub api: ApiConfig,
+    pub secret_key: SecretKey,
+    /// Calls per second for the app.
+    pub rate: f64,
+    /// Margin added to each one-second window of the bucket.
+    pub rate_guard: Duration,
+    pub slow_down: SlowDown,
+    /// Unacked deliveries the broker may hand over; bounds memory and how
+    /// much can pile up for one call.
+    pub prefetch: u16,
+    pub max_batch_bytes: usize,
+    /// Jobs merged into one call at most (1 turns merging off).
+    pub max_jobs_per_call: usize,
+    /// Transient failures of one call before its jobs are dead-lettered.
+    pub max_attempts: u32,
+    /// Age of a call after which transient failures dead-letter its jobs;
+    /// kept under the service's 5-minute repeat window so every retry is
+    /// still a repeat the service can drop.
+    pub max_retry_age: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub on_app_fault: AppFaultPolicy,
+    /// Time between probes while halted by an app-wide fault.
+    pub app_fault_probe: Duration,
+    pub classifier: Classifier,
+    /// Validity of each UserSig signed.
+    pub usersig_ttl: Duration,
+    /// Pause between reconnects grows up to this.
+    pub reconnect_max: Duration,
+    /// The delivery ledger; without one, delivery is at least once.
+    pub ledger: Option<Ledger>,
+    /// A call in flight younger than this is resent verbatim on redelivery:
+    /// the service's 300 s repeat window, less a margin for the wait to send.
+    pub resend_window: Duration,
+    /// What to do with a job whose call has been in flight longer than that.
+    pub in_doubt: InDoubtPolicy,
+    /// Settled ledger records older than this are pruned.
+    pub ledger_retention: Duration,
+    /// Test hook: exit abruptly at a point of the cycle (see [`CrashPoint`]).
+    pub crash_at: Option<(CrashPoint, u32)>,
+}
+
+/// What to do with a job whose call has been in flight for longer than the
+/// service's repeat window: resending it may broadcast it twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InDoubtPolicy {
+    /// Dead-letter it as `in-doubt` for an operator to decide.
+    DeadLetter,
+    /// Send its call again: at least once.
+    Resend,
+}
+
+impl WorkerConfig {
+    /// Defaults for everything but the app and the broker.
+    pub fn new(amqp_url: String, prefix: &str, api: ApiConfig, secret_key: SecretKey) -> Self {
+        Self {
+            amqp_url,
+            topology: Topology {
+                names: broker::QueueNames::new(prefix),
+                delivery_limit: defaults::DELIVERY_LIMIT,
+            },
+            api,
+            secret_key,
+            rate: defaults::RATE,
+            rate_guard: Duration::from_millis(defaults::RATE_GUARD_MS),
+            slow_down: SlowDown::default(),
+            prefetch: defaults::PREFETCH,
+            max_batch_bytes: crate::tencent::client::MAX_BODY_BYTES,
+            max_jobs_per_call: usize::MAX,
+            max_attempts: defaults::MAX_ATTEMPTS,
+            max_retry_age: Duration::from_secs(defaults::MAX_RETRY_AGE_SECS),
+            backoff_min: Duration::from_millis(defaults::BACKOFF_MIN_MS),
+            backoff_max: Duration::from_millis(defaults::BACKOFF_MAX_MS),
+            on_app_fault: AppFaultPolicy::Halt,
+            app_fault_probe: Duration::from_secs_f64(defaults::APP_FAULT_PROBE_SECS),
+            classifier: Classifier::default(),
+            usersig_ttl: Duration::from_secs(defaults::USERSIG_TTL_SECS),
+            reconnect_max: Duration::from_secs(defaults::RECONNECT_MAX_SECS),
+            ledger: None,
+            resend_window: Duration::from_secs(defaults::RESEND_WINDOW_SECS),
+            in_doubt: InDoubtPolicy::DeadLetter,
+            ledger_retention: Duration::from_secs_f64(defaults::LEDGER_RETENTION_HOURS * 3600.0),
+            crash_at: None,
+        }
+    }
+}

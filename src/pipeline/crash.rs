@@ -1,0 +1,80 @@
+//! The test-only crash hook: `BROADCAST_TEST_CRASH_AT=POINT:N` makes the worker
+//! exit abruptly, as a kill would, the N-th time it reaches POINT. The
+//! recovery tests use it to stop the worker between a call and its record.
+
+use std::collections::HashMap;
+
+use clap::ValueEnum;
+
+/// Points of the cycle where a test can make the worker die as if killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum CrashPoint {
+    /// The call is recorded in flight but not sent.
+    BeforeCall,
+    /// The service answered OK; the ledger does not know yet.
+    AfterCall,
+    /// The ledger knows; the jobs are not acked.
+    AfterLedger,
+}
+
+/// Reads `POINT:N` (die the N-th time POINT is reached).
+pub fn parse_crash_at(spec: &str) -> Result<(CrashPoint, u32), String> {
+    let (point, n) = spec.split_once(':').unwrap_or((spec, "1"));
+    let n: u32 = n
+        .parse()
+        .map_err(|_| format!("crash count {n:?} is not a number"))?;
+    let point =
+        CrashPoint::from_str(point, false).map_err(|_| format!("unknown crash point {point:?}"))?;
+    Ok((point, n.max(1)))
+}
+
+/// Counts the points reached and exits at the configured one.
+#[derive(Debug, Default)]
+pub struct CrashHook {
+    at: Option<(CrashPoint, u32)>,
+    counts: HashMap<CrashPoint, u32>,
+}
+
+impl CrashHook {
+    pub fn new(at: Option<(CrashPoint, u32)>) -> Self {
+        Self {
+            at,
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Exits the process at once if this is the configured point and count.
+    pub fn reached(&mut self, point: CrashPoint) {
+        let Some((at, n)) = self.at else {
+            return;
+        };
+        if at != point {
+            return;
+        }
+        let count = self.counts.entry(point).or_insert(0);
+        *count += 1;
+        if *count == n {
+            eprintln!("crash point {point:?} reached ({n}): exiting abruptly");
+            std::process::exit(137);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_point_and_count() {
+        assert_eq!(
+            parse_crash_at("after-call:3"),
+            Ok((CrashPoint::AfterCall, 3))
+        );
+        assert_eq!(
+            parse_crash_at("before-call"),
+            Ok((CrashPoint::BeforeCall, 1))
+        );
+        assert!(parse_crash_at("nowhere:1").is_err());
+        assert!(parse_crash_at("after-ledger:x").is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Tencent Cloud Chat's `send_broadcast_msg`, with no AMQP and no SQL: what a
+//! call looks like, how it is signed and sent, what its answer means, and a
+//! local service that behaves as the documentation says.
+//!
+//! - [`body`]: the request body, its element rules, a call's size and `Random`.
+//! - [`usersig`]: signing and verifying the admin's UserSig v2.
+//! - [`client`]: the HTTP call and its response.
+//! - [`classify`]: what one answer means for the jobs of a call.
+//! - [`simulator`]: a local `send_broadcast_msg` for tests, benchmarks and demos.
+
+pub mod body;
+pub mod classify;
+pub mod client;
+pub mod simulator;
+pub mod usersig;
