@@ -133,8 +133,6 @@ pub enum BrokerError {
     Topology { what: String, detail: String },
     #[error("RabbitMQ channel failed: {0}")]
     Channel(lapin::Error),
-    #[error("consuming stopped: {0}")]
-    ConsumerLost(String),
     #[error("publish to {target} was not confirmed: {detail}")]
     NotConfirmed { target: String, detail: String },
 }

@@ -9,7 +9,35 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
+
+/// Where a job stands: the `state` of a `jobs` row, spelled the same in SQL,
+/// in `jobs show --json` and here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Its call may or may not have reached the service.
+    InFlight,
+    Delivered,
+    DeadLettered,
+}
+
+/// How a call ended: the `state` of a `calls` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    /// Recorded before its first attempt; no answer recorded yet.
+    InFlight,
+    Delivered,
+    /// Its jobs were dead-lettered.
+    DeadLettered,
+    /// Refused, and sent again as two halves (each a call of its own).
+    Split,
+    /// A recovered call the service refused: it will not be resent as it was.
+    Abandoned,
+}
 
 /// The ledger could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -43,19 +71,30 @@ pub struct InFlightCall {
     pub age: Duration,
 }
 
+impl std::fmt::Display for CallState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CallState::InFlight => "in_flight",
+            CallState::Delivered => "delivered",
+            CallState::DeadLettered => "dead_lettered",
+            CallState::Split => "split",
+            CallState::Abandoned => "abandoned",
+        })
+    }
+}
+
 /// A job's record, for `jobs show`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct JobReport {
     pub job_id: String,
-    /// `in_flight`, `delivered` or `dead_lettered`.
-    pub state: String,
+    pub state: JobState,
     pub reason: Option<String>,
     pub error_code: Option<i64>,
     pub error_info: Option<String>,
     /// Unix milliseconds of the job's last change.
     pub updated_at_ms: i64,
     pub call_id: i64,
-    pub call_state: String,
+    pub call_state: CallState,
     pub msg_seq: Option<i64>,
     /// Unix milliseconds of the call's first attempt.
     pub call_started_ms: i64,
@@ -63,11 +102,26 @@ pub struct JobReport {
     pub call_jobs: i32,
 }
 
+/// A job's row joined with its call's, as [`Ledger::lookup`] reads it.
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    job_id: String,
+    job_state: JobState,
+    replays: i32,
+    call_id: i64,
+    call_state: CallState,
+    /// Only for a job still in flight in a call still in flight.
+    body: Option<Vec<u8>>,
+    random: i64,
+    /// Seconds since the call's first attempt, by the database's clock.
+    age: f64,
+}
+
 /// The decision for one arriving job, from its row and its call's row. Pure.
 /// A job replayed more often than when its call began is a new job.
 pub fn classify_record(
-    job_state: &str,
-    call_state: &str,
+    job_state: JobState,
+    call_state: CallState,
     call: Option<InFlightCall>,
     recorded_replays: u32,
     arriving_replays: u32,
@@ -76,8 +130,8 @@ pub fn classify_record(
         return Known::New;
     }
     match (job_state, call_state, call) {
-        ("delivered" | "dead_lettered", _, _) => Known::Settled,
-        ("in_flight", "in_flight", Some(call)) => Known::InFlight(call),
+        (JobState::Delivered | JobState::DeadLettered, _, _) => Known::Settled,
+        (JobState::InFlight, CallState::InFlight, Some(call)) => Known::InFlight(call),
         // The call was split, abandoned or failed as a whole after this job's
         // last record: nothing was delivered for it, so it is new again.
         _ => Known::New,
@@ -123,36 +177,30 @@ impl Ledger {
     ) -> Result<HashMap<String, Known>, LedgerError> {
         let job_ids: Vec<&str> = jobs.iter().map(|(id, _)| id.as_str()).collect();
         let arriving: HashMap<&str, u32> = jobs.iter().map(|(id, r)| (id.as_str(), *r)).collect();
-        let rows = sqlx::query(
+        let rows: Vec<RecordRow> = sqlx::query_as(
             "SELECT j.job_id, j.state AS job_state, j.replays, c.id AS call_id, c.state AS call_state, \
-                    CASE WHEN j.state = 'in_flight' AND c.state = 'in_flight' THEN c.body END AS body, \
+                    CASE WHEN j.state = $2 AND c.state = $3 THEN c.body END AS body, \
                     c.random, EXTRACT(EPOCH FROM (now() - c.created_at))::float8 AS age \
              FROM jobs j JOIN calls c ON c.id = j.call_id \
              WHERE j.job_id = ANY($1)",
         )
         .bind(&job_ids)
+        .bind(JobState::InFlight)
+        .bind(CallState::InFlight)
         .fetch_all(&self.pool)
         .await?;
         let mut known = HashMap::with_capacity(rows.len());
         for row in rows {
-            let body: Option<Vec<u8>> = row.try_get("body")?;
-            let call = body.map(|body| InFlightCall {
-                call_id: row.get("call_id"),
+            let call = row.body.map(|body| InFlightCall {
+                call_id: row.call_id,
                 body,
-                random: u32::try_from(row.get::<i64, _>("random")).unwrap_or(0),
-                age: Duration::from_secs_f64(row.get::<f64, _>("age").max(0.0)),
+                random: u32::try_from(row.random).unwrap_or(0),
+                age: Duration::from_secs_f64(row.age.max(0.0)),
             });
-            let job_id: String = row.get("job_id");
-            let recorded = u32::try_from(row.get::<i32, _>("replays")).unwrap_or(0);
-            let replays = arriving.get(job_id.as_str()).copied().unwrap_or(0);
-            let state = classify_record(
-                row.get("job_state"),
-                row.get("call_state"),
-                call,
-                recorded,
-                replays,
-            );
-            known.insert(job_id, state);
+            let recorded = u32::try_from(row.replays).unwrap_or(0);
+            let replays = arriving.get(row.job_id.as_str()).copied().unwrap_or(0);
+            let state = classify_record(row.job_state, row.call_state, call, recorded, replays);
+            known.insert(row.job_id, state);
         }
         Ok(known)
     }
@@ -173,26 +221,28 @@ impl Ledger {
             .collect();
         let mut tx = self.pool.begin().await?;
         let call_id: i64 = sqlx::query_scalar(
-            "INSERT INTO calls (body, random, job_count, state) VALUES ($1, $2, $3, 'in_flight') RETURNING id",
+            "INSERT INTO calls (body, random, job_count, state) VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(body)
         .bind(i64::from(random))
         .bind(i32::try_from(job_ids.len()).unwrap_or(i32::MAX))
+        .bind(CallState::InFlight)
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT INTO jobs (job_id, call_id, state, replays) \
-             SELECT id, $2, 'in_flight', replays FROM unnest($1::text[], $3::int[]) AS t (id, replays) \
-             ON CONFLICT (job_id) DO UPDATE SET call_id = EXCLUDED.call_id, state = 'in_flight', \
+             SELECT id, $2, $4, replays FROM unnest($1::text[], $3::int[]) AS t (id, replays) \
+             ON CONFLICT (job_id) DO UPDATE SET call_id = EXCLUDED.call_id, state = $4, \
                  replays = EXCLUDED.replays, reason = NULL, error_code = NULL, error_info = NULL, updated_at = now()",
         )
         .bind(&job_ids)
         .bind(call_id)
         .bind(&replays)
+        .bind(JobState::InFlight)
         .execute(&mut *tx)
         .await?;
         if let Some(parent) = parent {
-            close_call(&mut tx, parent, "split", None, None, None).await?;
+            close_call(&mut tx, parent, CallState::Split, None, None, None).await?;
         }
         tx.commit().await?;
         Ok(call_id)
@@ -206,11 +256,13 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
         let msg_seq = msg_seq.and_then(|s| i64::try_from(s).ok());
-        close_call(&mut tx, call_id, "delivered", msg_seq, None, None).await?;
+        close_call(&mut tx, call_id, CallState::Delivered, msg_seq, None, None).await?;
         sqlx::query(
-            "UPDATE jobs SET state = 'delivered', updated_at = now() WHERE call_id = $1 AND state = 'in_flight'",
+            "UPDATE jobs SET state = $2, updated_at = now() WHERE call_id = $1 AND state = $3",
         )
         .bind(call_id)
+        .bind(JobState::Delivered)
+        .bind(JobState::InFlight)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -226,7 +278,15 @@ impl Ledger {
         info: &str,
     ) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
-        close_call(&mut tx, call_id, "abandoned", None, code, Some(info)).await?;
+        close_call(
+            &mut tx,
+            call_id,
+            CallState::Abandoned,
+            None,
+            code,
+            Some(info),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -243,17 +303,26 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE jobs SET state = 'dead_lettered', reason = $2, error_code = $3, error_info = $4, updated_at = now() \
+            "UPDATE jobs SET state = $5, reason = $2, error_code = $3, error_info = $4, updated_at = now() \
              WHERE job_id = ANY($1)",
         )
         .bind(job_ids)
         .bind(reason)
         .bind(code)
         .bind(info)
+        .bind(JobState::DeadLettered)
         .execute(&mut *tx)
         .await?;
         if let Some(call_id) = call_id {
-            close_call(&mut tx, call_id, "dead_lettered", None, code, Some(info)).await?;
+            close_call(
+                &mut tx,
+                call_id,
+                CallState::DeadLettered,
+                None,
+                code,
+                Some(info),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -261,29 +330,17 @@ impl Ledger {
 
     /// What the ledger says of one job.
     pub async fn show(&self, job_id: &str) -> Result<Option<JobReport>, LedgerError> {
-        let row = sqlx::query(
+        let report = sqlx::query_as(
             "SELECT j.job_id, j.state, j.reason, j.error_code, j.error_info, \
                     (EXTRACT(EPOCH FROM j.updated_at) * 1000)::bigint AS updated_at_ms, \
-                    c.id AS call_id, c.state AS call_state, c.msg_seq, c.job_count, \
+                    c.id AS call_id, c.state AS call_state, c.msg_seq, c.job_count AS call_jobs, \
                     (EXTRACT(EPOCH FROM c.created_at) * 1000)::bigint AS call_started_ms \
              FROM jobs j JOIN calls c ON c.id = j.call_id WHERE j.job_id = $1",
         )
         .bind(job_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|row| JobReport {
-            job_id: row.get("job_id"),
-            state: row.get("state"),
-            reason: row.get("reason"),
-            error_code: row.get("error_code"),
-            error_info: row.get("error_info"),
-            updated_at_ms: row.get("updated_at_ms"),
-            call_id: row.get("call_id"),
-            call_state: row.get("call_state"),
-            msg_seq: row.get("msg_seq"),
-            call_started_ms: row.get("call_started_ms"),
-            call_jobs: row.get("job_count"),
-        }))
+        Ok(report)
     }
 
     /// Deletes up to `batch` settled jobs older than `age`, then the settled
@@ -292,20 +349,22 @@ impl Ledger {
         let seconds = age.as_secs_f64();
         let jobs = sqlx::query(
             "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs \
-               WHERE state <> 'in_flight' AND updated_at < now() - make_interval(secs => $1) LIMIT $2)",
+               WHERE state <> $3 AND updated_at < now() - make_interval(secs => $1) LIMIT $2)",
         )
         .bind(seconds)
         .bind(batch)
+        .bind(JobState::InFlight)
         .execute(&self.pool)
         .await?
         .rows_affected();
         let calls = sqlx::query(
             "DELETE FROM calls WHERE id IN (SELECT c.id FROM calls c \
-               WHERE c.state <> 'in_flight' AND c.settled_at < now() - make_interval(secs => $1) \
+               WHERE c.state <> $3 AND c.settled_at < now() - make_interval(secs => $1) \
                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.call_id = c.id) LIMIT $2)",
         )
         .bind(seconds)
         .bind(batch)
+        .bind(CallState::InFlight)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -316,20 +375,21 @@ impl Ledger {
 async fn close_call(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     call_id: i64,
-    state: &str,
+    state: CallState,
     msg_seq: Option<i64>,
     code: Option<i64>,
     info: Option<&str>,
 ) -> Result<(), LedgerError> {
     sqlx::query(
         "UPDATE calls SET state = $2, msg_seq = COALESCE($3, msg_seq), error_code = $4, error_info = $5, \
-             settled_at = now() WHERE id = $1 AND state = 'in_flight'",
+             settled_at = now() WHERE id = $1 AND state = $6",
     )
     .bind(call_id)
     .bind(state)
     .bind(msg_seq)
     .bind(code)
     .bind(info)
+    .bind(CallState::InFlight)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -348,36 +408,42 @@ mod tests {
             age: Duration::from_secs(3),
         };
         assert_eq!(
-            classify_record("delivered", "delivered", None, 0, 0),
+            classify_record(JobState::Delivered, CallState::Delivered, None, 0, 0),
             Known::Settled
         );
         assert_eq!(
-            classify_record("dead_lettered", "in_flight", None, 0, 0),
+            classify_record(JobState::DeadLettered, CallState::InFlight, None, 0, 0),
             Known::Settled
         );
         assert_eq!(
-            classify_record("in_flight", "in_flight", Some(call.clone()), 0, 0),
+            classify_record(
+                JobState::InFlight,
+                CallState::InFlight,
+                Some(call.clone()),
+                0,
+                0
+            ),
             Known::InFlight(call)
         );
         assert_eq!(
-            classify_record("in_flight", "abandoned", None, 0, 0),
+            classify_record(JobState::InFlight, CallState::Abandoned, None, 0, 0),
             Known::New
         );
         assert_eq!(
-            classify_record("in_flight", "split", None, 0, 0),
+            classify_record(JobState::InFlight, CallState::Split, None, 0, 0),
             Known::New
         );
         assert_eq!(
-            classify_record("in_flight", "dead_lettered", None, 0, 0),
+            classify_record(JobState::InFlight, CallState::DeadLettered, None, 0, 0),
             Known::New
         );
         // A replay of a dead-lettered job is a new job; the same replay again is not.
         assert_eq!(
-            classify_record("dead_lettered", "dead_lettered", None, 0, 1),
+            classify_record(JobState::DeadLettered, CallState::DeadLettered, None, 0, 1),
             Known::New
         );
         assert_eq!(
-            classify_record("delivered", "delivered", None, 1, 1),
+            classify_record(JobState::Delivered, CallState::Delivered, None, 1, 1),
             Known::Settled
         );
     }

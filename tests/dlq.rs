@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use broadcast_worker::ledger::Ledger;
+use broadcast_worker::ledger::{JobState, Ledger};
 use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule};
 use common::*;
 use serde_json::Value;
@@ -183,7 +183,8 @@ async fn replay_moves_selected_jobs_back_and_the_worker_sends_them() {
     );
     let report = ledger.show("rejected-1").await.unwrap().unwrap();
     assert_eq!(
-        report.state, "delivered",
+        report.state,
+        JobState::Delivered,
         "the replay was sent, not acked as already dead-lettered"
     );
 }

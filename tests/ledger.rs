@@ -8,7 +8,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use broadcast_worker::ledger::Ledger;
+use broadcast_worker::ledger::{JobState, Ledger};
 use broadcast_worker::pipeline::InDoubtPolicy;
 use common::*;
 use serde_json::Value;
@@ -89,7 +89,7 @@ async fn crash_and_recover(point: &str, standby_takes_over: bool) {
         .await
         .unwrap()
         .expect("the ledger knows the job");
-    assert_eq!(report.state, "delivered");
+    assert_eq!(report.state, JobState::Delivered);
     assert!(report.msg_seq.is_some());
 }
 
@@ -291,7 +291,7 @@ async fn a_young_call_in_flight_is_resent_verbatim_and_its_jobs_acked() {
     assert_eq!(app.queue_len(&app.names.jobs).await, 0);
     assert_eq!(
         ledger.show("r-2").await.unwrap().unwrap().state,
-        "delivered"
+        JobState::Delivered
     );
     app.stop_worker().await.unwrap();
 }
@@ -315,8 +315,8 @@ async fn an_old_call_in_flight_is_dead_lettered_as_in_doubt_or_resent_as_configu
                 assert_eq!(app.sim.simulator.stats().calls, 0);
                 let report = ledger.show("old-1").await.unwrap().unwrap();
                 assert_eq!(
-                    (report.state.as_str(), report.reason.as_deref()),
-                    ("dead_lettered", Some("in-doubt"))
+                    (report.state, report.reason.as_deref()),
+                    (JobState::DeadLettered, Some("in-doubt"))
                 );
             }
             InDoubtPolicy::Resend => {

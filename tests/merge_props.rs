@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use broadcast_worker::pipeline::batcher::{call_random, Batcher};
+use broadcast_worker::pipeline::batcher::Batcher;
 use broadcast_worker::pipeline::job::{self, Job};
+use broadcast_worker::tencent::body::{call_overhead, call_random};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -58,7 +59,7 @@ proptest! {
         // Jobs whose call alone exceeds this cap would be dead-lettered at decoding.
         let jobs: Vec<Job> = jobs
             .into_iter()
-            .filter(|j| job::call_overhead(&j.key) + j.elements_bytes() <= cap)
+            .filter(|j| call_overhead(&j.key) + j.elements_bytes() <= cap)
             .collect();
         let mut batcher = Batcher::new();
         let mut seen: HashMap<usize, usize> = HashMap::new();

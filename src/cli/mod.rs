@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::broker::{self, QueueNames, Topology};
 use crate::cli::config::AppArgs;
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{JobState, Ledger, LedgerError};
 use crate::ops::dlq::{self, DeadInfo, DeadJob, Selection};
 use crate::ops::enqueue::{publish_lines, LineResult, PublishOptions};
 use crate::pipeline::{AppFaultPolicy, InDoubtPolicy, Worker, WorkerConfig};
@@ -637,21 +637,21 @@ async fn show_job(ledger: &LedgerArgs, job_id: &str, json: bool) -> anyhow::Resu
         return Ok(ExitCode::SUCCESS);
     }
     let others = report.call_jobs - 1;
-    match report.state.as_str() {
-        "delivered" => println!(
+    match report.state {
+        JobState::Delivered => println!(
             "{job_id}: delivered at {} (unix ms), MsgSeq {}, in call {} with {others} other job(s)",
             report.updated_at_ms,
             report.msg_seq.map_or("unknown".to_string(), |s| s.to_string()),
             report.call_id
         ),
-        "dead_lettered" => println!(
+        JobState::DeadLettered => println!(
             "{job_id}: dead-lettered at {} (unix ms): {}, ErrorCode {}, {}",
             report.updated_at_ms,
             report.reason.as_deref().unwrap_or("?"),
             report.error_code.map_or("none".to_string(), |c| c.to_string()),
             report.error_info.as_deref().unwrap_or("")
         ),
-        _ => println!(
+        JobState::InFlight => println!(
             "{job_id}: in flight in call {} (state {}) since {} (unix ms), with {others} other job(s)",
             report.call_id, report.call_state, report.call_started_ms
         ),

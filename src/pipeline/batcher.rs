@@ -1,16 +1,12 @@
 //! The batcher: jobs waiting to be sent, and the packing of them into calls.
 //! Pure, no I/O. A call takes the oldest waiting job and, after it, the jobs
 //! of the same merge key in arrival order for as long as the next one fits the
-//! byte cap. Its `Random` is derived from its jobs' ids, so the same jobs always
-//! make the same call and a retry is a repeat the service can drop.
+//! byte cap. Its body and `Random` come from [`crate::tencent::body`].
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
-use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
-
-use crate::pipeline::job::{call_overhead, Job, MergeKey};
+use crate::pipeline::job::Job;
+use crate::tencent::body::{call_body, call_overhead, call_random, MergeKey};
 
 /// A job in the batcher, with whatever the caller needs to settle it later
 /// (the delivery's acker, in the worker; nothing, in tests).
@@ -183,43 +179,6 @@ impl<T> Batch<T> {
     pub fn job_ids(&self) -> impl Iterator<Item = &str> {
         self.jobs.iter().map(|q| q.job.id.as_str())
     }
-}
-
-/// The `Random` of a call: the first four bytes of a SHA-256 over its jobs' ids.
-pub fn call_random<'a>(ids: impl Iterator<Item = &'a str>) -> u32 {
-    let mut hasher = Sha256::new();
-    for id in ids {
-        hasher.update(id.as_bytes());
-        hasher.update(b"\n");
-    }
-    let digest = hasher.finalize();
-    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
-}
-
-/// The exact body of a call (the field order of [`crate::tencent::body::BroadcastBody`]).
-pub fn call_body<'a>(
-    key: &MergeKey,
-    random: u32,
-    elements: impl Iterator<Item = &'a RawValue>,
-) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        #[serde(rename = "From_Account", skip_serializing_if = "Option::is_none")]
-        from_account: Option<&'a str>,
-        #[serde(rename = "Random")]
-        random: u32,
-        #[serde(rename = "MsgBody")]
-        msg_body: Vec<&'a RawValue>,
-        #[serde(rename = "CloudCustomData", skip_serializing_if = "Option::is_none")]
-        cloud_custom_data: Option<&'a str>,
-    }
-    serde_json::to_vec(&Body {
-        from_account: key.from_account.as_deref(),
-        random,
-        msg_body: elements.collect(),
-        cloud_custom_data: key.cloud_custom_data.as_deref(),
-    })
-    .expect("a call body always serializes")
 }
 
 #[cfg(test)]

@@ -5,22 +5,12 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::broker::DeadReason;
-use crate::tencent::body::{parse_body, BodyError, KNOWN_FIELDS};
-
-/// Jobs that share a merge key can travel in one call: the call's sender and
-/// custom data apply to all of its elements.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct MergeKey {
-    #[serde(rename = "From_Account", skip_serializing_if = "Option::is_none")]
-    pub from_account: Option<String>,
-    #[serde(rename = "CloudCustomData", skip_serializing_if = "Option::is_none")]
-    pub cloud_custom_data: Option<String>,
-}
+use crate::tencent::body::{call_overhead, MergeKey};
+use crate::tencent::elements::{parse_body, BodyError, KNOWN_FIELDS};
 
 /// A validated broadcast job.
 #[derive(Debug, Clone)]
@@ -89,12 +79,6 @@ impl fmt::Display for Rejection {
             }
         }
     }
-}
-
-/// The size of a call body with these key fields and no elements, with the
-/// widest `Random`: what a call costs before its elements.
-pub fn call_overhead(key: &MergeKey) -> usize {
-    crate::pipeline::batcher::call_body(key, u32::MAX, std::iter::empty()).len()
 }
 
 /// Decodes a message. `message_id` and `deadline_ms` come from its properties

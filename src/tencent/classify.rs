@@ -7,6 +7,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::ValueEnum;
+
 use crate::tencent::client::{ApiResponse, TransportError};
 
 /// What to do with the jobs of a call after one attempt.
@@ -28,8 +30,9 @@ pub enum Outcome {
 }
 
 /// The classes a non-zero `ErrorCode` can fall in; operators can move a code
-/// from one class to another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// from one class to another (by these names: `transient`, `rate-limited`,
+/// `resign`, `permanent`, `app-fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ErrorClass {
     Transient,
     RateLimited,
@@ -38,38 +41,23 @@ pub enum ErrorClass {
     AppFault,
 }
 
-impl ErrorClass {
-    const NAMES: [(&'static str, ErrorClass); 5] = [
-        ("transient", ErrorClass::Transient),
-        ("rate-limited", ErrorClass::RateLimited),
-        ("resign", ErrorClass::Resign),
-        ("permanent", ErrorClass::Permanent),
-        ("app-fault", ErrorClass::AppFault),
-    ];
-}
-
 impl fmt::Display for ErrorClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = Self::NAMES
-            .iter()
-            .find(|(_, class)| class == self)
-            .map(|(name, _)| *name)
-            .unwrap_or("?");
-        f.write_str(name)
+        let value = self.to_possible_value().expect("no class is skipped");
+        f.write_str(value.get_name())
     }
 }
 
 impl FromStr for ErrorClass {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::NAMES
-            .iter()
-            .find(|(name, _)| *name == s)
-            .map(|(_, class)| *class)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::NAMES.iter().map(|(n, _)| *n).collect();
-                format!("unknown class {s:?}; expected one of {}", names.join(", "))
-            })
+        <ErrorClass as ValueEnum>::from_str(s, false).map_err(|_| {
+            let names: Vec<String> = ErrorClass::value_variants()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            format!("unknown class {s:?}; expected one of {}", names.join(", "))
+        })
     }
 }
 
@@ -191,6 +179,18 @@ impl Classifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_names_read_back() {
+        for class in ErrorClass::value_variants() {
+            assert_eq!(class.to_string().parse::<ErrorClass>(), Ok(*class));
+        }
+        assert_eq!(ErrorClass::RateLimited.to_string(), "rate-limited");
+        assert_eq!(
+            "maybe".parse::<ErrorClass>(),
+            Err("unknown class \"maybe\"; expected one of transient, rate-limited, resign, permanent, app-fault".into())
+        );
+    }
 
     #[test]
     fn parses_overrides() {

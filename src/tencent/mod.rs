@@ -2,7 +2,8 @@
 //! call looks like, how it is signed and sent, what its answer means, and a
 //! local service that behaves as the documentation says.
 //!
-//! - [`body`]: the request body, its element rules, a call's size and `Random`.
+//! - [`body`]: the request body, a call's exact bytes, its size and `Random`.
+//! - [`elements`]: the rules of the body's fields and message elements.
 //! - [`usersig`]: signing and verifying the admin's UserSig v2.
 //! - [`client`]: the HTTP call and its response.
 //! - [`classify`]: what one answer means for the jobs of a call.
@@ -11,5 +12,6 @@
 pub mod body;
 pub mod classify;
 pub mod client;
+pub mod elements;
 pub mod simulator;
 pub mod usersig;
