@@ -1,0 +1,399 @@
+//! What follows an answer: one pure function of the answer's outcome, the
+//! call's history and the policy, returning the single step the sender takes
+//! next. The sender's loop only performs the steps it is told, so every path
+//! (deliver, retry, pause, re-sign, split, start over, dead-letter, halt) is
+//! tested here without a broker or a service.
+//!
+//! The same goes for a redelivered job whose call the ledger holds as in
+//! flight: [`on_redelivery`] says whether that call may still be resent.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::time::Instant;
+
+use crate::broker::DeadReason;
+use crate::tencent::classify::Outcome;
+
+use super::config::{AppFaultPolicy, InDoubtPolicy, WorkerConfig};
+
+/// Fresh UserSigs tried for one call before an expiry answer is taken as the
+/// app's fault (a clock or key problem), not the signature's age.
+pub const MAX_RESIGNS: u32 = 2;
+
+/// The limits and switches the decision follows.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Transient failures of one call before its jobs are dead-lettered.
+    pub max_attempts: u32,
+    /// No attempt of a call later than this after its first: beyond the
+    /// service's repeat window a retry could be delivered twice.
+    pub max_retry_age: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub on_app_fault: AppFaultPolicy,
+    /// Time between probes while halted by an app-wide fault.
+    pub app_fault_probe: Duration,
+}
+
+impl Policy {
+    pub fn of(config: &WorkerConfig) -> Self {
+        Self {
+            max_attempts: config.max_attempts,
+            max_retry_age: config.max_retry_age,
+            backoff_min: config.backoff_min,
+            backoff_max: config.backoff_max,
+            on_app_fault: config.on_app_fault,
+            app_fault_probe: config.app_fault_probe,
+        }
+    }
+
+    /// The wait before the retry that follows the `failures`-th transient
+    /// failure: doubling from `backoff_min` up to `backoff_max`. No jitter:
+    /// one sender per app means no herd of clients to spread out, and a
+    /// fixed schedule is one a test can check.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        ExponentialBuilder::default()
+            .with_min_delay(self.backoff_min)
+            .with_max_delay(self.backoff_max)
+            .without_max_times()
+            .build()
+            .nth(failures.saturating_sub(1) as usize)
+            .unwrap_or(self.backoff_max)
+    }
+}
+
+/// What the sender knows of one call between its attempts.
+#[derive(Debug, Clone)]
+pub struct CallHistory {
+    /// The first attempt of this very body and `Random` (for a call recovered
+    /// from the ledger, when the previous worker made it).
+    pub first_attempt: Instant,
+    pub transient_failures: u32,
+    pub resigns: u32,
+    /// Jobs in the call: one job alone cannot be split.
+    pub jobs: usize,
+    /// Recovered from the ledger: resent verbatim, never split.
+    pub recovered: bool,
+}
+
+impl CallHistory {
+    pub fn new(first_attempt: Instant, jobs: usize, recovered: bool) -> Self {
+        Self {
+            first_attempt,
+            transient_failures: 0,
+            resigns: 0,
+            jobs,
+            recovered,
+        }
+    }
+
+    /// Counts what a step spends of the call's allowances.
+    pub fn note(&mut self, step: &Step) {
+        match step {
+            Step::RetryAfter(_) => self.transient_failures += 1,
+            Step::Resign => self.resigns += 1,
+            _ => {}
+        }
+    }
+}
+
+/// The one thing to do next with a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The service took it: ack every job.
+    Deliver { msg_seq: Option<u64> },
+    /// Send the same body and `Random` again after this wait.
+    RetryAfter(Duration),
+    /// The app's frequency limit: pause the whole sender (at least
+    /// `min_pause`), slow it down, then send the call again.
+    PauseSender { min_pause: Duration },
+    /// Sign a fresh UserSig and send again at once.
+    Resign,
+    /// Refused for something in it: send each half as a call of its own, to
+    /// find the job at fault.
+    Split,
+    /// A recovered call refused: it was never delivered, so its jobs start
+    /// over as a new call.
+    StartOver,
+    /// Dead-letter every job of the call.
+    DeadLetter(DeadReason),
+    /// The app is misconfigured: stop sending, keep the call, probe again
+    /// after this long.
+    Halt { probe_after: Duration },
+}
+
+/// The step after one attempt answered with `outcome`, at `now`.
+pub fn decide(outcome: &Outcome, history: &CallHistory, policy: &Policy, now: Instant) -> Step {
+    match outcome {
+        Outcome::Delivered { msg_seq } => Step::Deliver { msg_seq: *msg_seq },
+        Outcome::Transient => after_transient(history, policy, now),
+        Outcome::RateLimited { min_pause } => Step::PauseSender {
+            min_pause: *min_pause,
+        },
+        Outcome::Resign if history.resigns < MAX_RESIGNS => Step::Resign,
+        // A fresh UserSig that still expires at once is a clock or key
+        // problem: the app's, not the job's.
+        Outcome::Resign | Outcome::AppFault => match policy.on_app_fault {
+            AppFaultPolicy::Halt => Step::Halt {
+                probe_after: policy.app_fault_probe,
+            },
+            AppFaultPolicy::DeadLetter => Step::DeadLetter(DeadReason::Rejected),
+        },
+        Outcome::Permanent if history.recovered => Step::StartOver,
+        Outcome::Permanent if history.jobs > 1 => Step::Split,
+        Outcome::Permanent => Step::DeadLetter(DeadReason::Rejected),
+    }
+}
+
+/// Retry after the backoff, unless the attempts are spent or the retry would
+/// come later than the age limit allows.
+fn after_transient(history: &CallHistory, policy: &Policy, now: Instant) -> Step {
+    let failures = history.transient_failures + 1;
+    let age = now.saturating_duration_since(history.first_attempt);
+    let delay = policy.backoff(failures);
+    if failures >= policy.max_attempts || age + delay >= policy.max_retry_age {
+        return Step::DeadLetter(DeadReason::RetriesExhausted);
+    }
+    Step::RetryAfter(delay)
+}
+
+/// What to do with a redelivered job whose call has been in flight for `age`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    /// Within the repeat window: resend the call verbatim; the service drops
+    /// it if the first attempt went through.
+    Resend,
+    /// Beyond the window, resent anyway as configured: at least once.
+    ResendInDoubt,
+    /// Beyond the window: dead-letter the job as `in-doubt`.
+    DeadLetterInDoubt,
+}
+
+pub fn on_redelivery(
+    age: Duration,
+    resend_window: Duration,
+    in_doubt: InDoubtPolicy,
+) -> Redelivery {
+    match in_doubt {
+        _ if age < resend_window => Redelivery::Resend,
+        InDoubtPolicy::Resend => Redelivery::ResendInDoubt,
+        InDoubtPolicy::DeadLetter => Redelivery::DeadLetterInDoubt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            max_attempts: 4,
+            max_retry_age: Duration::from_secs(240),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(4),
+            on_app_fault: AppFaultPolicy::Halt,
+            app_fault_probe: Duration::from_secs(30),
+        }
+    }
+
+    /// Runs the decision as the sender would: each step noted in the history.
+    fn step(outcome: Outcome, history: &mut CallHistory, policy: &Policy) -> Step {
+        let step = decide(&outcome, history, policy, Instant::now());
+        history.note(&step);
+        step
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delivered_is_delivered_whatever_came_before() {
+        let mut history = CallHistory::new(Instant::now(), 3, false);
+        let p = policy();
+        assert_eq!(
+            step(Outcome::Transient, &mut history, &p),
+            Step::RetryAfter(Duration::from_millis(500))
+        );
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(
+            step(Outcome::Delivered { msg_seq: Some(7) }, &mut history, &p),
+            Step::Deliver { msg_seq: Some(7) }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_back_off_then_give_up_at_the_attempt_limit() {
+        let mut history = CallHistory::new(Instant::now(), 1, false);
+        let p = policy();
+        let mut delays = Vec::new();
+        loop {
+            match step(Outcome::Transient, &mut history, &p) {
+                Step::RetryAfter(delay) => {
+                    delays.push(delay);
+                    tokio::time::advance(delay).await;
+                }
+                other => {
+                    assert_eq!(other, Step::DeadLetter(DeadReason::RetriesExhausted));
+                    break;
+                }
+            }
+        }
+        // Four attempts: three retries, doubling from the minimum.
+        assert_eq!(
+            delays,
+            [500, 1000, 2000].map(Duration::from_millis).to_vec()
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let p = policy();
+        let delays: Vec<u64> = (1..=6).map(|n| p.backoff(n).as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 4000, 4000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_is_scheduled_past_the_age_limit() {
+        let p = Policy {
+            max_attempts: 100,
+            ..policy()
+        };
+        let mut history = CallHistory::new(Instant::now(), 2, false);
+        tokio::time::advance(Duration::from_secs(238)).await;
+        // 238 s + 0.5 s is still under 240 s.
+        assert_eq!(
+            step(Outcome::Transient, &mut history, &p),
+            Step::RetryAfter(Duration::from_millis(500))
+        );
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        // 239.5 s + the next 1 s backoff would land past 240 s.
+        assert_eq!(
+            step(Outcome::Transient, &mut history, &p),
+            Step::DeadLetter(DeadReason::RetriesExhausted)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_call_counts_its_age_from_the_first_attempt_of_its_previous_worker() {
+        let p = Policy {
+            max_attempts: 100,
+            ..policy()
+        };
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let first = Instant::now() - Duration::from_secs(250);
+        let mut history = CallHistory::new(first, 5, true);
+        assert_eq!(
+            step(Outcome::Transient, &mut history, &p),
+            Step::DeadLetter(DeadReason::RetriesExhausted)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limits_pause_the_sender_and_never_use_up_the_attempts() {
+        let mut history = CallHistory::new(Instant::now(), 5, false);
+        let p = policy();
+        for _ in 0..20 {
+            assert_eq!(
+                step(
+                    Outcome::RateLimited {
+                        min_pause: Duration::from_secs(60)
+                    },
+                    &mut history,
+                    &p
+                ),
+                Step::PauseSender {
+                    min_pause: Duration::from_secs(60)
+                }
+            );
+        }
+        assert_eq!(history.transient_failures, 0);
+        assert!(matches!(
+            step(Outcome::Transient, &mut history, &p),
+            Step::RetryAfter(_)
+        ));
+    }
+
+    #[test]
+    fn an_expired_usersig_is_renewed_twice_then_taken_as_an_app_fault() {
+        for (on_app_fault, then) in [
+            (
+                AppFaultPolicy::Halt,
+                Step::Halt {
+                    probe_after: Duration::from_secs(30),
+                },
+            ),
+            (
+                AppFaultPolicy::DeadLetter,
+                Step::DeadLetter(DeadReason::Rejected),
+            ),
+        ] {
+            let p = Policy {
+                on_app_fault,
+                ..policy()
+            };
+            let mut history = CallHistory::new(Instant::now(), 1, false);
+            assert_eq!(step(Outcome::Resign, &mut history, &p), Step::Resign);
+            assert_eq!(step(Outcome::Resign, &mut history, &p), Step::Resign);
+            assert_eq!(step(Outcome::Resign, &mut history, &p), then);
+        }
+    }
+
+    #[test]
+    fn app_faults_halt_or_dead_letter_as_configured() {
+        let history = CallHistory::new(Instant::now(), 10, false);
+        let halt = policy();
+        assert_eq!(
+            decide(&Outcome::AppFault, &history, &halt, Instant::now()),
+            Step::Halt {
+                probe_after: Duration::from_secs(30)
+            }
+        );
+        let dead_letter = Policy {
+            on_app_fault: AppFaultPolicy::DeadLetter,
+            ..policy()
+        };
+        assert_eq!(
+            decide(&Outcome::AppFault, &history, &dead_letter, Instant::now()),
+            Step::DeadLetter(DeadReason::Rejected)
+        );
+    }
+
+    #[test]
+    fn permanent_refusals_split_a_merged_call_and_dead_letter_a_lone_job() {
+        let p = policy();
+        let now = Instant::now();
+        let merged = CallHistory::new(now, 2, false);
+        assert_eq!(decide(&Outcome::Permanent, &merged, &p, now), Step::Split);
+        let alone = CallHistory::new(now, 1, false);
+        assert_eq!(
+            decide(&Outcome::Permanent, &alone, &p, now),
+            Step::DeadLetter(DeadReason::Rejected)
+        );
+        // A recovered call was never delivered if refused now: start over,
+        // however many jobs it holds.
+        for jobs in [1, 7] {
+            let recovered = CallHistory::new(now, jobs, true);
+            assert_eq!(
+                decide(&Outcome::Permanent, &recovered, &p, now),
+                Step::StartOver
+            );
+        }
+    }
+
+    #[test]
+    fn a_redelivered_call_is_resent_only_within_the_repeat_window_unless_told_otherwise() {
+        let window = Duration::from_secs(270);
+        for policy in [InDoubtPolicy::DeadLetter, InDoubtPolicy::Resend] {
+            assert_eq!(
+                on_redelivery(Duration::from_secs(269), window, policy),
+                Redelivery::Resend
+            );
+        }
+        assert_eq!(
+            on_redelivery(window, window, InDoubtPolicy::DeadLetter),
+            Redelivery::DeadLetterInDoubt
+        );
+        assert_eq!(
+            on_redelivery(window, window, InDoubtPolicy::Resend),
+            Redelivery::ResendInDoubt
+        );
+    }
+}

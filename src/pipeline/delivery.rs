@@ -1,0 +1,107 @@
+//! A job's delivery from the broker, held until its fate is known, and the
+//! three ways a delivery ends: acked, dead-lettered (a confirmed publish to
+//! the dead-letter exchange, then the ack), or returned to the queue.
+
+use std::time::SystemTime;
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::{Acker, BasicProperties, Channel};
+use tracing::warn;
+
+use crate::broker::{self, BrokerError, DeadLetter, DeadReason};
+use crate::ops::telemetry;
+
+/// A job's delivery: what is needed to ack it or dead-letter it as it came.
+#[derive(Debug)]
+pub struct Pending {
+    acker: Acker,
+    properties: BasicProperties,
+    body: Vec<u8>,
+    /// When this worker received it, for the `x-first-seen` header.
+    pub first_seen_ms: u64,
+    /// Calls attempted with this job.
+    pub attempts: u32,
+}
+
+impl Pending {
+    pub fn from_delivery(delivery: Delivery) -> Self {
+        Self {
+            acker: delivery.acker,
+            properties: delivery.properties,
+            body: delivery.data,
+            first_seen_ms: broker::unix_ms(SystemTime::now()),
+            attempts: 0,
+        }
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Why it is dead-lettered, with what this worker knows of it.
+    pub fn dead_letter_for(
+        &self,
+        reason: DeadReason,
+        error_code: Option<i64>,
+        error_info: String,
+    ) -> DeadLetter {
+        DeadLetter {
+            reason,
+            error_code,
+            error_info,
+            attempts: self.attempts,
+            first_seen_ms: self.first_seen_ms,
+        }
+    }
+
+    /// Acks it. `Ok(false)` from the broker means the channel was recovered
+    /// and the tag is void: the broker will redeliver the job.
+    pub async fn ack(&self, id: &str) -> Result<(), BrokerError> {
+        match self.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                warn!(job = %id, "ack not delivered (channel recovered): the job will be redelivered");
+                Ok(())
+            }
+            Err(e) => Err(BrokerError::Channel(e)),
+        }
+    }
+
+    /// Publishes the original body and properties, plus the headers that say
+    /// why, to the dead-letter exchange and waits for the confirm. The caller
+    /// acks the original afterwards (after the ledger, when there is one).
+    pub async fn publish_dead_letter(
+        &self,
+        channel: &Channel,
+        dlx: &str,
+        dead: &DeadLetter,
+    ) -> Result<(), BrokerError> {
+        broker::publish_confirmed(
+            channel,
+            dlx,
+            "",
+            &self.body,
+            dead.properties(&self.properties),
+        )
+        .await?;
+        let code = dead
+            .error_code
+            .map_or_else(|| "none".to_string(), |c| c.to_string());
+        metrics::counter!(telemetry::JOBS_DEAD_LETTERED, "reason" => dead.reason.as_str(), "code" => code)
+            .increment(1);
+        Ok(())
+    }
+
+    /// Gives it back to the queue, unsent and unfailed.
+    pub async fn requeue(&self) -> Result<(), BrokerError> {
+        self.acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(BrokerError::Channel)
+    }
+}

@@ -1,0 +1,137 @@
+//! The holding area: every job the sender holds between its arrival and its
+//! call. Arrived jobs wait for the ledger's word, new jobs wait in the
+//! batcher, redelivered jobs of a call in flight wait to be resent with it,
+//! and second copies of a job already held wait until the first is settled.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use crate::broker;
+use crate::ledger::InFlightCall;
+
+use super::batcher::{Batch, Batcher, Queued};
+use super::decoder::Incoming;
+use super::delivery::Pending;
+use super::job::Job;
+use super::sender::Call;
+use super::SessionEnd;
+
+#[derive(Default)]
+pub struct Holding {
+    /// Arrived, not yet looked up in the ledger.
+    pub arrived: Vec<(Job, Pending)>,
+    /// New jobs waiting for a call.
+    pub batcher: Batcher<Pending>,
+    /// Calls the ledger holds as in flight, to resend first (newest last).
+    pub recovering: Vec<Call>,
+    /// Copies of a job already held (a producer's double publish, a replay
+    /// run twice): looked at again once the first copy is settled.
+    duplicates: Vec<(Job, Pending)>,
+}
+
+impl Holding {
+    pub fn is_empty(&self) -> bool {
+        self.arrived.is_empty() && self.batcher.is_empty() && self.recovering.is_empty()
+    }
+
+    pub fn arrive(&mut self, incoming: Option<Incoming>) -> Result<(), SessionEnd> {
+        match incoming {
+            Some(Incoming::Job(job, pending)) => {
+                self.arrived.push((job, pending));
+                Ok(())
+            }
+            Some(Incoming::Lost(why)) => Err(SessionEnd::Broker(why)),
+            None => Err(SessionEnd::Broker("the consumer task ended".into())),
+        }
+    }
+
+    /// Moves arrived copies of jobs already held aside, so one call never
+    /// carries a job twice.
+    pub fn set_aside_duplicates(&mut self) {
+        let mut held: HashSet<String> = self
+            .batcher
+            .iter()
+            .map(|q| q.job.id.clone())
+            .chain(
+                self.recovering
+                    .iter()
+                    .flat_map(|c| c.batch.jobs.iter().map(|q| q.job.id.clone())),
+            )
+            .collect();
+        let (fresh, copies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.arrived)
+            .into_iter()
+            .partition(|(job, _)| held.insert(job.id.clone()));
+        self.arrived = fresh;
+        self.duplicates.extend(copies);
+    }
+
+    /// Gives the copies set aside another look (their first copy has been
+    /// settled since, or is held still and they are set aside again).
+    pub fn readmit_duplicates(&mut self) {
+        self.arrived.append(&mut self.duplicates);
+    }
+
+    /// Adds a redelivered job to the resend of its call.
+    pub fn recover(&mut self, call: InFlightCall, job: Job, pending: Pending) {
+        if let Some(existing) = self
+            .recovering
+            .iter_mut()
+            .find(|c| c.ledger_id == Some(call.call_id))
+        {
+            existing.batch.jobs.push(Queued::new(job, pending));
+            return;
+        }
+        let batch = Batch {
+            key: job.key.clone(),
+            jobs: vec![Queued::new(job, pending)],
+            random: call.random,
+            body: call.body,
+        };
+        self.recovering
+            .insert(0, Call::recovered(batch, call.call_id, call.age));
+    }
+
+    /// The next call: a recovered one first, else a fresh batch.
+    pub fn next_call(&mut self, max_bytes: usize, max_jobs: usize) -> Option<Call> {
+        self.recovering.pop().or_else(|| {
+            self.batcher
+                .take_batch(max_bytes, max_jobs)
+                .map(|batch| Call::fresh(batch, None))
+        })
+    }
+
+    /// Seconds since the oldest held job arrived.
+    pub fn oldest_age_secs(&self) -> f64 {
+        let oldest = self
+            .arrived
+            .iter()
+            .map(|(_, p)| p.first_seen_ms)
+            .chain(self.batcher.iter().map(|q| q.tag.first_seen_ms))
+            .chain(
+                self.recovering
+                    .iter()
+                    .flat_map(|c| c.batch.jobs.iter().map(|q| q.tag.first_seen_ms)),
+            )
+            .min();
+        oldest.map_or(0.0, |ms| {
+            broker::unix_ms(SystemTime::now()).saturating_sub(ms) as f64 / 1000.0
+        })
+    }
+
+    /// Everything held, for a shutdown.
+    pub fn drain(&mut self) -> Vec<Pending> {
+        let mut all: Vec<Pending> = self
+            .arrived
+            .drain(..)
+            .chain(self.duplicates.drain(..))
+            .map(|(_, pending)| pending)
+            .collect();
+        all.extend(
+            self.recovering
+                .drain(..)
+                .flat_map(|call| call.batch.jobs.into_iter().map(|q| q.tag)),
+        );
+        all.extend(self.batcher.drain().into_iter().map(|q| q.tag));
+        all
+    }
+}

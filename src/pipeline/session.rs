@@ -1,0 +1,214 @@
+//! One broker session: connect, declare the topology, consume with the
+//! decoder on its own task, and run the send loop (wait for work, then for a
+//! permit, then send what piled up) until shutdown or the broker goes. On
+//! shutdown everything held and unsettled goes back to the queue.
+
+use std::time::SystemTime;
+
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::broker::{self, BrokerError, DeadReason};
+use crate::ops::telemetry;
+
+use super::decoder::{Decoder, Incoming};
+use super::holding::Holding;
+use super::job::Rejection;
+use super::settle::{dead_letter_fate, Settlement};
+use super::{SessionEnd, Worker};
+
+/// The channels of a session and its consumer's tag.
+struct Channels {
+    consume: Channel,
+    publish: Channel,
+    consumer_tag: String,
+}
+
+impl Worker {
+    /// One connection's worth of work.
+    pub(super) async fn session(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, BrokerError> {
+        let connection = broker::connect(&self.config.amqp_url, "broadcast-worker run").await?;
+        let result = self.consume(&connection, shutdown).await;
+        let _ = connection.close(200, "worker session over".into()).await;
+        result
+    }
+
+    async fn consume(
+        &mut self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, BrokerError> {
+        let (channels, consumer) = self.start_consuming(connection).await?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let decoder = Decoder {
+            publish_channel: channels.publish.clone(),
+            dlx: self.config.topology.names.dlx.clone(),
+            max_batch_bytes: self.config.max_batch_bytes,
+        };
+        let consumer_task = tokio::spawn(decoder.run(consumer, tx));
+
+        let mut holding = Holding::default();
+        let end = match self
+            .send_loop(&mut holding, &mut rx, &channels.publish, shutdown)
+            .await
+        {
+            Ok(never) => match never {},
+            Err(end) => end,
+        };
+
+        // Stop consuming, then hand back everything not settled.
+        let _ = channels
+            .consume
+            .basic_cancel(
+                channels.consumer_tag.as_str().into(),
+                BasicCancelOptions::default(),
+            )
+            .await;
+        consumer_task.abort();
+        if matches!(end, SessionEnd::Shutdown) {
+            hand_back(&mut holding, &mut rx).await;
+        }
+        let _ = channels.consume.close(200, "worker stopping".into()).await;
+        let _ = channels.publish.close(200, "worker stopping".into()).await;
+        Ok(end)
+    }
+
+    async fn start_consuming(
+        &mut self,
+        connection: &Connection,
+    ) -> Result<(Channels, lapin::Consumer), BrokerError> {
+        self.config.topology.declare(connection).await?;
+        let queue = self.config.topology.names.jobs.clone();
+        let consume = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::Channel)?;
+        consume
+            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(BrokerError::Channel)?;
+        let publish = broker::confirm_channel(connection).await?;
+        let consumer_tag = format!(
+            "broadcast-worker-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let consumer = consume
+            .basic_consume(
+                queue.as_str().into(),
+                consumer_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::Channel)?;
+        self.status.set_consuming(true);
+        info!(%queue, prefetch = self.config.prefetch, "consuming (active, or standing by until the active consumer goes)");
+        let channels = Channels {
+            consume,
+            publish,
+            consumer_tag,
+        };
+        Ok((channels, consumer))
+    }
+
+    /// Waits for work, then for a permit, then sends what piled up, until
+    /// shutdown or the broker goes.
+    async fn send_loop(
+        &mut self,
+        holding: &mut Holding,
+        rx: &mut mpsc::UnboundedReceiver<Incoming>,
+        publish_channel: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<std::convert::Infallible, SessionEnd> {
+        loop {
+            holding.readmit_duplicates();
+            while holding.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                    incoming = rx.recv() => holding.arrive(incoming)?,
+                }
+                self.admit(holding, publish_channel, shutdown).await?;
+            }
+            self.wait_for_permit_while_arriving(holding, rx, shutdown)
+                .await?;
+            while let Ok(incoming) = rx.try_recv() {
+                holding.arrive(Some(incoming))?;
+            }
+            self.admit(holding, publish_channel, shutdown).await?;
+            let expired = take_expired(holding);
+            self.settle(expired, publish_channel, shutdown).await?;
+            let next =
+                holding.next_call(self.config.max_batch_bytes, self.config.max_jobs_per_call);
+            if let Some(call) = next {
+                let settlements = self.deliver(call, shutdown).await?;
+                self.settle(settlements, publish_channel, shutdown).await?;
+            }
+        }
+    }
+
+    /// Waits for the limiter's permit; whatever arrives meanwhile joins the
+    /// holding area, so the call it allows carries it.
+    async fn wait_for_permit_while_arriving(
+        &mut self,
+        holding: &mut Holding,
+        rx: &mut mpsc::UnboundedReceiver<Incoming>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        metrics::gauge!(telemetry::OLDEST_UNSETTLED_SECONDS).set(holding.oldest_age_secs());
+        let waiting = Instant::now();
+        let permit = self.limiter.acquire();
+        tokio::pin!(permit);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                _ = &mut permit => break,
+                incoming = rx.recv() => holding.arrive(incoming)?,
+            }
+        }
+        metrics::histogram!(telemetry::PERMIT_WAIT_SECONDS).record(waiting.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+/// Jobs whose deadline passed while they waited, to be dead-lettered as expired.
+fn take_expired(holding: &mut Holding) -> Vec<Settlement> {
+    holding
+        .batcher
+        .take_expired(SystemTime::now())
+        .into_iter()
+        .map(|q| {
+            let deadline_ms = q.job.deadline.map(broker::unix_ms).unwrap_or(0);
+            let info = Rejection::Expired { deadline_ms }.to_string();
+            let fate = dead_letter_fate(&q.tag, DeadReason::Expired, None, info, None);
+            (q.job, q.tag, fate)
+        })
+        .collect()
+}
+
+/// Shutdown: every job held, and every one still on its way from the
+/// decoder, goes back to the queue.
+async fn hand_back(holding: &mut Holding, rx: &mut mpsc::UnboundedReceiver<Incoming>) {
+    let mut left = holding.drain();
+    while let Ok(Incoming::Job(_, pending)) = rx.try_recv() {
+        left.push(pending);
+    }
+    let count = left.len();
+    for pending in left {
+        let _ = pending.requeue().await;
+    }
+    info!(
+        returned = count,
+        "shutdown: unsent jobs returned to the queue"
+    );
+}
