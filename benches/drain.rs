@@ -13,7 +13,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use broadcast_worker::tencent::client::MAX_BODY_BYTES;
+use broadcast_worker::tencent::body::MAX_BODY_BYTES;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};

@@ -4,7 +4,8 @@
 //! place. A replayed job is published to the jobs queue with confirms and only
 //! then removed from the dead-letter queue, so an interruption at any point
 //! loses nothing (at worst the job is in both queues with the same id and
-//! replay count, which the ledger treats as one).
+//! replay count, which the ledger treats as one). Also what `dlq list` and
+//! `dlq show` print: the listing with its summary, and the whole dead letter.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -13,6 +14,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::broker::{self, headers, BrokerError};
 use crate::pipeline::job;
@@ -84,6 +86,14 @@ impl Selection {
                 .newer_than_secs
                 .is_none_or(|s| age.is_some_and(|a| a < s))
     }
+
+    /// The dead letters it matches, in queue order; the rest are dropped
+    /// unacked, so they stay where they are.
+    pub fn pick(&self, dead: Vec<DeadJob>, now_ms: i64) -> Vec<DeadJob> {
+        dead.into_iter()
+            .filter(|d| self.matches(&d.info, now_ms))
+            .collect()
+    }
 }
 
 /// Reads the whole dead-letter queue onto `channel`, unacked, in queue order.
@@ -138,9 +148,7 @@ fn reason_of(properties: &BasicProperties) -> String {
 }
 
 /// Counts by (reason, code), for the summary.
-pub fn summarize<'a>(
-    infos: impl Iterator<Item = &'a DeadInfo>,
-) -> BTreeMap<(String, String), usize> {
+fn summarize<'a>(infos: impl Iterator<Item = &'a DeadInfo>) -> BTreeMap<(String, String), usize> {
     let mut summary = BTreeMap::new();
     for info in infos {
         let code = info
@@ -208,6 +216,147 @@ impl DeadJob {
 
 pub fn now_ms() -> i64 {
     i64::try_from(broker::unix_ms(SystemTime::now())).unwrap_or(i64::MAX)
+}
+
+/// What `dlq list` prints: the matching dead letters in the order asked, at
+/// most as many as asked, and a count of every match by reason and code.
+pub struct Listing<'a> {
+    /// Dead letters in the queue, matching or not.
+    pub total: usize,
+    pub summary: BTreeMap<(String, String), usize>,
+    pub shown: Vec<&'a DeadInfo>,
+}
+
+impl<'a> Listing<'a> {
+    pub fn new(
+        dead: &'a [DeadJob],
+        selection: &Selection,
+        now_ms: i64,
+        newest_first: bool,
+        limit: Option<usize>,
+    ) -> Self {
+        let mut shown: Vec<&DeadInfo> = dead
+            .iter()
+            .map(|d| &d.info)
+            .filter(|i| selection.matches(i, now_ms))
+            .collect();
+        if newest_first {
+            shown.reverse();
+        }
+        // The summary counts every match, the limit only trims what is shown.
+        let summary = summarize(shown.iter().copied());
+        shown.truncate(limit.unwrap_or(usize::MAX));
+        Self {
+            total: dead.len(),
+            summary,
+            shown,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        let summary: Vec<Value> = self
+            .summary
+            .iter()
+            .map(|((reason, code), count)| {
+                serde_json::json!({"reason": reason, "code": code, "count": count})
+            })
+            .collect();
+        serde_json::json!({"total": self.total, "summary": summary, "jobs": self.shown})
+    }
+
+    /// A row per job shown under a header, then the counts, as lines.
+    pub fn table(&self, now_ms: i64) -> String {
+        let mut lines = vec![format!(
+            "{:<36} {:<18} {:>6} {:>8} {:>8} {:>7}  INFO",
+            "ID", "REASON", "CODE", "AGE", "ATTEMPTS", "REPLAYS"
+        )];
+        lines.extend(self.shown.iter().map(|info| table_row(info, now_ms)));
+        let counts: Vec<String> = self
+            .summary
+            .iter()
+            .map(|((reason, code), n)| format!("{reason}/{code}: {n}"))
+            .collect();
+        lines.push(format!(
+            "{} of {} dead letters match; by reason/code: {}",
+            self.summary.values().sum::<usize>(),
+            self.total,
+            counts.join(", ")
+        ));
+        lines.join("\n")
+    }
+}
+
+fn table_row(info: &DeadInfo, now_ms: i64) -> String {
+    format!(
+        "{:<36} {:<18} {:>6} {:>8} {:>8} {:>7}  {}",
+        info.id,
+        info.reason,
+        info.error_code.map_or("-".into(), |c| c.to_string()),
+        info.age_secs(now_ms)
+            .map_or("?".into(), |a| format!("{a}s")),
+        info.attempts.map_or("-".into(), |a| a.to_string()),
+        info.replays,
+        info.error_info.as_deref().unwrap_or("")
+    )
+}
+
+impl DeadJob {
+    /// The whole dead letter, for `dlq show`: why it died, its body (as JSON
+    /// when it is JSON), its properties and every header.
+    pub fn report(&self) -> Value {
+        let body = serde_json::from_slice::<Value>(&self.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()));
+        let p = &self.properties;
+        let headers = p
+            .headers()
+            .as_ref()
+            .map_or_else(|| serde_json::json!({}), table_to_json);
+        serde_json::json!({
+            "id": self.id,
+            "why": self.info,
+            "body": body,
+            "properties": {
+                "message_id": p.message_id().as_ref().map(|s| s.to_string()),
+                "content_type": p.content_type().as_ref().map(|s| s.to_string()),
+                "timestamp": p.timestamp(),
+                "expiration": p.expiration().as_ref().map(|s| s.to_string()),
+                "delivery_mode": p.delivery_mode(),
+                "headers": headers,
+            },
+        })
+    }
+}
+
+/// An AMQP header value as JSON.
+fn amqp_to_json(value: &AMQPValue) -> Value {
+    use AMQPValue as V;
+    match value {
+        V::Boolean(b) => (*b).into(),
+        V::ShortShortInt(v) => (*v).into(),
+        V::ShortShortUInt(v) => (*v).into(),
+        V::ShortInt(v) => (*v).into(),
+        V::ShortUInt(v) => (*v).into(),
+        V::LongInt(v) => (*v).into(),
+        V::LongUInt(v) => (*v).into(),
+        V::LongLongInt(v) => (*v).into(),
+        V::Float(v) => (*v).into(),
+        V::Double(v) => (*v).into(),
+        V::Timestamp(v) => (*v).into(),
+        V::ShortString(s) => s.as_str().into(),
+        V::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned().into(),
+        V::FieldArray(items) => items.as_slice().iter().map(amqp_to_json).collect(),
+        V::FieldTable(table) => table_to_json(table),
+        V::Void => Value::Null,
+        other => format!("{other:?}").into(),
+    }
+}
+
+fn table_to_json(table: &FieldTable) -> Value {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.to_string(), amqp_to_json(v)))
+        .collect()
 }
 
 #[cfg(test)]

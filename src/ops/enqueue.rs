@@ -45,6 +45,19 @@ impl Summary {
     }
 }
 
+/// The body of a one-text broadcast, as `enqueue --text` publishes it.
+pub fn text_job(text: &str, from_account: Option<&str>, cloud_custom_data: Option<&str>) -> String {
+    let mut body =
+        serde_json::json!({"MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}]});
+    if let Some(from) = from_account {
+        body["From_Account"] = from.into();
+    }
+    if let Some(data) = cloud_custom_data {
+        body["CloudCustomData"] = data.into();
+    }
+    body.to_string()
+}
+
 /// A new job id: 128 random bits, hex.
 pub fn new_job_id() -> String {
     format!("{:032x}", rand::random::<u128>())

@@ -124,7 +124,7 @@ impl WorkerConfig {
             rate_guard: Duration::from_millis(defaults::RATE_GUARD_MS),
             slow_down: SlowDown::default(),
             prefetch: defaults::PREFETCH,
-            max_batch_bytes: crate::tencent::client::MAX_BODY_BYTES,
+            max_batch_bytes: crate::tencent::body::MAX_BODY_BYTES,
             max_jobs_per_call: usize::MAX,
             max_attempts: defaults::MAX_ATTEMPTS,
             max_retry_age: Duration::from_secs(defaults::MAX_RETRY_AGE_SECS),

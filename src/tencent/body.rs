@@ -7,9 +7,6 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-// TEMP-MERGE: the simulator imports these from here until its split lands.
-pub use super::elements::{parse_body, BodyError};
-
 /// The largest body the service accepts, in bytes.
 pub const MAX_BODY_BYTES: usize = 12_000;
 

@@ -14,9 +14,6 @@ use crate::tencent::usersig::UserSig;
 /// The path of the call, relative to the base URL.
 pub const SEND_BROADCAST_PATH: &str = "v4/group_open_http_svc/send_broadcast_msg";
 
-// TEMP-MERGE: callers still name it here until the parallel splits land.
-pub use super::body::MAX_BODY_BYTES;
-
 /// Default request timeout: longer than the service's own 3 s.
 pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// Default connect timeout.

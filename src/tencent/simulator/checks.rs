@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::state::{content_key, unix_now_ms, Delivery};
 use super::{Simulator, SimulatorConfig};
-use crate::tencent::body::{parse_body, BodyError, ParsedBody};
+use crate::tencent::elements::{parse_body, BodyError, ParsedBody};
 use crate::tencent::usersig::{self, unix_now, VerifyError};
 
 /// The service's answer to one call.

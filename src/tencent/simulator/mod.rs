@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::tencent::client::MAX_BODY_BYTES;
+use crate::tencent::body::MAX_BODY_BYTES;
 use crate::tencent::usersig::SecretKey;
 
 mod checks;

@@ -1,27 +1,26 @@
-//! Settings shared by the commands: the app's identity and its secret key,
-//! from flags with environment fallbacks. The secret is never printed: clap is
-//! told to hide its environment value, and [`SecretKey`] redacts itself.
+//! The app's identity and its secret key, shared by `run`, `simulate` and
+//! `usersig`, from flags with environment fallbacks. The secret is never
+//! printed: clap is told to hide its environment value, and [`SecretKey`]
+//! redacts itself.
 
 use std::path::{Path, PathBuf};
 
 use crate::tencent::usersig::SecretKey;
 
-/// A configuration mistake, said so an operator can fix it.
+/// Why the secret key cannot be had, said so an operator can fix it.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum SecretError {
     #[error("the app's secret key is missing: set TIM_SECRET_KEY or TIM_SECRET_KEY_FILE (or --secret-key-file)")]
-    MissingSecret,
+    Missing,
     #[error("give the secret key once: TIM_SECRET_KEY and TIM_SECRET_KEY_FILE are both set")]
-    TwoSecrets,
+    Twice,
     #[error("cannot read the secret key file {path}: {source}")]
-    SecretFile {
+    Unreadable {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("the secret key {0} is empty")]
-    EmptySecret(String),
-    #[error("{0}")]
-    Invalid(String),
+    Empty(String),
 }
 
 /// Where the app's secret key comes from.
@@ -36,12 +35,12 @@ pub struct SecretArgs {
 }
 
 impl SecretArgs {
-    pub fn load(&self) -> Result<SecretKey, ConfigError> {
+    pub fn load(&self) -> Result<SecretKey, SecretError> {
         match (&self.secret_key, &self.secret_key_file) {
-            (Some(_), Some(_)) => Err(ConfigError::TwoSecrets),
-            (None, None) => Err(ConfigError::MissingSecret),
+            (Some(_), Some(_)) => Err(SecretError::Twice),
+            (None, None) => Err(SecretError::Missing),
             (Some(key), None) if key.trim().is_empty() => {
-                Err(ConfigError::EmptySecret("in TIM_SECRET_KEY".into()))
+                Err(SecretError::Empty("in TIM_SECRET_KEY".into()))
             }
             (Some(key), None) => Ok(SecretKey::new(key.trim())),
             (None, Some(path)) => read_secret_file(path),
@@ -49,15 +48,15 @@ impl SecretArgs {
     }
 }
 
-fn read_secret_file(path: &Path) -> Result<SecretKey, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+fn read_secret_file(path: &Path) -> Result<SecretKey, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
         path: path.to_path_buf(),
         source,
     })?;
     warn_if_world_readable(path);
     let key = text.trim();
     if key.is_empty() {
-        return Err(ConfigError::EmptySecret(format!("in {}", path.display())));
+        return Err(SecretError::Empty(format!("in {}", path.display())));
     }
     Ok(SecretKey::new(key))
 }
@@ -104,17 +103,14 @@ mod tests {
 
     #[test]
     fn secret_sources() {
-        assert!(matches!(
-            args(None, None).load(),
-            Err(ConfigError::MissingSecret)
-        ));
+        assert!(matches!(args(None, None).load(), Err(SecretError::Missing)));
         assert!(matches!(
             args(Some("k"), Some("f".into())).load(),
-            Err(ConfigError::TwoSecrets)
+            Err(SecretError::Twice)
         ));
         assert!(matches!(
             args(Some(" "), None).load(),
-            Err(ConfigError::EmptySecret(_))
+            Err(SecretError::Empty(_))
         ));
         let dir = std::env::temp_dir().join(format!("bw-secret-{}", std::process::id()));
         std::fs::write(&dir, "s3cret\n").unwrap();

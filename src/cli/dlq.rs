@@ -1,0 +1,286 @@
+//! `dlq list|show|replay|purge`: their flags, and each command over the dead
+//! letters [`crate::ops::dlq`] reads, with the progress and lines it prints.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Subcommand;
+use indicatif::ProgressBar;
+use lapin::{Channel, Connection};
+
+use crate::broker::{self, QueueNames};
+use crate::cli::args::BrokerArgs;
+use crate::ops::dlq::{self, DeadJob, Listing, Selection};
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// What is in `{prefix}.dead`, with a summary by reason and code; nothing is removed or reordered.
+    List {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Newest first (default: oldest first, the queue's order).
+        #[arg(long)]
+        newest_first: bool,
+        /// Print at most this many jobs (the summary counts all).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The whole dead letter: body, properties, and every header that says why.
+    Show {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        job_id: String,
+    },
+    /// Move selected jobs back to `{prefix}.jobs` (each removed here only after its publish is confirmed).
+    Replay {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Say what would move, move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Test hook: exit abruptly after the N-th confirmed publish, before its removal.
+        #[arg(long, env = "BROADCAST_TEST_CRASH_AT", hide = true)]
+        crash_at: Option<String>,
+    },
+    /// Remove selected jobs for good (only with --yes), printing each.
+    Purge {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        select: SelectArgs,
+        /// Really remove them.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Filters on dead letters.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilterArgs {
+    /// Only this x-reason (`rejected`, `invalid-job`, `broker:delivery_limit`, ...).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only this ErrorCode.
+    #[arg(long)]
+    pub code: Option<i64>,
+    /// Only jobs dead-lettered at least this many seconds ago.
+    #[arg(long)]
+    pub older_than_secs: Option<i64>,
+    /// Only jobs dead-lettered less than this many seconds ago.
+    #[arg(long)]
+    pub newer_than_secs: Option<i64>,
+}
+
+/// Which dead letters to act on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelectArgs {
+    /// Job ids (repeatable).
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Every dead letter.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl FilterArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            reason: self.reason.clone(),
+            code: self.code,
+            older_than_secs: self.older_than_secs,
+            newer_than_secs: self.newer_than_secs,
+            ..Selection::default()
+        }
+    }
+}
+
+impl SelectArgs {
+    /// The selection, refused if it names nothing: acting on nothing, or on
+    /// everything, by omission would surprise.
+    fn selection(&self) -> anyhow::Result<Selection> {
+        let selection = Selection {
+            ids: self.ids.clone(),
+            all: self.all,
+            ..self.filter.selection()
+        };
+        if selection.is_empty() {
+            bail!("say which jobs: --id, --reason, --code, --older-than-secs, --newer-than-secs, or --all");
+        }
+        Ok(selection)
+    }
+}
+
+impl DlqCommand {
+    fn broker(&self) -> &BrokerArgs {
+        match self {
+            Self::List { broker, .. }
+            | Self::Show { broker, .. }
+            | Self::Replay { broker, .. }
+            | Self::Purge { broker, .. } => broker,
+        }
+    }
+
+    /// Reads the whole dead-letter queue, acts on it, and closes the channel,
+    /// which gives back whatever was not replayed or removed, in its place.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let broker_args = self.broker();
+        let names = broker_args.check()?.names;
+        let connection = broker::connect(&broker_args.amqp_url, "broadcast-worker dlq").await?;
+        let channel = broker::confirm_channel(&connection).await?;
+        declare_existing(&channel, &names.dead).await?;
+        let dead = dlq::read_all(&channel, &names.dead).await?;
+        let now = dlq::now_ms();
+        let code = match self {
+            Self::List {
+                filter,
+                newest_first,
+                limit,
+                json,
+                ..
+            } => {
+                let listing = Listing::new(&dead, &filter.selection(), now, newest_first, limit);
+                if json {
+                    println!("{}", listing.json());
+                } else {
+                    println!("{}", listing.table(now));
+                }
+                ExitCode::SUCCESS
+            }
+            Self::Show { job_id, .. } => show(&dead, &job_id, &names)?,
+            Self::Replay {
+                select,
+                dry_run,
+                crash_at,
+                ..
+            } => {
+                let chosen = select.selection()?.pick(dead, now);
+                let crash_after = crash_after_publish(crash_at.as_deref());
+                replay(chosen, dry_run, crash_after, &channel, &names).await?
+            }
+            Self::Purge { select, yes, .. } => {
+                let chosen = select.selection()?.pick(dead, now);
+                purge(chosen, yes, &names).await?
+            }
+        };
+        close(channel, connection).await;
+        Ok(code)
+    }
+}
+
+/// Declares the dead-letter queue passively: it must already exist.
+async fn declare_existing(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("there is no dead-letter queue {queue}: {e}"))?;
+    Ok(())
+}
+
+async fn close(channel: Channel, connection: Connection) {
+    let _ = channel.close(200, "dlq done".into()).await;
+    let _ = connection.close(200, "dlq done".into()).await;
+}
+
+fn show(dead: &[DeadJob], job_id: &str, names: &QueueNames) -> anyhow::Result<ExitCode> {
+    match dead.iter().find(|d| d.id == job_id) {
+        Some(job) => {
+            println!("{}", serde_json::to_string_pretty(&job.report())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("no dead letter with id {job_id:?} in {}", names.dead);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The test hook's `after-publish:N`; the worker's crash points, which share
+/// the variable, are not for `dlq` and are ignored.
+fn crash_after_publish(crash_at: Option<&str>) -> Option<usize> {
+    crash_at
+        .and_then(|s| s.strip_prefix("after-publish:"))
+        .and_then(|n| n.parse().ok())
+}
+
+async fn replay(
+    chosen: Vec<DeadJob>,
+    dry_run: bool,
+    crash_after: Option<usize>,
+    channel: &Channel,
+    names: &QueueNames,
+) -> anyhow::Result<ExitCode> {
+    if dry_run {
+        for job in &chosen {
+            println!(
+                "would replay {} ({}, replayed {} time(s) before)",
+                job.id, job.info.reason, job.info.replays
+            );
+        }
+        println!("would replay {} job(s); nothing moved", chosen.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let progress = ProgressBar::new(chosen.len() as u64);
+    let mut replayed = 0;
+    for job in chosen {
+        let id = job.id.clone();
+        job.replay(channel, &names.jobs, || {
+            if crash_after == Some(replayed + 1) {
+                eprintln!("test hook: exiting after a confirmed publish, before its removal");
+                std::process::exit(137);
+            }
+        })
+        .await?;
+        replayed += 1;
+        progress.inc(1);
+        progress.suspend(|| println!("replayed {id}"));
+    }
+    progress.finish_and_clear();
+    println!("replayed {replayed} job(s) to {}", names.jobs);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn purge(chosen: Vec<DeadJob>, yes: bool, names: &QueueNames) -> anyhow::Result<ExitCode> {
+    if !yes {
+        for job in &chosen {
+            println!("would remove {} ({})", job.id, job.info.reason);
+        }
+        eprintln!(
+            "{} job(s) selected; nothing removed: purge needs --yes",
+            chosen.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let progress = ProgressBar::new(chosen.len() as u64);
+    let mut removed = 0;
+    for job in chosen {
+        let line = format!(
+            "removed {} ({}, {})",
+            job.id,
+            job.info.reason,
+            job.info.error_info.as_deref().unwrap_or("")
+        );
+        job.remove().await?;
+        removed += 1;
+        progress.inc(1);
+        progress.suspend(|| println!("{line}"));
+    }
+    progress.finish_and_clear();
+    println!("removed {removed} job(s) from {}", names.dead);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,131 @@
+//! `enqueue`: its flags, where the lines come from (a file, standard input or
+//! one `--text`), and the progress and totals printed while
+//! [`publish_lines`] publishes them.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::broker;
+use crate::cli::args::BrokerArgs;
+use crate::ops::enqueue::{publish_lines, text_job, LineResult, PublishOptions};
+use crate::tencent::body::MAX_BODY_BYTES;
+
+/// Confirms kept outstanding while publishing.
+const CONFIRM_WINDOW: usize = 512;
+
+#[derive(Debug, clap::Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// A file of jobs, one JSON body per line (`-` or absent: standard input).
+    #[arg(long, conflicts_with = "text")]
+    pub file: Option<PathBuf>,
+    /// Publish one text broadcast instead of reading lines.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// With --text: the sender account.
+    #[arg(long, requires = "text")]
+    pub from_account: Option<String>,
+    /// With --text: CloudCustomData.
+    #[arg(long, requires = "text")]
+    pub cloud_custom_data: Option<String>,
+    /// Dead-letter the job as expired if not sent within this many seconds.
+    #[arg(long)]
+    pub deadline_secs: Option<f64>,
+    /// Let the broker drop the job if not consumed within this many seconds.
+    #[arg(long)]
+    pub expiration_secs: Option<f64>,
+    /// The worker's largest call body, for the size check.
+    #[arg(long, env = "BROADCAST_MAX_BATCH_BYTES", default_value_t = MAX_BODY_BYTES)]
+    pub max_batch_bytes: usize,
+}
+
+impl EnqueueArgs {
+    /// Publishes every valid line; fails if any line was not published.
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let topology = self.broker.check()?;
+        let options = self.options()?;
+        let input = self.input()?;
+        let connection = broker::connect(&self.broker.amqp_url, "broadcast-worker enqueue").await?;
+        topology.declare(&connection).await?;
+        let channel = broker::confirm_channel(&connection).await?;
+        let progress = ProgressBar::new_spinner();
+        progress.set_style(
+            ProgressStyle::with_template("{spinner} {pos} lines, {per_sec} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        let summary = publish_lines(
+            &channel,
+            &topology.names.jobs,
+            input,
+            &options,
+            CONFIRM_WINDOW,
+            |result| report_line(&progress, result),
+        )
+        .await;
+        progress.finish_and_clear();
+        let _ = connection.close(200, "enqueue done".into()).await;
+        let summary = summary?;
+        println!(
+            "published {}, invalid {}, failed {}",
+            summary.published, summary.invalid, summary.failed
+        );
+        Ok(if summary.all_published() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+
+    fn options(&self) -> anyhow::Result<PublishOptions> {
+        Ok(PublishOptions {
+            deadline_in: positive_secs("--deadline-secs", self.deadline_secs)?,
+            expiration: positive_secs("--expiration-secs", self.expiration_secs)?,
+            max_call_bytes: self.max_batch_bytes.min(MAX_BODY_BYTES),
+        })
+    }
+
+    /// The lines to publish: the one `--text` job, the file, or standard input.
+    fn input(&self) -> anyhow::Result<Box<dyn BufRead>> {
+        Ok(match (&self.text, &self.file) {
+            (Some(text), _) => Box::new(std::io::Cursor::new(text_job(
+                text,
+                self.from_account.as_deref(),
+                self.cloud_custom_data.as_deref(),
+            ))),
+            (None, Some(path)) if path.as_os_str() != "-" => {
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                Box::new(std::io::BufReader::new(file))
+            }
+            _ => Box::new(std::io::BufReader::new(std::io::stdin())),
+        })
+    }
+}
+
+fn positive_secs(flag: &str, secs: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match secs {
+        Some(s) if !(s.is_finite() && s > 0.0) => bail!("{flag} must be positive"),
+        Some(s) => Ok(Some(Duration::from_secs_f64(s))),
+        None => Ok(None),
+    }
+}
+
+/// Counts the line and says why one was not published, above the spinner.
+fn report_line(progress: &ProgressBar, result: &LineResult) {
+    progress.inc(1);
+    match result {
+        LineResult::Published { .. } => {}
+        LineResult::Invalid { line, reason } => {
+            progress.suspend(|| eprintln!("line {line}: not published: {reason}"))
+        }
+        LineResult::Failed { line, reason } => {
+            progress.suspend(|| eprintln!("line {line}: publish failed: {reason}"))
+        }
+    }
+}
