@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY testkit ./testkit
 COPY migrations ./migrations
 RUN cargo build --release --locked
 

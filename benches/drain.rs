@@ -7,16 +7,15 @@
 //! it into BENCHMARKS.md. A name narrows it (`cargo bench --bench drain idle`);
 //! `BENCH_BACKLOG_JOBS` and `BENCH_MEMORY_JOBS` change the sizes.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broadcast_worker::tencent::body::MAX_BODY_BYTES;
-use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_broadcast-worker");
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -289,7 +288,7 @@ async fn ingest(n: usize, rows: &mut Rows) {
     app.sim.simulator.reset();
     publish_jobs(&app, 0..n).await;
     let started = Instant::now();
-    let mut worker = worker_process(&app, &[]);
+    let mut worker = worker_process(BIN, &app, &[]);
     let pid = worker.id();
     app.wait_for_elements(n as u64, Duration::from_secs(600))
         .await;
@@ -324,7 +323,7 @@ async fn memory(sizes: &[usize], rows: &mut Rows) {
     for &n in sizes {
         let app = spawn_app("bench-memory", 5.0).await;
         publish_jobs(&app, 0..n).await;
-        let mut worker = worker_process(&app, &[]);
+        let mut worker = worker_process(BIN, &app, &[]);
         let pid = worker.id();
         tokio::time::sleep(Duration::from_secs(15)).await;
         let peak = peak_rss_kib(pid).unwrap_or(0);

@@ -5,13 +5,12 @@
 //! 127.0.0.1). Prints a Markdown table and, run whole, writes it into
 //! BENCHMARKS.md.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
 use broadcast_worker::ledger::Ledger;
-use common::*;
+use testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_broadcast-worker");
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -27,12 +26,12 @@ async fn failover(rounds: usize) -> Vec<f64> {
         let jobs = backlog("fo", 20_000);
         app.publish_many(&jobs).await;
         let env = [("DATABASE_URL", db.url())];
-        let mut active = worker_process(&app, &env);
+        let mut active = worker_process(BIN, &app, &env);
         app.wait_for("the first calls", Duration::from_secs(30), |app| {
             app.sim.simulator.stats().calls >= 2
         })
         .await;
-        let mut standby = worker_process(&app, &env);
+        let mut standby = worker_process(BIN, &app, &env);
         // Let the standby connect and register as a consumer.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let calls_before = app.sim.simulator.stats().calls;
@@ -111,13 +110,16 @@ async fn kill_loop(with_ledger: bool, kills: usize) -> (usize, usize) {
     if with_ledger {
         env.push(("DATABASE_URL", db.url()));
     }
-    let mut replicas = [worker_process(&app, &env), worker_process(&app, &env)];
+    let mut replicas = [
+        worker_process(BIN, &app, &env),
+        worker_process(BIN, &app, &env),
+    ];
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(100 + rand::random::<u64>() % 300)).await;
         let victim = rand::random::<u32>() as usize % 2;
         signal(&replicas[victim], "-KILL");
         wait_exit(&mut replicas[victim], Duration::from_secs(5)).await;
-        replicas[victim] = worker_process(&app, &env);
+        replicas[victim] = worker_process(BIN, &app, &env);
     }
     app.wait_for("every job", Duration::from_secs(180), |app| {
         app.all_delivered(&jobs)
@@ -162,13 +164,13 @@ async fn crash_after_call(with_ledger: bool) -> usize {
     for _ in 0..10 {
         let mut with_crash = env.clone();
         with_crash.push(("BROADCAST_TEST_CRASH_AT", "after-call:3".to_string()));
-        let mut worker = worker_process(&app, &with_crash);
+        let mut worker = worker_process(BIN, &app, &with_crash);
         let _ = wait_exit(&mut worker, Duration::from_secs(60)).await;
         if app.all_delivered(&jobs) {
             break;
         }
     }
-    let mut last = worker_process(&app, &env);
+    let mut last = worker_process(BIN, &app, &env);
     app.wait_for("every job", Duration::from_secs(120), |app| {
         app.all_delivered(&jobs)
     })

@@ -1,15 +1,13 @@
 //! `broadcast-worker dlq` against real RabbitMQ: list, show, replay, purge,
 //! and a replay interrupted midway.
 
-mod common;
-
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use broadcast_worker::ledger::{JobState, Ledger};
 use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule};
-use common::*;
 use serde_json::Value;
+use testkit::*;
 
 const LONG: Duration = Duration::from_secs(60);
 

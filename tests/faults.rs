@@ -1,16 +1,14 @@
 //! Hardening: faults on every connection and bad input at volume. Each test
 //! prints what it sent, delivered, dead-lettered, duplicated and lost.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use broadcast_worker::ledger::Ledger;
 use broadcast_worker::tencent::simulator::{DropPoint, Fault, FaultPlan};
-use common::*;
 use serde_json::{json, Value};
+use testkit::*;
 
 const LONG: Duration = Duration::from_secs(120);
 

@@ -3,17 +3,16 @@
 //! test has its own database and queues; the simulator counts deliveries after
 //! its repeat filter.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use broadcast_worker::ledger::{JobState, Ledger};
 use broadcast_worker::pipeline::InDoubtPolicy;
-use common::*;
 use serde_json::Value;
+use testkit::*;
 
 const LONG: Duration = Duration::from_secs(90);
+const BIN: &str = env!("CARGO_BIN_EXE_broadcast-worker");
 
 async fn ledger_for(db: &TestDatabase) -> Ledger {
     let ledger = Ledger::connect_lazy(&db.url()).unwrap();
@@ -38,6 +37,7 @@ async fn crash_and_recover(point: &str, standby_takes_over: bool) {
     app.publish_many(&jobs).await;
     let ledger_env = ("DATABASE_URL", db.url());
     let mut doomed = worker_process(
+        BIN,
         &app,
         &[
             ledger_env.clone(),
@@ -50,7 +50,7 @@ async fn crash_and_recover(point: &str, standby_takes_over: bool) {
             app.sim.simulator.stats().calls >= 1
         })
         .await;
-        standby = Some(worker_process(&app, std::slice::from_ref(&ledger_env)));
+        standby = Some(worker_process(BIN, &app, std::slice::from_ref(&ledger_env)));
     }
     let status = wait_exit(&mut doomed, LONG).await;
     assert_eq!(
@@ -60,7 +60,7 @@ async fn crash_and_recover(point: &str, standby_takes_over: bool) {
     );
     let mut survivor = match standby {
         Some(standby) => standby,
-        None => worker_process(&app, &[ledger_env]),
+        None => worker_process(BIN, &app, &[ledger_env]),
     };
     app.wait_for("every job delivered", LONG, |app| app.all_delivered(&jobs))
         .await;
@@ -146,14 +146,17 @@ async fn twenty_random_kills_of_two_replicas_lose_and_double_nothing() {
         ("BROADCAST_MAX_BATCH_BYTES", "1500".to_string()),
         ("BROADCAST_PREFETCH", "200".to_string()),
     ];
-    let mut replicas = [worker_process(&app, &env), worker_process(&app, &env)];
+    let mut replicas = [
+        worker_process(BIN, &app, &env),
+        worker_process(BIN, &app, &env),
+    ];
     let mut kills = 0;
     while kills < 20 {
         tokio::time::sleep(Duration::from_millis(150 + rand::random::<u64>() % 300)).await;
         let victim = rand::random::<u32>() as usize % 2;
         signal(&replicas[victim], "-KILL");
         wait_exit(&mut replicas[victim], Duration::from_secs(5)).await;
-        replicas[victim] = worker_process(&app, &env);
+        replicas[victim] = worker_process(BIN, &app, &env);
         kills += 1;
     }
     let delivered_during_kills = app.sim.simulator.stats().elements_delivered;
@@ -355,7 +358,7 @@ async fn jobs_show_answers_where_a_broadcast_is() {
     app.wait_for_dead(1, LONG).await;
     app.stop_worker().await.unwrap();
     let run = |id: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_broadcast-worker"))
+        std::process::Command::new(BIN)
             .args(["jobs", "show", id])
             .env("DATABASE_URL", db.url())
             .output()

@@ -1,15 +1,13 @@
 //! What operators see: the metrics endpoint after a known run, readiness
 //! during an app-wide fault, and logs that never carry a secret.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use broadcast_worker::tencent::simulator::{DropPoint, Fault, FaultPlan, FaultRule};
 use broadcast_worker::tencent::usersig::{self, Claims, SecretKey};
-use common::*;
+use testkit::*;
 
 const LONG: Duration = Duration::from_secs(60);
 

@@ -1,13 +1,11 @@
 //! The `run` and `enqueue` commands as processes: signals, kills, restarts,
 //! and what operators see on bad input or bad configuration.
 
-mod common;
-
 use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_broadcast-worker");
 
@@ -16,7 +14,7 @@ async fn sigterm_mid_stream_loses_nothing_and_a_restart_finishes_the_work() {
     let app = spawn_app("sigterm", 2.0).await;
     let jobs = backlog("term", 600);
     app.publish_many(&jobs).await;
-    let mut worker = worker_process(&app, &[]);
+    let mut worker = worker_process(BIN, &app, &[]);
     app.wait_for("the first calls", Duration::from_secs(30), |app| {
         app.sim.simulator.stats().deliveries >= 2
     })
@@ -34,7 +32,7 @@ async fn sigterm_mid_stream_loses_nothing_and_a_restart_finishes_the_work() {
         "{delivered} delivered + {queued} queued"
     );
 
-    let mut second = worker_process(&app, &[]);
+    let mut second = worker_process(BIN, &app, &[]);
     app.wait_for_elements(600, Duration::from_secs(60)).await;
     signal(&second, "-TERM");
     wait_exit(&mut second, Duration::from_secs(20)).await;
@@ -53,7 +51,7 @@ async fn a_killed_worker_loses_nothing_after_a_restart() {
     let app = spawn_app("sigkill", 4.0).await;
     let jobs = backlog("kill", 800);
     app.publish_many(&jobs).await;
-    let mut worker = worker_process(&app, &[]);
+    let mut worker = worker_process(BIN, &app, &[]);
     app.wait_for("some calls", Duration::from_secs(30), |app| {
         app.sim.simulator.stats().deliveries >= 3
     })
@@ -61,7 +59,7 @@ async fn a_killed_worker_loses_nothing_after_a_restart() {
     signal(&worker, "-KILL");
     wait_exit(&mut worker, Duration::from_secs(5)).await;
 
-    let mut second = worker_process(&app, &[]);
+    let mut second = worker_process(BIN, &app, &[]);
     app.wait_for("every job delivered", Duration::from_secs(90), |app| {
         let texts = app.delivered_texts();
         jobs.iter()

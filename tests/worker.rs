@@ -1,14 +1,12 @@
 //! The worker against real RabbitMQ and the project's simulator.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule};
-use common::*;
 use serde_json::{json, Value};
+use testkit::*;
 
 const LONG: Duration = Duration::from_secs(60);
 

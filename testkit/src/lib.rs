@@ -1,0 +1,26 @@
+//! The harness shared by broadcast-worker's integration tests and benchmarks.
+//! Tests and benches `use testkit::*;`.
+//!
+//! - [`harness`]: a test app (its own queues and simulator, a worker to start
+//!   and stop), publishing, waiting, and reading dead letters.
+//! - [`proxy`]: a TCP proxy that cuts, refuses, stalls or slows connections.
+//! - [`database`]: a PostgreSQL database of the test's own.
+//! - [`process`]: the worker binary as a child process, signals, and its
+//!   resource use.
+//! - [`report`]: the benchmark report written into BENCHMARKS.md.
+//!
+//! RabbitMQ (127.0.0.1:5672, guest/guest) and PostgreSQL (127.0.0.1:5432,
+//! user postgres, trust auth) are expected; a test that needs one panics with
+//! a message saying so when it is unreachable.
+
+pub mod database;
+pub mod harness;
+pub mod process;
+pub mod proxy;
+pub mod report;
+
+pub use database::*;
+pub use harness::*;
+pub use process::*;
+pub use proxy::*;
+pub use report::*;

@@ -1,0 +1,84 @@
+//! The worker binary as a child process: starting it against a test app,
+//! signalling it, waiting for its exit, and reading its memory and CPU use
+//! from /proc.
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{TestApp, ADMIN, APP, KEY};
+
+/// `broadcast-worker run` as a child process against this app's queues and
+/// simulator, with extra environment. `bin` is the binary's path, which only
+/// the root package's tests and benches know:
+/// `env!("CARGO_BIN_EXE_broadcast-worker")`.
+pub fn worker_process(bin: &str, app: &TestApp, extra: &[(&str, String)]) -> Child {
+    let mut command = Command::new(bin);
+    command
+        .arg("run")
+        .env("AMQP_URL", &app.config.amqp_url)
+        .env("BROADCAST_QUEUE_PREFIX", &app.prefix)
+        .env("TIM_BASE_URL", app.sim.base_url().as_str())
+        .env("TIM_SDKAPPID", APP.to_string())
+        .env("TIM_IDENTIFIER", ADMIN)
+        .env("TIM_SECRET_KEY", KEY)
+        .env("BROADCAST_RATE", app.config.rate.to_string())
+        .env(
+            "BROADCAST_DELIVERY_LIMIT",
+            app.config.topology.delivery_limit.to_string(),
+        )
+        .env("BROADCAST_METRICS_ADDR", "127.0.0.1:0")
+        .env_remove("TIM_SECRET_KEY_FILE")
+        .env_remove("DATABASE_URL")
+        .env_remove("BROADCAST_TEST_CRASH_AT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    command.spawn().expect("the worker binary starts")
+}
+
+/// Sends `sig` (as `kill` spells it: "-TERM", "-KILL") to a child.
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub async fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not exit within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Resident memory high-water mark of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}

@@ -1,0 +1,129 @@
+//! A TCP proxy between the worker and RabbitMQ or PostgreSQL, so a test can
+//! cut, refuse, stall or slow the worker's connections without touching the
+//! shared server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    /// While set, new connections are closed at once.
+    down: Arc<AtomicBool>,
+    /// Stalls and delays applied to the bytes in flight.
+    pub faults: Arc<ProxyFaults>,
+    cut: watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+/// What the proxy does to bytes in flight: hold them (a stalled link) or
+/// delay each chunk (a slow one).
+#[derive(Default)]
+pub struct ProxyFaults {
+    pub stalled: AtomicBool,
+    pub delay_ms: AtomicU64,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: &str) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cuts) = watch::channel(0u64);
+        let upstream = upstream.to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let down = Arc::new(AtomicBool::new(false));
+        let refusing = down.clone();
+        let faults = Arc::new(ProxyFaults::default());
+        let proxy_faults = faults.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if refusing.load(SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                counter.fetch_add(1, SeqCst);
+                let upstream = upstream.clone();
+                let mut cuts = cuts.clone();
+                cuts.borrow_and_update();
+                let faults = faults.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::select! {
+                        _ = pump(client_read, server_write, faults.clone()) => {}
+                        _ = pump(server_read, client_write, faults) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy {
+            addr,
+            accepted,
+            faults: proxy_faults,
+            down,
+            cut,
+            task,
+        }
+    }
+
+    /// Drops every connection open now (new ones are accepted).
+    pub fn cut_all(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Cuts every connection and refuses new ones until `set_down(false)`.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, SeqCst);
+        if down {
+            self.cut_all();
+        }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies one direction, chunk by chunk, under the proxy's faults.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: Arc<ProxyFaults>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while faults.stalled.load(SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let delay = faults.delay_ms.load(SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
