@@ -92,7 +92,7 @@ async fn a_flaky_api_loses_and_doubles_nothing() {
     let mut app = spawn_app("api-faults", 20.0).await;
     with_ledger(&mut app, &db).await;
     app.config.api.request_timeout = Duration::from_millis(400);
-    app.config.max_attempts = 100;
+    app.config.policy.max_attempts = 100;
     app.config.max_batch_bytes = 3_000;
     app.sim.simulator.set_faults(FaultPlan {
         probability: 0.4,
@@ -155,8 +155,8 @@ async fn a_flaky_api_loses_and_doubles_nothing() {
 async fn a_long_api_outage_keeps_every_job_and_full_rate_returns() {
     let mut app = spawn_app("outage", 5.0).await;
     // Time shortened: backoff capped at a second, an outage of 20 s.
-    app.config.max_attempts = 1_000;
-    app.config.backoff_max = Duration::from_secs(1);
+    app.config.policy.max_attempts = 1_000;
+    app.config.policy.backoff_max = Duration::from_secs(1);
     app.sim.simulator.set_faults(FaultPlan {
         always: Some(Fault {
             http_status: Some(503),

@@ -137,13 +137,13 @@ impl RunArgs {
         config.prefetch = self.prefetch;
         config.max_batch_bytes = self.max_batch_bytes;
         config.max_jobs_per_call = self.max_jobs_per_call.unwrap_or(usize::MAX);
-        config.max_attempts = self.max_attempts;
-        config.max_retry_age = Duration::from_secs(self.max_retry_age_secs);
-        config.backoff_min = Duration::from_millis(self.backoff_min_ms.max(1));
-        config.backoff_max =
+        config.policy.max_attempts = self.max_attempts;
+        config.policy.max_retry_age = Duration::from_secs(self.max_retry_age_secs);
+        config.policy.backoff_min = Duration::from_millis(self.backoff_min_ms.max(1));
+        config.policy.backoff_max =
             Duration::from_millis(self.backoff_max_ms.max(self.backoff_min_ms).max(1));
-        config.on_app_fault = self.on_app_fault;
-        config.app_fault_probe = Duration::from_secs_f64(self.app_fault_probe_secs);
+        config.policy.on_app_fault = self.on_app_fault;
+        config.policy.app_fault_probe = Duration::from_secs_f64(self.app_fault_probe_secs);
         config.classifier = classifier;
         config.usersig_ttl = Duration::from_secs(self.usersig_ttl_secs.max(60));
         config.ledger = ledger;

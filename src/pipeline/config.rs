@@ -70,17 +70,8 @@ pub struct WorkerConfig {
     pub max_batch_bytes: usize,
     /// Jobs merged into one call at most (1 turns merging off).
     pub max_jobs_per_call: usize,
-    /// Transient failures of one call before its jobs are dead-lettered.
-    pub max_attempts: u32,
-    /// Age of a call after which transient failures dead-letter its jobs;
-    /// kept under the service's 5-minute repeat window so every retry is
-    /// still a repeat the service can drop.
-    pub max_retry_age: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    pub on_app_fault: AppFaultPolicy,
-    /// Time between probes while halted by an app-wide fault.
-    pub app_fault_probe: Duration,
+    /// What follows each answer: retries, backoff, app faults.
+    pub policy: Policy,
     pub classifier: Classifier,
     /// Validity of each UserSig signed.
     pub usersig_ttl: Duration,
@@ -97,6 +88,35 @@ pub struct WorkerConfig {
     pub ledger_retention: Duration,
     /// Test hook: exit abruptly at a point of the cycle (see [`CrashPoint`]).
     pub crash_at: Option<(CrashPoint, u32)>,
+}
+
+/// The limits and switches the sender's decision after each answer follows.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Transient failures of one call before its jobs are dead-lettered.
+    pub max_attempts: u32,
+    /// No attempt of a call later than this after its first: kept under the
+    /// service's 5-minute repeat window so every retry is still a repeat the
+    /// service can drop.
+    pub max_retry_age: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub on_app_fault: AppFaultPolicy,
+    /// Time between probes while halted by an app-wide fault.
+    pub app_fault_probe: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_attempts: defaults::MAX_ATTEMPTS,
+            max_retry_age: Duration::from_secs(defaults::MAX_RETRY_AGE_SECS),
+            backoff_min: Duration::from_millis(defaults::BACKOFF_MIN_MS),
+            backoff_max: Duration::from_millis(defaults::BACKOFF_MAX_MS),
+            on_app_fault: AppFaultPolicy::Halt,
+            app_fault_probe: Duration::from_secs_f64(defaults::APP_FAULT_PROBE_SECS),
+        }
+    }
 }
 
 /// What to do with a job whose call has been in flight for longer than the
@@ -126,12 +146,7 @@ impl WorkerConfig {
             prefetch: defaults::PREFETCH,
             max_batch_bytes: crate::tencent::body::MAX_BODY_BYTES,
             max_jobs_per_call: usize::MAX,
-            max_attempts: defaults::MAX_ATTEMPTS,
-            max_retry_age: Duration::from_secs(defaults::MAX_RETRY_AGE_SECS),
-            backoff_min: Duration::from_millis(defaults::BACKOFF_MIN_MS),
-            backoff_max: Duration::from_millis(defaults::BACKOFF_MAX_MS),
-            on_app_fault: AppFaultPolicy::Halt,
-            app_fault_probe: Duration::from_secs_f64(defaults::APP_FAULT_PROBE_SECS),
+            policy: Policy::default(),
             classifier: Classifier::default(),
             usersig_ttl: Duration::from_secs(defaults::USERSIG_TTL_SECS),
             reconnect_max: Duration::from_secs(defaults::RECONNECT_MAX_SECS),

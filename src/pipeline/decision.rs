@@ -15,39 +15,13 @@ use tokio::time::Instant;
 use crate::broker::DeadReason;
 use crate::tencent::classify::Outcome;
 
-use super::config::{AppFaultPolicy, InDoubtPolicy, WorkerConfig};
+use super::config::{AppFaultPolicy, InDoubtPolicy, Policy};
 
 /// Fresh UserSigs tried for one call before an expiry answer is taken as the
 /// app's fault (a clock or key problem), not the signature's age.
 pub const MAX_RESIGNS: u32 = 2;
 
-/// The limits and switches the decision follows.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    /// Transient failures of one call before its jobs are dead-lettered.
-    pub max_attempts: u32,
-    /// No attempt of a call later than this after its first: beyond the
-    /// service's repeat window a retry could be delivered twice.
-    pub max_retry_age: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    pub on_app_fault: AppFaultPolicy,
-    /// Time between probes while halted by an app-wide fault.
-    pub app_fault_probe: Duration,
-}
-
 impl Policy {
-    pub fn of(config: &WorkerConfig) -> Self {
-        Self {
-            max_attempts: config.max_attempts,
-            max_retry_age: config.max_retry_age,
-            backoff_min: config.backoff_min,
-            backoff_max: config.backoff_max,
-            on_app_fault: config.on_app_fault,
-            app_fault_probe: config.app_fault_probe,
-        }
-    }
-
     /// The wait before the retry that follows the `failures`-th transient
     /// failure: doubling from `backoff_min` up to `backoff_max`. No jitter:
     /// one sender per app means no herd of clients to spread out, and a

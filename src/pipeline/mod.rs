@@ -43,7 +43,7 @@ mod sender;
 mod session;
 mod settle;
 
-pub use config::{AppFaultPolicy, InDoubtPolicy, WorkerConfig};
+pub use config::{AppFaultPolicy, InDoubtPolicy, Policy, WorkerConfig};
 
 use std::sync::Arc;
 use std::time::Duration;

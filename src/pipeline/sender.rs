@@ -16,7 +16,7 @@ use crate::tencent::client::{ApiResponse, TransportError};
 
 use super::batcher::Batch;
 use super::crash::CrashPoint;
-use super::decision::{decide, CallHistory, Policy, Step};
+use super::decision::{decide, CallHistory, Step};
 use super::delivery::Pending;
 use super::ledger_retry::with_ledger;
 use super::settle::{dead_letter_fate, Fate, Settlement};
@@ -121,7 +121,7 @@ impl Worker {
         has_permit: &mut bool,
         shutdown: &CancellationToken,
     ) -> Result<CallEnd, SessionEnd> {
-        let policy = Policy::of(&self.config);
+        let policy = self.config.policy.clone();
         let first_attempt = call.first_attempt.unwrap_or_else(Instant::now);
         let mut history =
             CallHistory::new(first_attempt, call.batch.jobs.len(), call.is_recovered());

@@ -3,7 +3,9 @@
 //! permit, then send what piled up) until shutdown or the broker goes. On
 //! shutdown everything held and unsettled goes back to the queue.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
 
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -11,7 +13,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::broker::{self, BrokerError, DeadReason};
 use crate::ops::telemetry;
@@ -21,6 +23,9 @@ use super::holding::Holding;
 use super::job::Rejection;
 use super::settle::{dead_letter_fate, Settlement};
 use super::{SessionEnd, Worker};
+
+/// The longest a session's wind-down (cancel, hand back, close) may take.
+const WIND_DOWN: Duration = Duration::from_secs(5);
 
 /// The channels of a session and its consumer's tag.
 struct Channels {
@@ -56,28 +61,37 @@ impl Worker {
         let consumer_task = tokio::spawn(decoder.run(consumer, tx));
 
         let mut holding = Holding::default();
-        let end = match self
-            .send_loop(&mut holding, &mut rx, &channels.publish, shutdown)
-            .await
-        {
-            Ok(never) => match never {},
-            Err(end) => end,
+        // A lost connection ends the session at once, whatever the loop is
+        // waiting on (an ack on a dead connection may never be answered):
+        // nothing it holds is settled, so the broker redelivers all of it.
+        let end = tokio::select! {
+            end = self.send_loop(&mut holding, &mut rx, &channels.publish, shutdown) => match end {
+                Ok(never) => match never {},
+                Err(end) => end,
+            },
+            why = connection_lost(connection) => SessionEnd::Broker(why),
         };
 
-        // Stop consuming, then hand back everything not settled.
-        let _ = channels
-            .consume
-            .basic_cancel(
-                channels.consumer_tag.as_str().into(),
-                BasicCancelOptions::default(),
-            )
-            .await;
-        consumer_task.abort();
-        if matches!(end, SessionEnd::Shutdown) {
-            hand_back(&mut holding, &mut rx).await;
+        // Stop consuming, then hand back everything not settled; bounded in
+        // time, since the connection may be gone.
+        let wind_down = async {
+            let _ = channels
+                .consume
+                .basic_cancel(
+                    channels.consumer_tag.as_str().into(),
+                    BasicCancelOptions::default(),
+                )
+                .await;
+            consumer_task.abort();
+            if matches!(end, SessionEnd::Shutdown) {
+                hand_back(&mut holding, &mut rx).await;
+            }
+            let _ = channels.consume.close(200, "worker stopping".into()).await;
+            let _ = channels.publish.close(200, "worker stopping".into()).await;
+        };
+        if tokio::time::timeout(WIND_DOWN, wind_down).await.is_err() {
+            warn!("the broker did not answer while the session wound down: closing the connection, which returns every unsettled job");
         }
-        let _ = channels.consume.close(200, "worker stopping".into()).await;
-        let _ = channels.publish.close(200, "worker stopping".into()).await;
         Ok(end)
     }
 
@@ -179,6 +193,17 @@ impl Worker {
         metrics::histogram!(telemetry::PERMIT_WAIT_SECONDS).record(waiting.elapsed().as_secs_f64());
         Ok(())
     }
+}
+
+/// Completes when the connection reports an error, with its text.
+async fn connection_lost(connection: &Connection) -> String {
+    let mut events = connection.events_listener();
+    while let Some(event) = events.next().await {
+        if let lapin::Event::Error(e) = event {
+            return format!("connection lost: {e}");
+        }
+    }
+    std::future::pending().await
 }
 
 /// Jobs whose deadline passed while they waited, to be dead-lettered as expired.

@@ -71,9 +71,9 @@ pub async fn spawn_app(test: &str, rate: f64) -> TestApp {
     let api = ApiConfig::new(sim.base_url(), APP, ADMIN);
     let mut config = WorkerConfig::new(AMQP_URL.into(), &prefix, api, SecretKey::new(KEY));
     config.rate = rate;
-    config.backoff_min = Duration::from_millis(50);
-    config.backoff_max = Duration::from_millis(400);
-    config.app_fault_probe = Duration::from_millis(300);
+    config.policy.backoff_min = Duration::from_millis(50);
+    config.policy.backoff_max = Duration::from_millis(400);
+    config.policy.app_fault_probe = Duration::from_millis(300);
     config.slow_down.hold = Duration::from_secs(2);
     config.reconnect_max = Duration::from_secs(2);
     let connection = connect().await;
