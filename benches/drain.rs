@@ -169,7 +169,7 @@ async fn backlog_and_baseline(n: usize, rate: f64, rows: &mut Rows) {
     // Baseline, same run: the first 1,000 jobs, one per call, same rate and limiter.
     let base_n = 1000.min(n);
     app.sim.simulator.reset();
-    app.config.max_jobs_per_call = 1;
+    app.config.call.max_jobs = 1;
     publish_jobs(&app, 0..base_n).await;
     let started = Instant::now();
     app.start_worker();

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use broadcast_worker::pipeline::batcher::Batcher;
 use broadcast_worker::pipeline::job;
+use broadcast_worker::pipeline::CallRules;
 use broadcast_worker::tencent::usersig::{self, Claims, SecretKey};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -27,7 +28,7 @@ fn decoding(c: &mut Criterion) {
                 black_box(&one),
                 Some("id-42"),
                 None,
-                12_000,
+                &CallRules::default(),
                 SystemTime::now(),
             )
             .unwrap()
@@ -43,7 +44,7 @@ fn merging(c: &mut Criterion) {
                 &body(i),
                 Some(&format!("id-{i}")),
                 None,
-                12_000,
+                &CallRules::default(),
                 SystemTime::now(),
             )
             .unwrap()
@@ -60,7 +61,7 @@ fn merging(c: &mut Criterion) {
                     batcher.push(job, ());
                 }
                 let mut calls = 0;
-                while let Some(batch) = batcher.take_batch(12_000, usize::MAX) {
+                while let Some(batch) = batcher.take_batch(&CallRules::default()) {
                     black_box(&batch.body);
                     calls += 1;
                 }

@@ -66,9 +66,10 @@ async fn ledger_cost(cycles: usize) -> Vec<f64> {
         let started = Instant::now();
         ledger.lookup(&ids).await.unwrap();
         let call = ledger
-            .begin_call(&body, cycle as u32, &ids, None)
+            .begin_call(&body, cycle as u32, &[cycle as u8; 32], &ids, None)
             .await
-            .unwrap();
+            .unwrap()
+            .expect("a fresh Random is free");
         ledger
             .call_delivered(call, Some(cycle as u64))
             .await

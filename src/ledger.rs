@@ -11,6 +11,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+use crate::tencent::body::REPEAT_WINDOW;
+
 /// Where a job stands: the `state` of a `jobs` row, spelled the same in SQL,
 /// in `jobs show --json` and here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
@@ -207,28 +209,42 @@ impl Ledger {
 
     /// Records a call as in flight, before its first attempt. A split call's
     /// halves name their parent, which is closed as `split`.
+    ///
+    /// The `Random` is claimed in the same statement: when a call of other
+    /// content used it within the service's repeat window, nothing is
+    /// recorded and the answer is `None` (pick the next candidate).
     pub async fn begin_call(
         &self,
         body: &[u8],
         random: u32,
+        content_digest: &[u8; 32],
         jobs: &[(String, u32)],
         parent: Option<i64>,
-    ) -> Result<i64, LedgerError> {
+    ) -> Result<Option<i64>, LedgerError> {
         let job_ids: Vec<&str> = jobs.iter().map(|(id, _)| id.as_str()).collect();
         let replays: Vec<i32> = jobs
             .iter()
             .map(|(_, r)| i32::try_from(*r).unwrap_or(i32::MAX))
             .collect();
         let mut tx = self.pool.begin().await?;
-        let call_id: i64 = sqlx::query_scalar(
-            "INSERT INTO calls (body, random, job_count, state) VALUES ($1, $2, $3, $4) RETURNING id",
+        let call_id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO calls (body, random, job_count, state, content_digest) \
+             SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS ( \
+                 SELECT 1 FROM calls WHERE random = $2 AND content_digest IS DISTINCT FROM $5 \
+                   AND created_at > now() - make_interval(secs => $6)) \
+             RETURNING id",
         )
         .bind(body)
         .bind(i64::from(random))
         .bind(i32::try_from(job_ids.len()).unwrap_or(i32::MAX))
         .bind(CallState::InFlight)
-        .fetch_one(&mut *tx)
+        .bind(&content_digest[..])
+        .bind(REPEAT_WINDOW.as_secs_f64())
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(call_id) = call_id else {
+            return Ok(None);
+        };
         sqlx::query(
             "INSERT INTO jobs (job_id, call_id, state, replays) \
              SELECT id, $2, $4, replays FROM unnest($1::text[], $3::int[]) AS t (id, replays) \
@@ -245,7 +261,7 @@ impl Ledger {
             close_call(&mut tx, parent, CallState::Split, None, None, None).await?;
         }
         tx.commit().await?;
-        Ok(call_id)
+        Ok(Some(call_id))
     }
 
     /// The call reached the service: it and every job still bound to it are delivered.

@@ -30,12 +30,12 @@ fn every_documented_code_has_its_outcome() {
             },
         ),
         (10002, Transient),
-        (10003, Permanent),
+        (10003, AppFault),
         (10004, Permanent),
         (10007, AppFault),
         (10023, RATE),
-        (60002, Permanent),
-        (60003, Permanent),
+        (60002, AppFault),
+        (60003, AppFault),
         (60004, Transient),
         (60005, Transient),
         (60006, AppFault),
@@ -63,7 +63,7 @@ fn every_documented_code_has_its_outcome() {
                 min_pause: Duration::from_secs(60),
             },
         ),
-        (70107, Permanent),
+        (70107, PermanentCall),
         (70169, Transient),
         (70500, Transient),
         (80001, Permanent),
@@ -126,4 +126,30 @@ fn operators_override_a_code() {
     // Untouched codes keep their documented class; success cannot be overridden.
     assert_eq!(classifier.classify(&answer(10004)), Outcome::Permanent);
     assert!(Classifier::parse_overrides("0=permanent").is_err());
+}
+
+#[test]
+fn a_refusal_naming_a_shared_field_concerns_the_whole_call() {
+    let classifier = Classifier::default();
+    let refused = |code: i64, info: &str| {
+        classifier.classify(&Ok(ApiResponse {
+            action_status: "FAIL".into(),
+            error_code: code,
+            error_info: info.into(),
+            msg_seq: None,
+        }))
+    };
+    assert_eq!(
+        refused(10004, "From_Account is not a valid account"),
+        Outcome::PermanentCall
+    );
+    assert_eq!(
+        refused(10004, "CloudCustomData too long"),
+        Outcome::PermanentCall
+    );
+    assert_eq!(
+        refused(10004, "MsgBody[3].MsgContent.Text missing"),
+        Outcome::Permanent
+    );
+    assert_eq!(refused(80001, "text failed moderation"), Outcome::Permanent);
 }

@@ -41,7 +41,7 @@ async fn a_cut_stalled_or_slow_broker_link_loses_and_doubles_nothing() {
     with_ledger(&mut app, &db).await;
     // Short heartbeats, so a stalled link is noticed in seconds.
     app.config.amqp_url = format!("{}?heartbeat=2&connection_timeout=3000", proxy.amqp_url());
-    app.config.max_batch_bytes = 2_000;
+    app.config.call.max_bytes = 2_000;
     let jobs = backlog("bf", 1500);
     app.publish_many(&jobs).await;
     app.start_worker();
@@ -93,7 +93,7 @@ async fn a_flaky_api_loses_and_doubles_nothing() {
     with_ledger(&mut app, &db).await;
     app.config.api.request_timeout = Duration::from_millis(400);
     app.config.policy.max_attempts = 100;
-    app.config.max_batch_bytes = 3_000;
+    app.config.call.max_bytes = 3_000;
     app.sim.simulator.set_faults(FaultPlan {
         probability: 0.4,
         random_faults: vec![

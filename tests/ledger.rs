@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use broadcast_worker::ledger::{JobState, Ledger};
 use broadcast_worker::pipeline::InDoubtPolicy;
+use broadcast_worker::tencent::body::content_digest;
 use serde_json::Value;
 use testkit::*;
 
@@ -258,7 +259,11 @@ async fn leave_call_in_flight(
         .to_string()
         .into_bytes();
     let ids: Vec<(String, u32)> = ids.iter().map(|s| (s.to_string(), 0)).collect();
-    let call = ledger.begin_call(&body, 12345, &ids, None).await.unwrap();
+    let call = ledger
+        .begin_call(&body, 12345, &content_digest(&body, 12345), &ids, None)
+        .await
+        .unwrap()
+        .expect("the Random is free");
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
     sqlx::query("UPDATE calls SET created_at = now() - make_interval(secs => $2) WHERE id = $1")
@@ -387,9 +392,10 @@ async fn settled_records_older_than_the_retention_are_pruned() {
     for i in 0..5 {
         let id = format!("p-{i}");
         let call = ledger
-            .begin_call(b"{}", i, &[(id.clone(), 0)], None)
+            .begin_call(b"{}", i, &[i as u8; 32], &[(id.clone(), 0)], None)
             .await
-            .unwrap();
+            .unwrap()
+            .expect("the Random is free");
         if i < 4 {
             ledger
                 .call_delivered(call, Some(u64::from(i)))

@@ -4,18 +4,19 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use broadcast_worker::pipeline::CallRules;
 use broadcast_worker::pipeline::job::{self, Rejection};
 use broadcast_worker::pipeline::batcher::Batcher;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let now = UNIX_EPOCH + Duration::from_secs(1_764_000_000);
-    match job::decode(data, None, None, 12_000, now) {
+    match job::decode(data, None, None, &CallRules::default(), now) {
         Ok(job) => {
             // A decoded job always makes a call within the cap, alone.
             let mut batcher = Batcher::new();
             batcher.push(job, ());
-            let batch = batcher.take_batch(12_000, usize::MAX).expect("one job makes one call");
+            let batch = batcher.take_batch(&CallRules::default()).expect("one job makes one call");
             assert!(batch.body.len() <= 12_000, "a call of {} bytes", batch.body.len());
             assert!(serde_json::from_slice::<serde_json::Value>(&batch.body).is_ok());
         }

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::broker;
 use crate::cli::args::BrokerArgs;
 use crate::ops::enqueue::{publish_lines, text_job, LineResult, PublishOptions};
+use crate::pipeline::{CallRules, CustomMerge};
 use crate::tencent::body::MAX_BODY_BYTES;
 
 /// Confirms kept outstanding while publishing.
@@ -43,6 +44,9 @@ pub struct EnqueueArgs {
     /// The worker's largest call body, for the size check.
     #[arg(long, env = "BROADCAST_MAX_BATCH_BYTES", default_value_t = MAX_BODY_BYTES)]
     pub max_batch_bytes: usize,
+    /// The worker's custom merge mode, for the size check (an envelope costs more).
+    #[arg(long, env = "BROADCAST_CUSTOM_MERGE", value_enum, default_value_t = CustomMerge::Separate)]
+    pub custom_merge: CustomMerge,
 }
 
 impl EnqueueArgs {
@@ -86,7 +90,11 @@ impl EnqueueArgs {
         Ok(PublishOptions {
             deadline_in: positive_secs("--deadline-secs", self.deadline_secs)?,
             expiration: positive_secs("--expiration-secs", self.expiration_secs)?,
-            max_call_bytes: self.max_batch_bytes.min(MAX_BODY_BYTES),
+            rules: CallRules {
+                max_bytes: self.max_batch_bytes.min(MAX_BODY_BYTES),
+                custom_merge: self.custom_merge,
+                ..CallRules::default()
+            },
         })
     }
 

@@ -17,7 +17,9 @@ use crate::ledger::{Ledger, LedgerError};
 use crate::ops::telemetry;
 use crate::pipeline::config::defaults;
 use crate::pipeline::crash::{self, CrashPoint};
-use crate::pipeline::{AppFaultPolicy, InDoubtPolicy, Worker, WorkerConfig};
+use crate::pipeline::{
+    AppFaultPolicy, CallRules, CustomMerge, InDoubtPolicy, Worker, WorkerConfig,
+};
 use crate::tencent::body::MAX_BODY_BYTES;
 use crate::tencent::classify::Classifier;
 use crate::tencent::client::ApiConfig;
@@ -71,6 +73,10 @@ pub struct RunArgs {
     /// Jobs merged into one call at most (1 sends each job alone).
     #[arg(long, env = "BROADCAST_MAX_JOBS_PER_CALL")]
     pub max_jobs_per_call: Option<usize>,
+    /// How custom jobs share a call (a message holds one TIMCustomElem):
+    /// `separate`, or `envelope` (clients must decode it; see README).
+    #[arg(long, env = "BROADCAST_CUSTOM_MERGE", value_enum, default_value_t = CustomMerge::Separate)]
+    pub custom_merge: CustomMerge,
     /// Transient failures of one call before its jobs are dead-lettered.
     #[arg(long, env = "BROADCAST_MAX_ATTEMPTS", default_value_t = defaults::MAX_ATTEMPTS)]
     pub max_attempts: u32,
@@ -135,8 +141,11 @@ impl RunArgs {
         config.rate = self.rate;
         config.rate_guard = Duration::from_millis(self.rate_guard_ms);
         config.prefetch = self.prefetch;
-        config.max_batch_bytes = self.max_batch_bytes;
-        config.max_jobs_per_call = self.max_jobs_per_call.unwrap_or(usize::MAX);
+        config.call = CallRules {
+            max_bytes: self.max_batch_bytes,
+            max_jobs: self.max_jobs_per_call.unwrap_or(usize::MAX),
+            custom_merge: self.custom_merge,
+        };
         config.policy.max_attempts = self.max_attempts;
         config.policy.max_retry_age = Duration::from_secs(self.max_retry_age_secs);
         config.policy.backoff_min = Duration::from_millis(self.backoff_min_ms.max(1));
@@ -234,7 +243,8 @@ impl RunArgs {
         info!(
             queue = %config.topology.names.jobs,
             rate = config.rate,
-            max_batch_bytes = config.max_batch_bytes,
+            max_batch_bytes = config.call.max_bytes,
+            custom_merge = ?config.call.custom_merge,
             base_url = %config.api.base_url,
             sdkappid = config.api.sdkappid,
             "starting the worker"

@@ -12,6 +12,7 @@ use lapin::{BasicProperties, Channel, PublisherConfirm};
 use crate::broker::headers;
 use crate::broker::{self, BrokerError};
 use crate::pipeline::job;
+use crate::pipeline::CallRules;
 
 /// How each published job is dressed.
 #[derive(Debug, Clone, Default)]
@@ -20,7 +21,8 @@ pub struct PublishOptions {
     pub deadline_in: Option<Duration>,
     /// AMQP `expiration`: the broker drops the job after this.
     pub expiration: Option<Duration>,
-    pub max_call_bytes: usize,
+    /// What a call may hold, as the worker will check it.
+    pub rules: CallRules,
 }
 
 /// What one line came to.
@@ -126,9 +128,7 @@ pub async fn publish_lines(
             continue;
         }
         let body = line.trim().as_bytes();
-        if let Err(rejection) =
-            job::decode(body, None, None, options.max_call_bytes, SystemTime::now())
-        {
+        if let Err(rejection) = job::decode(body, None, None, &options.rules, SystemTime::now()) {
             record(
                 LineResult::Invalid {
                     line: number,

@@ -1,12 +1,20 @@
 //! The batcher: jobs waiting to be sent, and the packing of them into calls.
 //! Pure, no I/O. A call takes the oldest waiting job and, after it, the jobs
-//! of the same merge key in arrival order for as long as the next one fits the
-//! byte cap. Its body and `Random` come from [`crate::tencent::body`].
+//! of the same merge key in arrival order for as long as the next one fits:
+//! the byte cap, the job cap, and the service's rule of one `TIMCustomElem`
+//! per message (a job that would add a second starts the next call; in
+//! envelope mode, custom jobs with the same `Desc`, `Ext` and `Sound` share
+//! one envelope). Its body and `Random` come from [`crate::tencent::body`].
 
 use std::collections::VecDeque;
 
-use crate::pipeline::job::Job;
-use crate::tencent::body::{call_body, call_overhead, call_random, MergeKey};
+use serde_json::value::RawValue;
+
+use crate::tencent::body::{call_body, call_overhead, call_random, content_digest, MergeKey};
+use crate::tencent::envelope::{self, EnvelopeKey};
+
+use super::config::CallRules;
+use super::job::{Custom, Job};
 
 /// A job in the batcher, with whatever the caller needs to settle it later
 /// (the delivery's acker, in the worker; nothing, in tests).
@@ -88,9 +96,9 @@ impl<T> Batcher<T> {
     }
 
     /// The next call: the oldest job and the jobs of its key that follow it,
-    /// as many as fit in `max_bytes` (and `max_jobs`). Every job passed
-    /// decoding's size check, so the oldest job always fits alone.
-    pub fn take_batch(&mut self, max_bytes: usize, max_jobs: usize) -> Option<Batch<T>> {
+    /// as many as the rules allow. Every job passed decoding's size check,
+    /// so the oldest job always fits alone.
+    pub fn take_batch(&mut self, rules: &CallRules) -> Option<Batch<T>> {
         let index = self
             .queues
             .iter()
@@ -101,14 +109,18 @@ impl<T> Batcher<T> {
         let key = self.queues[index].0.clone();
         let queue = &mut self.queues[index].1;
         let mut size = call_overhead(&key);
+        let mut slot = CustomSlot::Free;
         let mut jobs = Vec::new();
         while let Some(next) = queue.front() {
-            let comma = usize::from(!jobs.is_empty());
-            let added = comma + next.job.elements_bytes();
-            if !jobs.is_empty() && (size + added > max_bytes || jobs.len() >= max_jobs) {
+            let Some(added) = slot.added_bytes(&next.job, !jobs.is_empty()) else {
+                break;
+            };
+            if !jobs.is_empty() && (size + added > rules.max_bytes || jobs.len() >= rules.max_jobs)
+            {
                 break;
             }
             size += added;
+            slot = slot.after(&next.job);
             jobs.push(queue.pop_front().expect("front exists"));
         }
         if queue.is_empty() {
@@ -148,22 +160,67 @@ impl<T> Batcher<T> {
     }
 }
 
+/// The one custom element a call may hold, as packing goes.
+#[derive(Debug, Clone, PartialEq)]
+enum CustomSlot {
+    Free,
+    /// Taken by a custom element sent as written.
+    Taken,
+    /// Taken by an envelope that custom jobs with this key may still join.
+    Envelope(EnvelopeKey),
+}
+
+impl CustomSlot {
+    /// The bytes `job` would add to the call, or `None` if it would add a
+    /// second custom element. `follows` says the call has elements already.
+    fn added_bytes(&self, job: &Job, follows: bool) -> Option<usize> {
+        let comma = usize::from(follows);
+        match (&job.custom, self) {
+            (Custom::None, _) | (Custom::Single, CustomSlot::Free) => {
+                Some(comma + job.elements_bytes())
+            }
+            (Custom::Envelope(item), CustomSlot::Free) => {
+                Some(comma + envelope::empty_bytes(&item.key) + item.escaped_bytes)
+            }
+            // Inside the envelope's `batch` array: the item and a comma.
+            (Custom::Envelope(item), CustomSlot::Envelope(key)) if item.key == *key => {
+                Some(item.escaped_bytes + 1)
+            }
+            _ => None,
+        }
+    }
+
+    fn after(self, job: &Job) -> Self {
+        match (&job.custom, self) {
+            (Custom::Single, _) => CustomSlot::Taken,
+            (Custom::Envelope(item), CustomSlot::Free) => CustomSlot::Envelope(item.key.clone()),
+            (_, slot) => slot,
+        }
+    }
+}
+
 impl<T> Batch<T> {
-    /// A call of these jobs, in this order.
+    /// A call of these jobs, in this order, under its first `Random`.
     pub fn new(key: MergeKey, jobs: Vec<Queued<T>>) -> Self {
-        let random = call_random(jobs.iter().map(|q| q.job.id.as_str()));
-        let body = call_body(
-            &key,
-            random,
-            jobs.iter()
-                .flat_map(|q| q.job.elements.iter().map(|e| &**e)),
-        );
+        let random = call_random(jobs.iter().map(|q| q.job.id.as_str()), 0);
+        let body = body_of(&key, random, &jobs);
         Self {
             key,
             jobs,
             random,
             body,
         }
+    }
+
+    /// Puts the call under its `candidate`-th `Random`.
+    pub fn use_random_candidate(&mut self, candidate: u32) {
+        self.random = call_random(self.jobs.iter().map(|q| q.job.id.as_str()), candidate);
+        self.body = body_of(&self.key, self.random, &self.jobs);
+    }
+
+    /// What the call says, whatever its `Random`.
+    pub fn content_digest(&self) -> [u8; 32] {
+        content_digest(&self.body, self.random)
     }
 
     /// Splits a call of several jobs into two halves, each its own call.
@@ -181,9 +238,37 @@ impl<T> Batch<T> {
     }
 }
 
+/// The exact body of a call of `jobs`: each job's elements in order, and
+/// the envelope (if any) where its first payload stands.
+fn body_of<T>(key: &MergeKey, random: u32, jobs: &[Queued<T>]) -> Vec<u8> {
+    let mut items = jobs.iter().filter_map(|q| match &q.job.custom {
+        Custom::Envelope(item) => Some(item),
+        Custom::None | Custom::Single => None,
+    });
+    let envelope = items.next().map(|first| {
+        debug_assert!(items.clone().all(|item| item.key == first.key));
+        let all = std::iter::once(first).chain(items);
+        envelope::element(&first.key, all.map(|item| item.item.as_str()))
+    });
+    let mut elements: Vec<&RawValue> = Vec::new();
+    let mut envelope_placed = false;
+    for queued in jobs {
+        match (&queued.job.custom, &envelope) {
+            (Custom::Envelope(_), Some(envelope)) => {
+                if !std::mem::replace(&mut envelope_placed, true) {
+                    elements.push(envelope);
+                }
+            }
+            _ => elements.extend(queued.job.elements.iter().map(|e| &**e)),
+        }
+    }
+    call_body(key, random, elements.into_iter())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::config::CustomMerge;
     use crate::tencent::body::BroadcastBody;
     use std::time::SystemTime;
 
@@ -196,7 +281,7 @@ mod tests {
             body.to_string().as_bytes(),
             Some(id),
             None,
-            12_000,
+            &CallRules::default(),
             SystemTime::now(),
         )
         .unwrap()
@@ -207,7 +292,7 @@ mod tests {
         let mut b = Batcher::new();
         b.push(job("a", Some("sys"), "one"), ());
         b.push(job("b", Some("sys"), "two"), ());
-        let batch = b.take_batch(12_000, usize::MAX).unwrap();
+        let batch = b.take_batch(&CallRules::default()).unwrap();
         let parsed: BroadcastBody = serde_json::from_slice(&batch.body).unwrap();
         assert_eq!(parsed.random, batch.random);
         assert_eq!(parsed.from_account.as_deref(), Some("sys"));
@@ -224,7 +309,7 @@ mod tests {
         }
         let mut seen = Vec::new();
         let mut prev_first = None;
-        while let Some(batch) = b.take_batch(12_000, usize::MAX) {
+        while let Some(batch) = b.take_batch(&CallRules::default()) {
             assert!(batch.body.len() <= 12_000);
             let tags: Vec<i32> = batch.jobs.iter().map(|q| q.tag).collect();
             assert!(tags.windows(2).all(|w| w[0] < w[1]), "arrival order kept");
@@ -248,14 +333,20 @@ mod tests {
         let mut b = Batcher::new();
         b.push(job("a", None, "x"), ());
         b.push(job("b", None, "y"), ());
-        let both = b.take_batch(12_000, usize::MAX).unwrap();
+        let both = b.take_batch(&CallRules::default()).unwrap();
         let widest = both.body.len() + (10 - both.random.to_string().len());
         for (cap, want) in [(widest, 2), (widest - 1, 1)] {
             let mut b = Batcher::new();
             b.push(job("a", None, "x"), ());
             b.push(job("b", None, "y"), ());
             assert_eq!(
-                b.take_batch(cap, usize::MAX).unwrap().jobs.len(),
+                b.take_batch(&CallRules {
+                    max_bytes: cap,
+                    ..CallRules::default()
+                })
+                .unwrap()
+                .jobs
+                .len(),
                 want,
                 "cap {cap}"
             );
@@ -268,7 +359,7 @@ mod tests {
         for i in 0..5 {
             b.push(job(&format!("j{i}"), None, "t"), i);
         }
-        let batch = b.take_batch(12_000, usize::MAX).unwrap();
+        let batch = b.take_batch(&CallRules::default()).unwrap();
         let random = batch.random;
         let (left, right) = batch.split();
         assert_eq!(left.jobs.iter().map(|q| q.tag).collect::<Vec<_>>(), [0, 1]);
@@ -277,6 +368,140 @@ mod tests {
             [2, 3, 4]
         );
         assert_ne!(left.random, random);
-        assert_eq!(left.random, call_random(["j0", "j1"].into_iter()));
+        assert_eq!(left.random, call_random(["j0", "j1"].into_iter(), 0));
+    }
+
+    fn decoded(id: &str, body: serde_json::Value, rules: &CallRules) -> Job {
+        crate::pipeline::job::decode(
+            body.to_string().as_bytes(),
+            Some(id),
+            None,
+            rules,
+            SystemTime::now(),
+        )
+        .unwrap()
+    }
+
+    fn custom(data: &str, desc: Option<&str>) -> serde_json::Value {
+        let mut content = serde_json::json!({"Data": data});
+        if let Some(desc) = desc {
+            content["Desc"] = desc.into();
+        }
+        serde_json::json!({"MsgBody": [{"MsgType": "TIMCustomElem", "MsgContent": content}]})
+    }
+
+    fn text(t: &str) -> serde_json::Value {
+        serde_json::json!({"MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": t}}]})
+    }
+
+    fn custom_elements(batch: &Batch<usize>) -> usize {
+        let parsed: BroadcastBody = serde_json::from_slice(&batch.body).unwrap();
+        parsed
+            .msg_body
+            .iter()
+            .filter(|e| e["MsgType"] == "TIMCustomElem")
+            .count()
+    }
+
+    #[test]
+    fn a_second_custom_element_starts_the_next_call_and_text_fills_around() {
+        let rules = CallRules::default();
+        let mut b = Batcher::new();
+        let kinds = ["c", "t", "c", "t", "t", "c", "c"];
+        for (i, kind) in kinds.iter().enumerate() {
+            let body = if *kind == "c" {
+                custom(&format!("d{i}"), None)
+            } else {
+                text(&format!("t{i}"))
+            };
+            b.push(decoded(&format!("j{i}"), body, &rules), i);
+        }
+        let mut calls = Vec::new();
+        while let Some(batch) = b.take_batch(&rules) {
+            assert!(custom_elements(&batch) <= 1);
+            calls.push(batch.jobs.iter().map(|q| q.tag).collect::<Vec<_>>());
+        }
+        assert_eq!(calls, [vec![0, 1], vec![2, 3, 4], vec![5], vec![6]]);
+    }
+
+    #[test]
+    fn envelopes_merge_custom_jobs_with_the_same_desc_to_the_exact_cap() {
+        let rules = CallRules {
+            custom_merge: CustomMerge::Envelope,
+            ..CallRules::default()
+        };
+        let mut b = Batcher::new();
+        for i in 0..400 {
+            let data = format!(r#"{{"gift":"rose \"{i}\"","n":{i}}}"#);
+            b.push(
+                decoded(&format!("j{i}"), custom(&data, Some("gift")), &rules),
+                i,
+            );
+        }
+        b.push(decoded("other", custom("x", Some("other")), &rules), 400);
+        b.push(decoded("t", text("after"), &rules), 401);
+        let mut seen = Vec::new();
+        while let Some(batch) = b.take_batch(&rules) {
+            assert!(batch.body.len() <= rules.max_bytes);
+            assert_eq!(custom_elements(&batch), 1);
+            let parsed: BroadcastBody = serde_json::from_slice(&batch.body).unwrap();
+            let envelope = parsed
+                .msg_body
+                .iter()
+                .find(|e| e["MsgType"] == "TIMCustomElem")
+                .unwrap();
+            let data: serde_json::Value =
+                serde_json::from_str(envelope["MsgContent"]["Data"].as_str().unwrap()).unwrap();
+            let tags: Vec<usize> = batch.jobs.iter().map(|q| q.tag).collect();
+            for (item, tag) in data["batch"].as_array().unwrap().iter().zip(&tags) {
+                if *tag < 400 {
+                    assert_eq!(item["n"], *tag as u64, "payloads in order");
+                }
+            }
+            seen.push(tags);
+        }
+        // Full calls until the other Desc, which starts its own envelope
+        // (the text job fills around it).
+        assert!(seen.len() < 12, "{} calls", seen.len());
+        assert_eq!(seen.last().unwrap(), &vec![400, 401]);
+        assert_eq!(seen.iter().map(Vec::len).sum::<usize>(), 402);
+        // The cap is exact: one more payload would not have fitted.
+        let first = &seen[0];
+        assert!(first.len() > 50);
+    }
+
+    #[test]
+    fn envelope_size_accounting_is_exact() {
+        let rules = CallRules {
+            custom_merge: CustomMerge::Envelope,
+            ..CallRules::default()
+        };
+        let jobs: Vec<Job> = (0..6)
+            .map(|i| {
+                decoded(
+                    &format!("j{i}"),
+                    custom(&format!("payload é \"{i}\"\n"), Some("d")),
+                    &rules,
+                )
+            })
+            .collect();
+        let mut full = Batcher::new();
+        for (i, job) in jobs.iter().enumerate() {
+            full.push(job.clone(), i);
+        }
+        let all = full.take_batch(&rules).unwrap();
+        assert_eq!(all.jobs.len(), 6);
+        let widest = all.body.len() + (10 - all.random.to_string().len());
+        for (cap, want) in [(widest, 6), (widest - 1, 5)] {
+            let mut b = Batcher::new();
+            for (i, job) in jobs.iter().enumerate() {
+                b.push(job.clone(), i);
+            }
+            let capped = CallRules {
+                max_bytes: cap,
+                ..rules
+            };
+            assert_eq!(b.take_batch(&capped).unwrap().jobs.len(), want, "cap {cap}");
+        }
     }
 }

@@ -67,9 +67,8 @@ pub struct WorkerConfig {
     /// Unacked deliveries the broker may hand over; bounds memory and how
     /// much can pile up for one call.
     pub prefetch: u16,
-    pub max_batch_bytes: usize,
-    /// Jobs merged into one call at most (1 turns merging off).
-    pub max_jobs_per_call: usize,
+    /// What a call may hold.
+    pub call: CallRules,
     /// What follows each answer: retries, backoff, app faults.
     pub policy: Policy,
     pub classifier: Classifier,
@@ -119,6 +118,40 @@ impl Default for Policy {
     }
 }
 
+/// How custom jobs share a call, given that a message may hold only one
+/// `TIMCustomElem`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CustomMerge {
+    /// One custom element per call; other elements fill around it.
+    #[default]
+    Separate,
+    /// Consecutive custom jobs with the same `Desc`, `Ext` and `Sound` share
+    /// one envelope element (see [`crate::tencent::envelope`]); the app's
+    /// clients must decode it.
+    Envelope,
+}
+
+/// What a call may hold: the limits the batcher packs to and decoding
+/// checks each job against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallRules {
+    /// Largest call body in bytes.
+    pub max_bytes: usize,
+    /// Jobs merged into one call at most (1 turns merging off).
+    pub max_jobs: usize,
+    pub custom_merge: CustomMerge,
+}
+
+impl Default for CallRules {
+    fn default() -> Self {
+        Self {
+            max_bytes: crate::tencent::body::MAX_BODY_BYTES,
+            max_jobs: usize::MAX,
+            custom_merge: CustomMerge::Separate,
+        }
+    }
+}
+
 /// What to do with a job whose call has been in flight for longer than the
 /// service's repeat window: resending it may broadcast it twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,8 +177,7 @@ impl WorkerConfig {
             rate_guard: Duration::from_millis(defaults::RATE_GUARD_MS),
             slow_down: SlowDown::default(),
             prefetch: defaults::PREFETCH,
-            max_batch_bytes: crate::tencent::body::MAX_BODY_BYTES,
-            max_jobs_per_call: usize::MAX,
+            call: CallRules::default(),
             policy: Policy::default(),
             classifier: Classifier::default(),
             usersig_ttl: Duration::from_secs(defaults::USERSIG_TTL_SECS),

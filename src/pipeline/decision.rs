@@ -117,6 +117,8 @@ pub fn decide(outcome: &Outcome, history: &CallHistory, policy: &Policy, now: In
         Outcome::Permanent if history.recovered => Step::StartOver,
         Outcome::Permanent if history.jobs > 1 => Step::Split,
         Outcome::Permanent => Step::DeadLetter(DeadReason::Rejected),
+        // What the jobs share is refused: no half would fare better.
+        Outcome::PermanentCall => Step::DeadLetter(DeadReason::Rejected),
     }
 }
 
@@ -341,6 +343,15 @@ mod tests {
             decide(&Outcome::Permanent, &alone, &p, now),
             Step::DeadLetter(DeadReason::Rejected)
         );
+        // What the jobs share is refused: dead-letter them all at once,
+        // recovered or not.
+        for (jobs, recovered) in [(1, false), (50, false), (7, true)] {
+            let history = CallHistory::new(now, jobs, recovered);
+            assert_eq!(
+                decide(&Outcome::PermanentCall, &history, &p, now),
+                Step::DeadLetter(DeadReason::Rejected)
+            );
+        }
         // A recovered call was never delivered if refused now: start over,
         // however many jobs it holds.
         for jobs in [1, 7] {

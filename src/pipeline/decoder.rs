@@ -13,6 +13,7 @@ use tracing::warn;
 use crate::broker::{self, headers, BrokerError};
 use crate::ops::telemetry;
 
+use super::config::CallRules;
 use super::delivery::Pending;
 use super::job::{self, Job, Rejection};
 
@@ -28,7 +29,7 @@ pub enum Incoming {
 pub struct Decoder {
     pub publish_channel: Channel,
     pub dlx: String,
-    pub max_batch_bytes: usize,
+    pub rules: CallRules,
 }
 
 impl Decoder {
@@ -69,7 +70,7 @@ impl Decoder {
                 &delivery.data,
                 message_id.as_deref(),
                 deadline_ms,
-                this.max_batch_bytes,
+                &this.rules,
                 SystemTime::now(),
             );
             let pending = Pending::from_delivery(delivery);

@@ -10,6 +10,7 @@ use crate::broker;
 use crate::ledger::InFlightCall;
 
 use super::batcher::{Batch, Batcher, Queued};
+use super::config::CallRules;
 use super::decoder::Incoming;
 use super::delivery::Pending;
 use super::job::Job;
@@ -92,10 +93,10 @@ impl Holding {
     }
 
     /// The next call: a recovered one first, else a fresh batch.
-    pub fn next_call(&mut self, max_bytes: usize, max_jobs: usize) -> Option<Call> {
+    pub fn next_call(&mut self, rules: &CallRules) -> Option<Call> {
         self.recovering.pop().or_else(|| {
             self.batcher
-                .take_batch(max_bytes, max_jobs)
+                .take_batch(rules)
                 .map(|batch| Call::fresh(batch, None))
         })
     }

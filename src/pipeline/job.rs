@@ -5,12 +5,19 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::broker::DeadReason;
 use crate::tencent::body::{call_overhead, MergeKey};
-use crate::tencent::elements::{parse_body, BodyError, KNOWN_FIELDS};
+use crate::tencent::elements::{
+    check_one_custom, compact_json, is_custom, parse_body, BodyError, CUSTOM_FIELDS, KNOWN_FIELDS,
+};
+use crate::tencent::envelope::{self, EnvelopeItem, EnvelopeKey};
+
+use super::config::{CallRules, CustomMerge};
 
 /// A validated broadcast job.
 #[derive(Debug, Clone)]
@@ -18,8 +25,14 @@ pub struct Job {
     /// The AMQP `message_id`, or a digest of the body where the producer set none.
     pub id: String,
     pub key: MergeKey,
-    /// The `MsgBody` elements as the producer wrote them (compact JSON).
+    /// The `MsgBody` elements exactly as the producer wrote them, less
+    /// insignificant whitespace.
     pub elements: Vec<Box<RawValue>>,
+    /// Its one `TIMCustomElem`, if any, and whether it joins an envelope.
+    pub custom: Custom,
+    /// The whole body, compacted: what a dead letter carries. A body padded
+    /// with whitespace costs the worker its compact size.
+    pub body: Box<[u8]>,
     /// After this, the job is dead-lettered as expired instead of sent late.
     pub deadline: Option<SystemTime>,
     /// Times an operator replayed it from the dead-letter queue (`x-replays`).
@@ -33,9 +46,29 @@ impl Job {
         self.elements.iter().map(|e| e.get().len()).sum::<usize>() + self.elements.len() - 1
     }
 
+    /// The size of a call of this job alone.
+    pub fn alone_bytes(&self) -> usize {
+        let elements = match &self.custom {
+            Custom::Envelope(item) => envelope::empty_bytes(&item.key) + item.escaped_bytes,
+            Custom::None | Custom::Single => self.elements_bytes(),
+        };
+        call_overhead(&self.key) + elements
+    }
+
     pub fn is_expired(&self, now: SystemTime) -> bool {
         self.deadline.is_some_and(|deadline| now > deadline)
     }
+}
+
+/// A job's custom element, which a call may hold only one of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Custom {
+    /// No `TIMCustomElem`.
+    None,
+    /// One, sent as written: it takes the call's custom element.
+    Single,
+    /// One, alone in its job, joining the call's envelope (envelope mode).
+    Envelope(EnvelopeItem),
 }
 
 /// Why a message can never become a call. The reason names go into the
@@ -82,12 +115,12 @@ impl fmt::Display for Rejection {
 }
 
 /// Decodes a message. `message_id` and `deadline_ms` come from its properties
-/// and headers; `max_call_bytes` is the cap a call must fit.
+/// and headers; `rules` are what a call may hold.
 pub fn decode(
     body: &[u8],
     message_id: Option<&str>,
     deadline_ms: Option<u64>,
-    max_call_bytes: usize,
+    rules: &CallRules,
     now: SystemTime,
 ) -> Result<Job, Rejection> {
     let parsed = parse_body(body).map_err(|e| match e {
@@ -100,38 +133,71 @@ pub fn decode(
             KNOWN_FIELDS.join(", ")
         )));
     }
+    check_one_custom(&parsed.msg_body).map_err(Rejection::InvalidJob)?;
+    // parse_body accepted it, so it is UTF-8.
+    let compact = compact_json(std::str::from_utf8(body).unwrap_or_default());
     let id = match message_id.filter(|id| !id.is_empty()) {
         Some(id) => id.to_string(),
         None => body_digest(body),
     };
-    let elements = parsed
-        .msg_body
-        .iter()
-        .map(|element| {
-            RawValue::from_string(element.to_string()).expect("a serialized Value is valid JSON")
-        })
-        .collect();
     let job = Job {
         id,
         key: MergeKey {
             from_account: parsed.from_account,
             cloud_custom_data: parsed.cloud_custom_data,
         },
-        elements,
+        elements: raw_elements(&compact)?,
+        custom: custom_of(&parsed.msg_body, rules.custom_merge),
+        body: compact.into_bytes().into_boxed_slice(),
         deadline: deadline_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
         replays: 0,
     };
-    let bytes = call_overhead(&job.key) + job.elements_bytes();
-    if bytes > max_call_bytes {
+    let bytes = job.alone_bytes();
+    if bytes > rules.max_bytes {
         return Err(Rejection::TooLarge {
             bytes,
-            max: max_call_bytes,
+            max: rules.max_bytes,
         });
     }
     if let (true, Some(deadline_ms)) = (job.is_expired(now), deadline_ms) {
         return Err(Rejection::Expired { deadline_ms });
     }
     Ok(job)
+}
+
+/// The elements of a compacted body, each as written.
+fn raw_elements(compact: &str) -> Result<Vec<Box<RawValue>>, Rejection> {
+    #[derive(Deserialize)]
+    struct Elements {
+        #[serde(rename = "MsgBody")]
+        msg_body: Vec<Box<RawValue>>,
+    }
+    serde_json::from_str::<Elements>(compact)
+        .map(|e| e.msg_body)
+        .map_err(|e| Rejection::InvalidJob(e.to_string()))
+}
+
+/// Which custom element the job holds. In envelope mode, a job made of one
+/// custom element with no fields beyond `Data`, `Desc`, `Ext` and `Sound`
+/// joins the call's envelope; any other custom element is sent as written.
+fn custom_of(msg_body: &[Value], mode: CustomMerge) -> Custom {
+    let Some(element) = msg_body.iter().find(|e| is_custom(e)) else {
+        return Custom::None;
+    };
+    let content = &element["MsgContent"];
+    let plain = content
+        .as_object()
+        .is_some_and(|c| c.keys().all(|k| CUSTOM_FIELDS.contains(&k.as_str())));
+    if mode == CustomMerge::Separate || msg_body.len() != 1 || !plain {
+        return Custom::Single;
+    }
+    let text = |name: &str| content.get(name).and_then(Value::as_str).map(str::to_owned);
+    let key = EnvelopeKey {
+        desc: text("Desc"),
+        ext: text("Ext"),
+        sound: text("Sound"),
+    };
+    Custom::Envelope(EnvelopeItem::new(key, &text("Data").unwrap_or_default()))
 }
 
 /// The id of a job whose producer set no `message_id`: the same body is the
@@ -147,7 +213,13 @@ mod tests {
     use super::*;
 
     fn decode_now(body: &str) -> Result<Job, Rejection> {
-        decode(body.as_bytes(), None, None, 12_000, SystemTime::now())
+        decode(
+            body.as_bytes(),
+            None,
+            None,
+            &CallRules::default(),
+            SystemTime::now(),
+        )
     }
 
     #[test]
@@ -178,7 +250,7 @@ mod tests {
             body.as_bytes(),
             Some("job-1"),
             None,
-            12_000,
+            &CallRules::default(),
             SystemTime::now(),
         )
         .unwrap();
@@ -198,10 +270,81 @@ mod tests {
     fn deadlines_expire() {
         let body = br#"{"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"a"}}]}"#;
         let now = UNIX_EPOCH + Duration::from_millis(10_000);
-        assert!(decode(body, None, Some(10_001), 12_000, now).is_ok());
+        assert!(decode(body, None, Some(10_001), &CallRules::default(), now).is_ok());
         assert_eq!(
-            decode(body, None, Some(9_999), 12_000, now).unwrap_err(),
+            decode(body, None, Some(9_999), &CallRules::default(), now).unwrap_err(),
             Rejection::Expired { deadline_ms: 9_999 }
         );
+    }
+
+    #[test]
+    fn elements_go_out_as_written() {
+        // Keys out of the documented order, a 30-digit integer in a field the
+        // rules do not name, escaped Unicode, and a Data holding JSON.
+        let element = r#"{"MsgContent": {"Data": "{\"b\": 1, \"a\": 2}", "Big": 123456789012345678901234567890, "Desc": "caf\u00e9 \ud83d\ude00"}, "MsgType": "TIMCustomElem"}"#;
+        let body = format!(r#"{{ "MsgBody" : [ {element} ] }}"#);
+        let job = decode_now(&body).unwrap();
+        assert_eq!(
+            job.elements[0].get(),
+            r#"{"MsgContent":{"Data":"{\"b\": 1, \"a\": 2}","Big":123456789012345678901234567890,"Desc":"caf\u00e9 \ud83d\ude00"},"MsgType":"TIMCustomElem"}"#
+        );
+        assert_eq!(
+            std::str::from_utf8(&job.body).unwrap(),
+            format!(r#"{{"MsgBody":[{}]}}"#, job.elements[0].get())
+        );
+    }
+
+    #[test]
+    fn a_padded_job_costs_its_compact_size() {
+        let padding = " ".repeat(1 << 20);
+        let body = format!(
+            r#"{{{padding}"MsgBody":{padding}[{{"MsgType":"TIMTextElem",{padding}"MsgContent":{{"Text":"a"}}}}]{padding}}}"#
+        );
+        let job = decode_now(&body).unwrap();
+        let held = job.body.len() + job.elements.iter().map(|e| e.get().len()).sum::<usize>();
+        assert!(
+            held < 200,
+            "holds {held} bytes of a {} byte body",
+            body.len()
+        );
+    }
+
+    #[test]
+    fn a_job_with_two_custom_elements_can_never_be_sent() {
+        let custom = r#"{"MsgType":"TIMCustomElem","MsgContent":{"Data":"d"}}"#;
+        let err = decode_now(&format!(r#"{{"MsgBody":[{custom},{custom}]}}"#)).unwrap_err();
+        assert_eq!(err.reason(), DeadReason::InvalidJob);
+        assert_eq!(
+            err.to_string(),
+            "invalid-job: MsgBody holds 2 TIMCustomElem elements; a message may hold only one"
+        );
+    }
+
+    #[test]
+    fn only_plain_lone_custom_elements_join_an_envelope() {
+        let envelope = CallRules {
+            custom_merge: CustomMerge::Envelope,
+            ..CallRules::default()
+        };
+        let decode_in = |body: &str, rules: &CallRules| {
+            decode(body.as_bytes(), None, None, rules, SystemTime::now()).unwrap()
+        };
+        let plain = r#"{"MsgBody":[{"MsgType":"TIMCustomElem","MsgContent":{"Data":"{\"n\":1}","Desc":"gift"}}]}"#;
+        let Custom::Envelope(item) = decode_in(plain, &envelope).custom else {
+            panic!("a plain custom job joins the envelope");
+        };
+        assert_eq!(item.item, r#"{"n":1}"#);
+        assert_eq!(item.key.desc.as_deref(), Some("gift"));
+        assert_eq!(
+            decode_in(plain, &CallRules::default()).custom,
+            Custom::Single
+        );
+        let mixed = r#"{"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"t"}},{"MsgType":"TIMCustomElem","MsgContent":{"Data":"d"}}]}"#;
+        assert_eq!(decode_in(mixed, &envelope).custom, Custom::Single);
+        let extra =
+            r#"{"MsgBody":[{"MsgType":"TIMCustomElem","MsgContent":{"Data":"d","Other":1}}]}"#;
+        assert_eq!(decode_in(extra, &envelope).custom, Custom::Single);
+        let text = r#"{"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"t"}}]}"#;
+        assert_eq!(decode_in(text, &envelope).custom, Custom::None);
     }
 }

@@ -17,7 +17,8 @@
 //! - [`batcher`]: packing jobs into calls; [`limiter`]: the token bucket.
 //! - `session`: one broker session and its send loop; `sender`: one call's
 //!   attempts; [`decision`]: the pure step after each answer; `settle`: fates
-//!   carried out; `ledger_retry`: ledger operations retried while it is down.
+//!   carried out; `ledger_retry`: ledger operations retried while it is down;
+//!   `randoms`: the `Random`s used lately, when there is no ledger.
 //!
 //! A session is one broker connection. When it breaks, everything not yet
 //! settled is simply dropped (the broker redelivers it) and a new session
@@ -39,11 +40,12 @@ mod holding;
 pub mod job;
 mod ledger_retry;
 pub mod limiter;
+mod randoms;
 mod sender;
 mod session;
 mod settle;
 
-pub use config::{AppFaultPolicy, InDoubtPolicy, Policy, WorkerConfig};
+pub use config::{AppFaultPolicy, CallRules, CustomMerge, InDoubtPolicy, Policy, WorkerConfig};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +104,8 @@ pub struct Worker {
     crash: CrashHook,
     /// When the last call was sent, for the limiter's gap between sends.
     last_send: Option<Instant>,
+    /// Without a ledger: the `Random`s used within the repeat window.
+    recent_randoms: randoms::RecentRandoms,
 }
 
 impl Worker {
@@ -122,6 +126,7 @@ impl Worker {
             signer,
             status: Arc::new(WorkerStatus::default()),
             last_send: None,
+            recent_randoms: randoms::RecentRandoms::default(),
         })
     }
 

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use lapin::Channel;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -14,7 +15,7 @@ use crate::ops::telemetry;
 use crate::tencent::classify::Outcome;
 use crate::tencent::client::{ApiResponse, TransportError};
 
-use super::batcher::Batch;
+use super::batcher::{Batch, Batcher};
 use super::crash::CrashPoint;
 use super::decision::{decide, CallHistory, Step};
 use super::delivery::Pending;
@@ -32,6 +33,10 @@ pub struct Call {
     pub parent: Option<i64>,
     /// For a recovered call: when the previous worker first attempted it.
     first_attempt: Option<Instant>,
+    /// Its `Random` is claimed: no different call used it within the
+    /// repeat window, and the call is recorded (in the ledger when there is
+    /// one) under it, so every retry keeps it.
+    claimed: bool,
 }
 
 impl Call {
@@ -41,6 +46,7 @@ impl Call {
             ledger_id: None,
             parent,
             first_attempt: None,
+            claimed: false,
         }
     }
 
@@ -52,6 +58,7 @@ impl Call {
             ledger_id: Some(call_id),
             parent: None,
             first_attempt: Some(now.checked_sub(age).unwrap_or(now)),
+            claimed: true,
         }
     }
 
@@ -65,8 +72,8 @@ pub enum CallEnd {
     Settled(Vec<Settlement>),
     /// A merged call refused: try its halves.
     Split(Call, Call),
-    /// A recovered call the service refused: its jobs start over as new.
-    Renew(Call),
+    /// A recovered call the service refused: its jobs start over as new calls.
+    Renew(Vec<Call>),
 }
 
 /// One attempt's answer, as the logs, metrics and dead letters tell it.
@@ -82,12 +89,14 @@ impl Worker {
     /// Sends one call and whatever it turns into (halves, a renewed call)
     /// until every job's fate is known. The first attempt uses the permit
     /// the caller holds.
+    /// Each call's jobs are settled as soon as it is answered: the delivered
+    /// half of a split call is acked before the search goes on.
     pub(super) async fn deliver(
         &mut self,
         call: Call,
+        publish_channel: &Channel,
         shutdown: &CancellationToken,
-    ) -> Result<Vec<Settlement>, SessionEnd> {
-        let mut settlements = Vec::new();
+    ) -> Result<(), SessionEnd> {
         let mut work = vec![call];
         let mut has_permit = true;
         while let Some(call) = work.pop() {
@@ -103,15 +112,15 @@ impl Worker {
                 .instrument(span)
                 .await?
             {
-                CallEnd::Settled(done) => settlements.extend(done),
+                CallEnd::Settled(done) => self.settle(done, publish_channel, shutdown).await?,
                 CallEnd::Split(left, right) => {
                     work.push(right);
                     work.push(left);
                 }
-                CallEnd::Renew(call) => work.push(call),
+                CallEnd::Renew(calls) => work.extend(calls.into_iter().rev()),
             }
         }
-        Ok(settlements)
+        Ok(())
     }
 
     /// Attempts one call until a step ends it; performs each step it is told.
@@ -130,7 +139,7 @@ impl Worker {
             if !std::mem::take(has_permit) && !self.wait_for_permit(shutdown).await {
                 return Ok(leave(call));
             }
-            match self.record_in_flight(&mut call, shutdown).await {
+            match self.claim_random(&mut call, shutdown).await {
                 Ok(()) => {}
                 Err(SessionEnd::Shutdown) => return Ok(leave(call)),
                 Err(end) => return Err(end),
@@ -183,27 +192,51 @@ impl Worker {
         }
     }
 
-    /// Records a call in flight in the ledger before its first attempt.
-    async fn record_in_flight(
+    /// Before a call's first attempt: puts it under the first `Random`
+    /// candidate that no different call used within the service's repeat
+    /// window, and records it under that `Random` (in flight in the ledger,
+    /// or in memory without one), so every retry reuses it.
+    async fn claim_random(
         &mut self,
         call: &mut Call,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
-        let (Some(ledger), None) = (self.config.ledger.clone(), call.ledger_id) else {
+        if call.claimed {
             return Ok(());
-        };
+        }
         let ids: Vec<(String, u32)> = call
             .batch
             .jobs
             .iter()
             .map(|q| (q.job.id.clone(), q.job.replays))
             .collect();
-        let (body, random, parent) = (&call.batch.body, call.batch.random, call.parent);
-        let id = with_ledger(&self.status, shutdown, || {
-            ledger.begin_call(body, random, &ids, parent)
-        })
-        .await?;
-        call.ledger_id = Some(id);
+        // Collisions are rare (two different calls in five minutes on 32
+        // bits), so the next candidate almost never needs a second look.
+        for candidate in 0.. {
+            if candidate > 0 {
+                warn!(random = call.batch.random, "this Random was used by a different call within the repeat window: deriving the next one");
+                call.batch.use_random_candidate(candidate);
+            }
+            let digest = call.batch.content_digest();
+            let claimed = match self.config.ledger.clone() {
+                Some(ledger) => {
+                    let (body, random, parent) = (&call.batch.body, call.batch.random, call.parent);
+                    let id = with_ledger(&self.status, shutdown, || {
+                        ledger.begin_call(body, random, &digest, &ids, parent)
+                    })
+                    .await?;
+                    call.ledger_id = id;
+                    id.is_some()
+                }
+                None => self
+                    .recent_randoms
+                    .claim(call.batch.random, digest, Instant::now()),
+            };
+            if claimed {
+                break;
+            }
+        }
+        call.claimed = true;
         self.crash.reached(CrashPoint::BeforeCall);
         Ok(())
     }
@@ -276,14 +309,21 @@ impl Worker {
             })
             .await?;
         }
-        let jobs = call.batch.jobs;
-        let key = jobs[0].job.key.clone();
-        Ok(CallEnd::Renew(Call::fresh(Batch::new(key, jobs), None)))
+        // Packed again under today's rules: the recovered body may have been
+        // made under others.
+        let mut batcher = Batcher::new();
+        for queued in call.batch.jobs {
+            batcher.push(queued.job, queued.tag);
+        }
+        let calls = std::iter::from_fn(|| batcher.take_batch(&self.config.call))
+            .map(|batch| Call::fresh(batch, None))
+            .collect();
+        Ok(CallEnd::Renew(calls))
     }
 
     /// Says what the step is about to do, and keeps the halt flag.
     fn log_step(&self, step: &Step, attempt: &Attempt, call: &Call) {
-        let attempt_outcome_is_permanent = attempt.outcome == Outcome::Permanent;
+        let attempt_outcome = attempt.outcome;
         let Attempt {
             number: attempt,
             code,
@@ -313,7 +353,10 @@ impl Worker {
             Step::DeadLetter(DeadReason::RetriesExhausted) => {
                 warn!(attempt, code, %info, "retries exhausted: dead-lettering the call's jobs")
             }
-            Step::DeadLetter(_) if attempt_outcome_is_permanent => {
+            Step::DeadLetter(_) if attempt_outcome == Outcome::PermanentCall => {
+                warn!(attempt, code, %info, jobs = call.batch.jobs.len(), "refused for what its jobs share (sender or custom data): dead-lettering the call's jobs")
+            }
+            Step::DeadLetter(_) if attempt_outcome == Outcome::Permanent => {
                 warn!(attempt, code, %info, job = %call.batch.jobs[0].job.id, "refused: dead-lettering the job")
             }
             Step::DeadLetter(_) => {
@@ -373,6 +416,7 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
         Outcome::RateLimited { .. } => "rate_limited",
         Outcome::Resign => "resign",
         Outcome::Permanent => "permanent",
+        Outcome::PermanentCall => "permanent_call",
         Outcome::AppFault => "app_fault",
     }
 }

@@ -56,7 +56,7 @@ impl Worker {
         let decoder = Decoder {
             publish_channel: channels.publish.clone(),
             dlx: self.config.topology.names.dlx.clone(),
-            max_batch_bytes: self.config.max_batch_bytes,
+            rules: self.config.call,
         };
         let consumer_task = tokio::spawn(decoder.run(consumer, tx));
 
@@ -161,11 +161,9 @@ impl Worker {
             self.admit(holding, publish_channel, shutdown).await?;
             let expired = take_expired(holding);
             self.settle(expired, publish_channel, shutdown).await?;
-            let next =
-                holding.next_call(self.config.max_batch_bytes, self.config.max_jobs_per_call);
+            let next = holding.next_call(&self.config.call);
             if let Some(call) = next {
-                let settlements = self.deliver(call, shutdown).await?;
-                self.settle(settlements, publish_channel, shutdown).await?;
+                self.deliver(call, publish_channel, shutdown).await?;
             }
         }
     }

@@ -65,23 +65,86 @@ pub fn call_overhead(key: &MergeKey) -> usize {
     call_body(key, u32::MAX, std::iter::empty()).len()
 }
 
-/// The `Random` of a call: the first four bytes of a SHA-256 over its jobs'
-/// ids, so the same jobs always make the same call and a retry is a repeat
-/// the service can drop.
-pub fn call_random<'a>(ids: impl Iterator<Item = &'a str>) -> u32 {
+/// How long the service treats a second call with the same `Random` (and,
+/// on the stricter reading, the same content) as a repeat and drops it.
+pub const REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The `candidate`-th `Random` of a call: the first four bytes of a SHA-256
+/// over its jobs' ids (and, after the first, the candidate's number), so the
+/// same jobs always make the same call and a retry is a repeat the service
+/// can drop. A later candidate stands in when an earlier one was used by a
+/// different call within the repeat window.
+pub fn call_random<'a>(ids: impl Iterator<Item = &'a str>, candidate: u32) -> u32 {
     let mut hasher = Sha256::new();
     for id in ids {
         hasher.update(id.as_bytes());
         hasher.update(b"\n");
     }
+    if candidate > 0 {
+        hasher.update(format!("#{candidate}").as_bytes());
+    }
     let digest = hasher.finalize();
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// What makes two calls "the same content" whatever their `Random`: a
+/// digest of the body, which holds the `Random` at a place that does not
+/// depend on it, so it is hashed with that field's digits left out.
+pub fn content_digest(body: &[u8], random: u32) -> [u8; 32] {
+    let field = format!("\"Random\":{random}");
+    let mut hasher = Sha256::new();
+    match body
+        .windows(field.len())
+        .position(|w| w == field.as_bytes())
+    {
+        Some(at) => {
+            hasher.update(&body[..at]);
+            hasher.update(&body[at + field.len()..]);
+        }
+        None => hasher.update(body),
+    }
+    hasher.finalize().into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn randoms_are_derived_and_candidates_differ() {
+        let ids = ["a", "b"];
+        let first = call_random(ids.into_iter(), 0);
+        assert_eq!(first, call_random(ids.into_iter(), 0));
+        assert_ne!(first, call_random(ids.into_iter(), 1));
+        assert_ne!(
+            call_random(ids.into_iter(), 1),
+            call_random(ids.into_iter(), 2)
+        );
+    }
+
+    #[test]
+    fn content_digest_ignores_only_the_random() {
+        let key = MergeKey {
+            from_account: None,
+            cloud_custom_data: None,
+        };
+        let a: Box<RawValue> =
+            RawValue::from_string(r#"{"MsgType":"TIMTextElem","MsgContent":{"Text":"x"}}"#.into())
+                .unwrap();
+        let b: Box<RawValue> =
+            RawValue::from_string(r#"{"MsgType":"TIMTextElem","MsgContent":{"Text":"y"}}"#.into())
+                .unwrap();
+        let body = |r: u32, e: &RawValue| call_body(&key, r, std::iter::once(e));
+        assert_eq!(
+            content_digest(&body(1, &a), 1),
+            content_digest(&body(77, &a), 77)
+        );
+        assert_ne!(
+            content_digest(&body(1, &a), 1),
+            content_digest(&body(1, &b), 1)
+        );
+    }
 
     #[test]
     fn body_serializes_with_the_api_field_names() {

@@ -23,21 +23,27 @@ pub enum Outcome {
     RateLimited { min_pause: Duration },
     /// The UserSig expired: sign a fresh one and retry at once.
     Resign,
-    /// Something in the call will never be accepted: find the job and dead-letter it.
+    /// One job's content will never be accepted: find the job (split the
+    /// call) and dead-letter it.
     Permanent,
-    /// The app's configuration is wrong: stop sending, keep every job.
+    /// What the call's jobs share (`From_Account`, `CloudCustomData`) will
+    /// never be accepted: no split can help, dead-letter them all.
+    PermanentCall,
+    /// The app's configuration (or our request itself) is wrong: stop
+    /// sending, keep every job.
     AppFault,
 }
 
 /// The classes a non-zero `ErrorCode` can fall in; operators can move a code
 /// from one class to another (by these names: `transient`, `rate-limited`,
-/// `resign`, `permanent`, `app-fault`).
+/// `resign`, `permanent`, `permanent-call`, `app-fault`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ErrorClass {
     Transient,
     RateLimited,
     Resign,
     Permanent,
+    PermanentCall,
     AppFault,
 }
 
@@ -66,23 +72,32 @@ pub fn class_of_code(code: i64) -> ErrorClass {
     use ErrorClass::*;
     match code {
         10002 => Transient,
-        10003 | 10004 => Permanent,
+        // A command word or a request the service cannot parse is our
+        // request's fault, not any job's: the same for every call.
+        10003 => AppFault,
+        10004 => Permanent,
         10007 => AppFault,
         10023 => RateLimited,
-        60002 | 60003 => Permanent,
+        60002 | 60003 => AppFault,
         60004 | 60005 | 60008 => Transient,
         60006 | 60010 | 60012 | 60016 | 60020 | 60021 | 60026 => AppFault,
         60007 | 60011 | 60018 | 60019 => RateLimited,
         70001 => Resign,
         70003 | 70009 | 70013 | 70014 | 70016 | 70020 => AppFault,
         70050 => RateLimited,
-        70107 => Permanent,
+        // The sender (From_Account) does not exist: shared by the whole call.
+        70107 => PermanentCall,
         70169 | 70500 => Transient,
         80001 | 80002 | 80004 => Permanent,
         80003 => Transient,
         // Unknown: transient, for a bounded number of attempts (the sender's limit).
         _ => Transient,
     }
+}
+
+/// Whether an answer's text names a field every job of the call shares.
+fn names_shared_field(info: &str) -> bool {
+    info.contains("From_Account") || info.contains("CloudCustomData")
 }
 
 /// Classification with the operators' overrides applied.
@@ -151,7 +166,12 @@ impl Classifier {
                     },
                 },
                 ErrorClass::Resign => Outcome::Resign,
+                // A refusal that names a shared field concerns every job.
+                ErrorClass::Permanent if names_shared_field(&response.error_info) => {
+                    Outcome::PermanentCall
+                }
                 ErrorClass::Permanent => Outcome::Permanent,
+                ErrorClass::PermanentCall => Outcome::PermanentCall,
                 ErrorClass::AppFault => Outcome::AppFault,
             },
             Err(TransportError::Status { status: 429 }) => Outcome::RateLimited {
@@ -188,7 +208,7 @@ mod tests {
         assert_eq!(ErrorClass::RateLimited.to_string(), "rate-limited");
         assert_eq!(
             "maybe".parse::<ErrorClass>(),
-            Err("unknown class \"maybe\"; expected one of transient, rate-limited, resign, permanent, app-fault".into())
+            Err("unknown class \"maybe\"; expected one of transient, rate-limited, resign, permanent, permanent-call, app-fault".into())
         );
     }
 

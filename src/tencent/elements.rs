@@ -284,6 +284,53 @@ fn check_fields(object: &Map<String, Value>, fields: &[(&str, FieldKind)]) -> Re
     Ok(())
 }
 
+/// The `MsgType` of the one element a message may hold only once.
+pub const CUSTOM_ELEM: &str = "TIMCustomElem";
+
+/// The `MsgContent` fields a custom element defines.
+pub const CUSTOM_FIELDS: [&str; 4] = ["Data", "Desc", "Ext", "Sound"];
+
+/// Whether an element is a `TIMCustomElem`.
+pub fn is_custom(element: &Value) -> bool {
+    element.get("MsgType").and_then(Value::as_str) == Some(CUSTOM_ELEM)
+}
+
+/// The rule of the service's "Message Formats" page: a message holds at most
+/// one `TIMCustomElem` (other element types are unlimited).
+pub fn check_one_custom(msg_body: &[Value]) -> Result<(), String> {
+    let customs = msg_body.iter().filter(|e| is_custom(e)).count();
+    if customs > 1 {
+        return Err(format!(
+            "MsgBody holds {customs} {CUSTOM_ELEM} elements; a message may hold only one"
+        ));
+    }
+    Ok(())
+}
+
+/// JSON text without its insignificant whitespace; everything else (key
+/// order, duplicate keys, the spelling of numbers and escapes) as written.
+/// Only for text already known to be valid JSON.
+pub fn compact_json(text: &str) -> String {
+    let mut out = Vec::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in text.as_bytes() {
+        if in_string {
+            out.push(byte);
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            in_string = byte == b'"';
+            out.push(byte);
+        }
+    }
+    // Only ASCII whitespace was left out, so the bytes are still UTF-8.
+    String::from_utf8(out).expect("removing ASCII whitespace keeps UTF-8")
+}
+
 /// A JSON type's name, for error messages.
 pub fn kind_of(value: &Value) -> &'static str {
     match value {
@@ -375,6 +422,29 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn compaction_removes_only_insignificant_whitespace() {
+        let text = " { \"b\" : [ 1 , 2 ] ,\n\t\"a\" : \" spaced \\\" string \\\\\" , \"n\": 123456789012345678901234567890 } ";
+        let compact = compact_json(text);
+        assert_eq!(
+            compact,
+            r#"{"b":[1,2],"a":" spaced \" string \\","n":123456789012345678901234567890}"#
+        );
+        let reparsed: Value = serde_json::from_str(&compact).unwrap();
+        assert_eq!(reparsed, serde_json::from_str::<Value>(text).unwrap());
+    }
+
+    #[test]
+    fn at_most_one_custom_element() {
+        let custom = json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": "d"}});
+        let text = json!({"MsgType": "TIMTextElem", "MsgContent": {"Text": "t"}});
+        assert!(check_one_custom(&[custom.clone(), text.clone(), text.clone()]).is_ok());
+        assert_eq!(
+            check_one_custom(&[custom.clone(), text, custom]),
+            Err("MsgBody holds 2 TIMCustomElem elements; a message may hold only one".into())
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //!
 //! - [`body`]: the request body, a call's exact bytes, its size and `Random`.
 //! - [`elements`]: the rules of the body's fields and message elements.
+//! - [`envelope`]: many custom payloads in the one custom element a message may hold.
 //! - [`usersig`]: signing and verifying the admin's UserSig v2.
 //! - [`client`]: the HTTP call and its response.
 //! - [`classify`]: what one answer means for the jobs of a call.
@@ -13,5 +14,6 @@ pub mod body;
 pub mod classify;
 pub mod client;
 pub mod elements;
+pub mod envelope;
 pub mod simulator;
 pub mod usersig;
