@@ -61,9 +61,20 @@ pub struct TestApp {
 /// A simulator at `rate` and a worker config pointing at it; the worker is not
 /// started yet, so tests can queue jobs first.
 pub async fn spawn_app(test: &str, rate: f64) -> TestApp {
+    spawn_app_with(test, rate, |_| {}).await
+}
+
+/// The same, with the simulator configured further (its accounts, its
+/// reading of the repeat rule, ...).
+pub async fn spawn_app_with(
+    test: &str,
+    rate: f64,
+    configure: impl FnOnce(&mut SimulatorConfig),
+) -> TestApp {
     let prefix = unique_prefix(test);
     let mut sim_config = SimulatorConfig::new(APP, ADMIN, SecretKey::new(KEY));
     sim_config.rate = rate;
+    configure(&mut sim_config);
     let sim = Simulator::new(sim_config)
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
