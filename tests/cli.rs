@@ -150,6 +150,11 @@ impl Drop for Simulate {
 }
 
 fn simulate(rate: &str) -> (Simulate, String) {
+    simulate_with(rate, &[])
+}
+
+/// `simulate` with extra flags.
+fn simulate_with(rate: &str, extra: &[&str]) -> (Simulate, String) {
     let mut child = cmd()
         .args([
             "simulate",
@@ -159,6 +164,7 @@ fn simulate(rate: &str) -> (Simulate, String) {
             "1400000000",
         ])
         .args(["--identifier", "administrator", "--rate", rate])
+        .args(extra)
         .env("TIM_SECRET_KEY", "cli-sim-key")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -240,5 +246,59 @@ async fn simulate_answers_as_documented() {
     assert_eq!(
         client.send_broadcast(&good, big).await.unwrap().error_code,
         80002
+    );
+}
+
+#[tokio::test]
+async fn simulate_repeat_by_random_drops_other_content_under_the_same_random() {
+    let (_sim, url) = simulate_with("100", &["--repeat-by", "random"]);
+    let client = ApiClient::new(&ApiConfig::new(
+        url.parse().unwrap(),
+        1400000000,
+        "administrator",
+    ))
+    .unwrap();
+    let sig = usersig::sign(
+        &SecretKey::new("cli-sim-key"),
+        &Claims {
+            identifier: "administrator".into(),
+            sdkappid: 1400000000,
+            time: unix_now(),
+            expire: 3600,
+            userbuf: None,
+        },
+    );
+    let first = client.send_broadcast(&sig, body("one", 9)).await.unwrap();
+    let again = client.send_broadcast(&sig, body("two", 9)).await.unwrap();
+    assert_eq!((first.error_code, again.error_code), (0, 0));
+    assert_eq!(again.msg_seq, first.msg_seq);
+    let stats: Value = reqwest::get(format!("{url}/simulator/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            stats["deliveries"].as_u64(),
+            stats["repeats_dropped"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn simulate_refuses_an_unknown_repeat_reading() {
+    let out = cmd()
+        .args(["simulate", "--sdkappid", "1400000000"])
+        .args(["--identifier", "administrator", "--repeat-by", "content"])
+        .env("TIM_SECRET_KEY", "cli-sim-key")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("content-and-random") && stderr.contains("random"),
+        "{stderr}"
     );
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use broadcast_worker::tencent::body::BroadcastBody;
 use broadcast_worker::tencent::client::{ApiClient, ApiConfig, ApiResponse, TransportError};
 use broadcast_worker::tencent::simulator::{
-    DropPoint, Fault, FaultPlan, Simulator, SimulatorConfig, SpawnedSimulator,
+    DropPoint, Fault, FaultPlan, RepeatBy, Simulator, SimulatorConfig, SpawnedSimulator,
 };
 use broadcast_worker::tencent::usersig::unix_now;
 use broadcast_worker::tencent::usersig::{self, Claims, SecretKey, UserSig};
@@ -16,8 +16,13 @@ const ADMIN: &str = "administrator";
 const KEY: &str = "simulator-test-key";
 
 async fn start(rate: f64) -> SpawnedSimulator {
+    start_with(rate, RepeatBy::default()).await
+}
+
+async fn start_with(rate: f64, repeat_by: RepeatBy) -> SpawnedSimulator {
     let mut config = SimulatorConfig::new(APP, ADMIN, SecretKey::new(KEY));
     config.rate = rate;
+    config.repeat_by = repeat_by;
     Simulator::new(config)
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
@@ -107,6 +112,34 @@ async fn repeats_within_the_window_are_answered_but_not_delivered() {
 }
 
 #[tokio::test]
+async fn repeat_by_random_drops_the_same_random_whatever_the_content() {
+    let sim = start_with(1000.0, RepeatBy::Random).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    let first = send(&c, &good_sig(), text_body("first", 7)).await;
+    let again = send(&c, &good_sig(), text_body("other content", 7)).await;
+    assert_eq!((again.action_status.as_str(), again.error_code), ("OK", 0));
+    assert_eq!(again.msg_seq, first.msg_seq);
+    let stats = sim.simulator.stats();
+    assert_eq!((stats.deliveries, stats.repeats_dropped), (1, 1));
+    let deliveries = sim.simulator.deliveries(0, 100);
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(
+        deliveries[0].body.as_ref().unwrap()["MsgBody"][0]["MsgContent"]["Text"],
+        "first"
+    );
+
+    // The default reading: other content under the same Random is a new message.
+    let sim = start(1000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    let first = send(&c, &good_sig(), text_body("first", 7)).await;
+    let again = send(&c, &good_sig(), text_body("other content", 7)).await;
+    assert_eq!(again.error_code, 0);
+    assert_ne!(again.msg_seq, first.msg_seq);
+    let stats = sim.simulator.stats();
+    assert_eq!((stats.deliveries, stats.repeats_dropped), (2, 0));
+}
+
+#[tokio::test]
 async fn usersig_failures_get_their_codes() {
     let sim = start(1000.0).await;
     let c = client(&sim, ADMIN, Duration::from_secs(5));
@@ -163,6 +196,74 @@ async fn body_checks_get_their_codes() {
     assert_eq!(stats.deliveries, 1);
     assert_eq!(stats.largest_delivered_body, 12_000);
     assert_eq!(stats.largest_body, 12_001);
+}
+
+#[tokio::test]
+async fn a_message_holds_at_most_one_custom_element() {
+    let sim = start(1000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    let sig = good_sig();
+    let custom = json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": "d"}});
+    let text = json!({"MsgType": "TIMTextElem", "MsgContent": {"Text": "t"}});
+    let two = json!({"Random": 1, "MsgBody": [custom, text, custom]});
+    let answer = send(&c, &sig, serde_json::to_vec(&two).unwrap()).await;
+    assert_eq!(
+        (
+            answer.action_status.as_str(),
+            answer.error_code,
+            answer.error_info.as_str()
+        ),
+        (
+            "FAIL",
+            10004,
+            "MsgBody holds 2 TIMCustomElem elements; a message may hold only one"
+        )
+    );
+    // Checked with the body's elements, before its Random.
+    let no_random = json!({"MsgBody": [custom, custom]});
+    let answer = send(&c, &sig, serde_json::to_vec(&no_random).unwrap()).await;
+    assert_eq!(answer.error_code, 10004);
+    assert!(
+        answer.error_info.starts_with("MsgBody holds 2"),
+        "{}",
+        answer.error_info
+    );
+    assert_eq!(sim.simulator.stats().deliveries, 0);
+    assert!(sim.simulator.deliveries(0, 100).is_empty());
+    // One custom element among text elements is a message.
+    let one = json!({"Random": 2, "MsgBody": [text, custom, text]});
+    let answer = send(&c, &sig, serde_json::to_vec(&one).unwrap()).await;
+    assert_eq!((answer.error_code, answer.msg_seq), (0, Some(1)));
+    let stats = sim.simulator.stats();
+    assert_eq!((stats.deliveries, stats.elements_delivered), (1, 3));
+}
+
+#[tokio::test]
+async fn deliveries_keep_the_body_byte_for_byte() {
+    let sim = start(1000.0).await;
+    let c = client(&sim, ADMIN, Duration::from_secs(5));
+    // Keys out of the usual order, odd spacing and an integer no f64 holds:
+    // a parse and reserialize would change every one of these.
+    let sent = concat!(
+        r#"{"MsgBody": [{"MsgType":"TIMTextElem","MsgContent":{"Big":123456789012345678901234567890,"Text":"x"}}],"#,
+        r#"  "Random":5}"#
+    );
+    let answer = send(&c, &good_sig(), sent.as_bytes().to_vec()).await;
+    assert_eq!(answer.error_code, 0, "{}", answer.error_info);
+    let deliveries = sim.simulator.deliveries(0, 100);
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].raw_body.as_deref(), Some(sent));
+    assert_eq!(deliveries[0].bytes, sent.len());
+    // And as served over HTTP.
+    let served: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/simulator/deliveries?after=0", sim.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(served[0]["raw_body"], sent);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use crate::cli::app::AppArgs;
 use crate::cli::shutdown_signal;
 use crate::tencent::body::MAX_BODY_BYTES;
-use crate::tencent::simulator::{FaultPlan, Simulator, SimulatorConfig};
+use crate::tencent::simulator::{FaultPlan, RepeatBy, Simulator, SimulatorConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
@@ -29,6 +29,10 @@ pub struct SimulateArgs {
     /// The repeat filter's window in seconds.
     #[arg(long, default_value_t = 300)]
     pub repeat_window_secs: u64,
+    /// What makes a call a repeat: the same content and Random (the
+    /// documentation's text), or the same Random alone (its example's comment).
+    #[arg(long, value_enum, default_value_t = RepeatBy::ContentAndRandom)]
+    pub repeat_by: RepeatBy,
     /// Comma-separated accounts that exist; any other From_Account answers 70107.
     #[arg(long, value_delimiter = ',')]
     pub accounts: Option<Vec<String>>,
@@ -75,6 +79,7 @@ impl SimulateArgs {
         config.rate = self.rate;
         config.max_body_bytes = self.max_body_bytes;
         config.repeat_window = Duration::from_secs(self.repeat_window_secs);
+        config.repeat_by = self.repeat_by;
         config.known_accounts = self
             .accounts
             .as_ref()

@@ -1,16 +1,16 @@
 //! The service's checks for one call, in the documented order: URL
-//! parameters, UserSig, admin, frequency limit, size, body, `Random`,
-//! accounts; then the repeat filter and delivery. The first check that fails
-//! gives the answer.
+//! parameters, UserSig, admin, frequency limit, size, body (its fields and
+//! elements, then one `TIMCustomElem` at most), `Random`, accounts; then the
+//! repeat filter and delivery. The first check that fails gives the answer.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use serde_json::Value;
 
-use super::state::{content_key, unix_now_ms, Delivery};
-use super::{Simulator, SimulatorConfig};
-use crate::tencent::elements::{parse_body, BodyError, ParsedBody};
+use super::state::{content_key, random_key, unix_now_ms, Delivery};
+use super::{RepeatBy, Simulator, SimulatorConfig};
+use crate::tencent::elements::{check_one_custom, parse_body, BodyError, ParsedBody};
 use crate::tencent::usersig::{self, unix_now, VerifyError};
 
 /// The service's answer to one call.
@@ -83,12 +83,7 @@ impl Simulator {
     /// repeat window: then it answers OK with that delivery's `MsgSeq`.
     fn deliver(&self, parsed: &ParsedBody, random: u32, body: &[u8], at: Instant) -> Answer {
         let config = &*self.config;
-        let key = content_key(
-            &parsed.from_account,
-            &parsed.msg_body,
-            &parsed.cloud_custom_data,
-            random,
-        );
+        let key = repeat_key(config.repeat_by, parsed, random);
         let mut state = self.lock();
         state.forget_before(at, config.repeat_window);
         if let Some(msg_seq) = state.repeat_of(&key) {
@@ -102,13 +97,30 @@ impl Simulator {
         let body_json = config
             .keep_bodies
             .then(|| serde_json::from_slice(body).unwrap_or(Value::Null));
+        let raw_body = config
+            .keep_bodies
+            .then(|| String::from_utf8_lossy(body).into_owned());
         state.deliveries.push(Delivery {
             msg_seq,
             received_at_ms: unix_now_ms(),
             bytes: body.len(),
             body: body_json,
+            raw_body,
         });
         Answer::ok(msg_seq)
+    }
+}
+
+/// The repeat filter's key for a call, by the configured reading.
+fn repeat_key(by: RepeatBy, parsed: &ParsedBody, random: u32) -> [u8; 32] {
+    match by {
+        RepeatBy::ContentAndRandom => content_key(
+            &parsed.from_account,
+            &parsed.msg_body,
+            &parsed.cloud_custom_data,
+            random,
+        ),
+        RepeatBy::Random => random_key(random),
     }
 }
 
@@ -226,12 +238,14 @@ fn check_size(config: &SimulatorConfig, body: &[u8]) -> Result<(), Answer> {
     Ok(())
 }
 
-/// The body: JSON, valid by the element rules, and with a `Random`.
+/// The body: JSON, valid by the element rules, at most one custom element
+/// ("Message Formats"), and with a `Random`.
 fn check_body(body: &[u8]) -> Result<(ParsedBody, u32), Answer> {
     let parsed = parse_body(body).map_err(|e| match e {
         BodyError::NotJson(e) => Answer::fail(60003, format!("JSON parse error: {e}")),
         BodyError::Invalid(e) => Answer::fail(10004, e),
     })?;
+    check_one_custom(&parsed.msg_body).map_err(|e| Answer::fail(10004, e))?;
     let Some(random) = parsed.random else {
         return Err(Answer::fail(10004, "Random is missing"));
     };

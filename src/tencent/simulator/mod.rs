@@ -1,7 +1,8 @@
 //! A local `send_broadcast_msg` that behaves as the documentation describes,
 //! for tests, benchmarks and demos: the same checks in the same order, the
-//! frequency limit, the 5-minute repeat filter, increasing `MsgSeq`, plus
-//! endpoints of its own to read what it delivered and to inject faults.
+//! frequency limit, the 5-minute repeat filter (under either reading of the
+//! documentation, see [`RepeatBy`]), increasing `MsgSeq`, plus endpoints of
+//! its own to read what it delivered and to inject faults.
 //!
 //! Its own endpoints live under `/simulator/`:
 //! - `GET /simulator/stats`: counters (see [`Stats`]).
@@ -35,6 +36,18 @@ pub use state::{CallRecord, Delivery, Stats, CALL_LOG_LEN};
 
 use state::ServiceState;
 
+/// What makes a call a repeat of one delivered within the repeat window. The
+/// documentation says both: its text says the same content and `Random`, an
+/// example's comment says the same `Random` alone marks the same message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RepeatBy {
+    /// The same sender, elements, `CloudCustomData` and `Random`.
+    #[default]
+    ContentAndRandom,
+    /// The same `Random`, whatever the content: the stricter reading.
+    Random,
+}
+
 /// The one app the simulator hosts.
 #[derive(Debug, Clone)]
 pub struct SimulatorConfig {
@@ -46,8 +59,10 @@ pub struct SimulatorConfig {
     /// window; below 1, one call in any `1/rate`-second window.
     pub rate: f64,
     pub max_body_bytes: usize,
-    /// The same content with the same `Random` within this window is a repeat.
+    /// A call that repeats a delivery within this window (by `repeat_by`) is
+    /// answered OK with that delivery's `MsgSeq` and not delivered again.
     pub repeat_window: Duration,
+    pub repeat_by: RepeatBy,
     /// When set, a `From_Account` outside it answers 70107 (account not imported).
     pub known_accounts: Option<HashSet<String>>,
     /// Keep each delivered body for `/simulator/deliveries` (off for long benchmarks).
@@ -63,6 +78,7 @@ impl SimulatorConfig {
             rate: 1.0,
             max_body_bytes: MAX_BODY_BYTES,
             repeat_window: Duration::from_secs(300),
+            repeat_by: RepeatBy::ContentAndRandom,
             known_accounts: None,
             keep_bodies: true,
         }

@@ -36,7 +36,8 @@ pub struct Stats {
     pub calls: u64,
     /// Messages delivered (repeats not counted).
     pub deliveries: u64,
-    /// Calls answered OK but not delivered again: same content and `Random`.
+    /// Calls answered OK but not delivered again: repeats by the configured
+    /// [`super::RepeatBy`].
     pub repeats_dropped: u64,
     /// Answers given with each ErrorCode (0 included).
     pub answers_by_code: BTreeMap<i64, u64>,
@@ -66,6 +67,11 @@ pub struct Delivery {
     /// The request body as JSON (absent when bodies are not kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// The request body exactly as received (lossy UTF-8; absent when bodies
+    /// are not kept): `body` reorders keys and rounds big numbers, so byte for
+    /// byte comparisons need this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_body: Option<String>,
 }
 
 /// The simulated service's memory, behind the [`super::Simulator`]'s lock.
@@ -164,6 +170,13 @@ pub(super) fn content_key(
     random: u32,
 ) -> [u8; 32] {
     let canonical = json!([from, msg_body, cloud_custom_data, random]).to_string();
+    Sha256::digest(canonical.as_bytes()).into()
+}
+
+/// What makes two calls "the same message" under [`super::RepeatBy::Random`]:
+/// the `Random` alone. Tagged so it never equals a [`content_key`].
+pub(super) fn random_key(random: u32) -> [u8; 32] {
+    let canonical = json!(["Random", random]).to_string();
     Sha256::digest(canonical.as_bytes()).into()
 }
 
