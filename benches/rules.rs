@@ -92,7 +92,11 @@ async fn mix(n: usize, custom_percent: usize, mode: CustomMerge, rows: &mut Rows
     let minimum = packing_minimum(&jobs, &rules);
     // At 5 calls/s as asked, unless the bound is over two minutes: then 50
     // calls/s (the call count does not depend on the rate).
-    let rate = if minimum as f64 / 5.0 > 120.0 { 50.0 } else { 5.0 };
+    let rate = if minimum as f64 / 5.0 > 120.0 {
+        50.0
+    } else {
+        5.0
+    };
     let mut app = spawn_app("bench-rules", rate).await;
     app.config.call = rules;
     app.sim.simulator.reset();
@@ -107,7 +111,10 @@ async fn mix(n: usize, custom_percent: usize, mode: CustomMerge, rows: &mut Rows
     app.start_worker();
     // Counting envelope payloads reads every delivery: twice a second is enough.
     while jobs_delivered(&app) < n {
-        assert!(started.elapsed() < Duration::from_secs(3600), "backlog not drained");
+        assert!(
+            started.elapsed() < Duration::from_secs(3600),
+            "backlog not drained"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     app.stop_worker().await.unwrap();
@@ -174,7 +181,11 @@ async fn isolate(rows: &mut Rows) {
     let stats = app.sim.simulator.stats();
     rows.push((
         "one bad job (80001) in a 100-job call: calls to deliver 99 and dead-letter 1".into(),
-        format!("{} calls ({} refused)", stats.calls, stats.calls - stats.deliveries),
+        format!(
+            "{} calls ({} refused)",
+            stats.calls,
+            stats.calls - stats.deliveries
+        ),
     ));
 
     let mut app = spawn_app_with("bench-ghost", 50.0, |sim| {

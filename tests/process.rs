@@ -85,6 +85,13 @@ async fn enqueue_publishes_good_lines_and_names_the_bad_ones() {
     writeln!(input.1).unwrap();
     writeln!(input.1, "{}", serde_json::json!({"MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "x"}}], "Oops": 1})).unwrap();
     writeln!(input.1, "{}", text_job("e-2")).unwrap();
+    let custom = serde_json::json!({"MsgType": "TIMCustomElem", "MsgContent": {"Data": "d"}});
+    writeln!(
+        input.1,
+        "{}",
+        serde_json::json!({"MsgBody": [custom.clone(), custom]})
+    )
+    .unwrap();
     input.1.flush().unwrap();
     let out = Command::new(BIN)
         .args(["enqueue", "--file", input.0.to_str().unwrap()])
@@ -108,7 +115,11 @@ async fn enqueue_publishes_good_lines_and_names_the_bad_ones() {
         "{stderr}"
     );
     assert!(
-        stdout.contains("published 2, invalid 2, failed 0"),
+        stderr.contains("line 6: not published: invalid-job: MsgBody holds 2 TIMCustomElem elements; a message may hold only one"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("published 2, invalid 3, failed 0"),
         "{stdout}"
     );
     assert_eq!(app.queue_len(&app.names.jobs).await, 2);

@@ -190,7 +190,8 @@ async fn a_job_with_two_custom_elements_is_dead_lettered_and_the_rest_go_on() {
 async fn elements_reach_the_service_exactly_as_the_producer_wrote_them() {
     let mut app = spawn_app("verbatim", 50.0).await;
     let element = r#"{"MsgContent":{"Text":"caf\u00e9 \ud83d\ude00","Big":123456789012345678901234567890},"MsgType":"TIMTextElem"}"#;
-    let custom = r#"{"MsgType":"TIMCustomElem","MsgContent":{"Ext":"e","Data":"{\"z\": 1, \"a\": [2]}"}}"#;
+    let custom =
+        r#"{"MsgType":"TIMCustomElem","MsgContent":{"Ext":"e","Data":"{\"z\": 1, \"a\": [2]}"}}"#;
     // Whitespace around them is insignificant and goes; nothing else does.
     let body = format!("{{ \"MsgBody\" : [ {element} ,\n {custom} ] }}");
     app.publish_raw(Some("v-1"), body.as_bytes(), None).await;
@@ -198,10 +199,7 @@ async fn elements_reach_the_service_exactly_as_the_producer_wrote_them() {
     app.wait_for_elements(2, LONG).await;
     let delivery = &app.sim.simulator.deliveries(0, 1)[0];
     let raw = delivery.raw_body.as_deref().unwrap();
-    assert!(
-        raw.contains(&format!("[{element},{custom}]")),
-        "sent {raw}"
-    );
+    assert!(raw.contains(&format!("[{element},{custom}]")), "sent {raw}");
     app.stop_worker().await.unwrap();
 }
 
@@ -235,13 +233,8 @@ async fn a_colliding_random_is_never_reused_by_different_content() {
     app.wait_for_elements(2, LONG).await;
     let texts = app.delivered_texts();
     assert_eq!(texts.len(), 2, "both delivered: {texts:?}");
-    let randoms: HashSet<Option<u32>> = app
-        .sim
-        .simulator
-        .calls()
-        .iter()
-        .map(|c| c.random)
-        .collect();
+    let randoms: HashSet<Option<u32>> =
+        app.sim.simulator.calls().iter().map(|c| c.random).collect();
     assert_eq!(randoms.len(), 2, "two calls, two Randoms");
     assert_eq!(app.sim.simulator.stats().repeats_dropped, 0);
     app.stop_worker().await.unwrap();
@@ -308,7 +301,10 @@ async fn a_sender_that_does_not_exist_dead_letters_the_whole_call_in_one_call() 
         .collect::<HashSet<_>>()
         .len() as u64;
     assert_eq!(calls, distinct_calls, "no call split or retried");
-    assert!(calls <= 2, "{calls} calls for 100 jobs of one unknown sender");
+    assert!(
+        calls <= 2,
+        "{calls} calls for 100 jobs of one unknown sender"
+    );
     app.stop_worker().await.unwrap();
 }
 

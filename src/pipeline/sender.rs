@@ -70,10 +70,9 @@ impl Call {
 /// What one call's attempts came to.
 pub enum CallEnd {
     Settled(Vec<Settlement>),
-    /// A merged call refused: try its halves.
-    Split(Call, Call),
-    /// A recovered call the service refused: its jobs start over as new calls.
-    Renew(Vec<Call>),
+    /// The call turned into these, to make in order: the halves of a refused
+    /// merged call, or the jobs of a refused recovered call as new calls.
+    Then(Vec<Call>),
 }
 
 /// One attempt's answer, as the logs, metrics and dead letters tell it.
@@ -113,11 +112,7 @@ impl Worker {
                 .await?
             {
                 CallEnd::Settled(done) => self.settle(done, publish_channel, shutdown).await?,
-                CallEnd::Split(left, right) => {
-                    work.push(right);
-                    work.push(left);
-                }
-                CallEnd::Renew(calls) => work.extend(calls.into_iter().rev()),
+                CallEnd::Then(calls) => work.extend(calls.into_iter().rev()),
             }
         }
         Ok(())
@@ -164,10 +159,10 @@ impl Worker {
                 Step::Split => {
                     let (left, right) = call.batch.split();
                     let parent = call.ledger_id;
-                    return Ok(CallEnd::Split(
+                    return Ok(CallEnd::Then(vec![
                         Call::fresh(left, parent),
                         Call::fresh(right, parent),
-                    ));
+                    ]));
                 }
                 Step::StartOver => return self.start_over(call, attempt, shutdown).await,
                 Step::DeadLetter(reason) => {
@@ -318,7 +313,7 @@ impl Worker {
         let calls = std::iter::from_fn(|| batcher.take_batch(&self.config.call))
             .map(|batch| Call::fresh(batch, None))
             .collect();
-        Ok(CallEnd::Renew(calls))
+        Ok(CallEnd::Then(calls))
     }
 
     /// Says what the step is about to do, and keeps the halt flag.
