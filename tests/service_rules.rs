@@ -131,6 +131,9 @@ async fn an_envelope_carries_many_custom_payloads_that_decode_back_in_order() {
         })
         .collect();
     assert_eq!(payloads, want, "every Data back, in order, once");
+    for element in delivered_elements(&app) {
+        assert_eq!(element["MsgContent"]["Desc"], "gift", "Desc carried once");
+    }
     // The 30-digit integer went out as written, not as a float.
     let raw: String = app
         .sim
@@ -158,7 +161,6 @@ fn envelope_payloads(app: &TestApp) -> Vec<Value> {
         .flat_map(|e| {
             let data: Value =
                 serde_json::from_str(e["MsgContent"]["Data"].as_str().unwrap()).unwrap();
-            assert_eq!(e["MsgContent"]["Desc"], "gift", "Desc carried once");
             data["batch"].as_array().unwrap().clone()
         })
         .collect()
@@ -382,5 +384,58 @@ async fn bisection_settles_each_half_as_it_is_answered() {
     // About 2 log2(100) calls to find one job among a hundred.
     let calls = app.sim.simulator.stats().calls;
     assert!(calls <= 15, "{calls} calls");
+    app.stop_worker().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_envelope_splits_until_the_bad_payload_stands_alone() {
+    let mut app = spawn_app("envelope-split", 50.0).await;
+    app.config.call.custom_merge = CustomMerge::Envelope;
+    app.sim.simulator.set_faults(FaultPlan {
+        rules: vec![FaultRule {
+            body_contains: "POISON".into(),
+            fault: Fault {
+                code: Some(80001),
+                ..Fault::default()
+            },
+        }],
+        ..FaultPlan::default()
+    });
+    // Twenty custom jobs, one envelope (or two, if the broker hands some over
+    // after the first call left: the search is only shorter).
+    let datas: Vec<String> = (0..20)
+        .map(|i| {
+            if i == 13 {
+                "POISON".to_string()
+            } else {
+                format!(r#"{{"n":{i}}}"#)
+            }
+        })
+        .collect();
+    let jobs: Vec<(String, Value)> = datas
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("s-{i:02}"), custom_job(d, None)))
+        .collect();
+    app.publish_many(&jobs).await;
+    app.start_worker();
+    app.wait_for_dead(1, LONG).await;
+    app.wait_for("19 payloads delivered", LONG, |app| {
+        envelope_payloads(app).len() >= 19
+    })
+    .await;
+    let dead = app.take_dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id.as_deref(), Some("s-13"));
+    assert_eq!(dead[0].error_code, Some(80001));
+    // The dead letter is the job itself, not the envelope.
+    let body: Value = serde_json::from_slice(&dead[0].body).unwrap();
+    assert_eq!(body["MsgBody"][0]["MsgContent"]["Data"], "POISON");
+    let mut delivered: Vec<u64> = envelope_payloads(&app)
+        .iter()
+        .map(|p| p["n"].as_u64().unwrap())
+        .collect();
+    delivered.sort_unstable();
+    assert_eq!(delivered, (0..20).filter(|i| *i != 13).collect::<Vec<_>>());
     app.stop_worker().await.unwrap();
 }
