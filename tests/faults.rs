@@ -311,3 +311,79 @@ fn a_secret_key_read_from_a_file_is_never_echoed() {
     );
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test]
+async fn a_replica_that_lost_its_broker_session_stops_sending_at_once() {
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let mut app = spawn_app("session-lost", 20.0).await;
+    app.config.amqp_url = proxy.amqp_url();
+    app.config.policy.max_attempts = 1_000;
+    app.config.policy.backoff_min = Duration::from_millis(20);
+    app.config.policy.backoff_max = Duration::from_millis(20);
+    // The service fails every call: the worker keeps retrying one call.
+    app.sim.simulator.set_faults(FaultPlan {
+        always: Some(Fault {
+            code: Some(10002),
+            ..Fault::default()
+        }),
+        ..FaultPlan::default()
+    });
+    app.publish("held", &text_job("held")).await;
+    app.start_worker();
+    app.wait_for("a few retries", LONG, |app| {
+        app.sim.simulator.stats().calls >= 5
+    })
+    .await;
+    // The broker goes (and stays away): another replica would now be the
+    // active consumer, so this one must not send again.
+    proxy.set_down(true);
+    let at_cut = app.sim.simulator.stats().calls;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = app.sim.simulator.stats().calls - at_cut;
+    eprintln!("FIGURES session-lost: calls after the cut {after}");
+    assert!(after <= 1, "{after} calls after the session was lost");
+    proxy.set_down(false);
+    app.stop_worker().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_attempt_comes_after_the_repeat_window_whatever_waited_in_between() {
+    let mut app = spawn_app("repeat-window", 20.0).await;
+    app.config.api.request_timeout = Duration::from_millis(300);
+    app.config.resend_window = Duration::from_millis(1_500);
+    // The first attempt is delivered but answers too late (a timeout: it may
+    // have gone through); then the app is halted (10007) and probed.
+    app.sim.simulator.set_faults(FaultPlan {
+        script: vec![Fault {
+            delay_ms: Some(800),
+            ..Fault::default()
+        }]
+        .into(),
+        always: Some(Fault {
+            code: Some(10007),
+            ..Fault::default()
+        }),
+        ..FaultPlan::default()
+    });
+    app.publish("late", &text_job("late")).await;
+    app.start_worker();
+    app.wait_for_dead(1, LONG).await;
+    let dead = app.take_dead_letters().await;
+    assert_eq!(dead[0].reason, "in-doubt", "{}", dead[0].error_info);
+    let calls = app.sim.simulator.calls();
+    let first = calls[0].received_at_ms;
+    let last = calls.iter().map(|c| c.received_at_ms).max().unwrap();
+    eprintln!(
+        "FIGURES repeat-window: {} attempts over {} ms",
+        calls.len(),
+        last - first
+    );
+    assert!(calls.len() >= 2, "probed while halted");
+    assert!(
+        last - first < 1_500,
+        "an attempt {} ms after the first",
+        last - first
+    );
+    assert_eq!(app.sim.simulator.stats().deliveries, 1);
+    app.stop_worker().await.unwrap();
+}

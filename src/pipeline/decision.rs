@@ -49,6 +49,10 @@ pub struct CallHistory {
     pub jobs: usize,
     /// Recovered from the ledger: resent verbatim, never split.
     pub recovered: bool,
+    /// An earlier attempt may have reached the service (a transient failure,
+    /// or a previous worker's attempt): from then on, no attempt of this body
+    /// may come later than the repeat window allows.
+    pub maybe_delivered: bool,
 }
 
 impl CallHistory {
@@ -59,13 +63,17 @@ impl CallHistory {
             resigns: 0,
             jobs,
             recovered,
+            maybe_delivered: recovered,
         }
     }
 
     /// Counts what a step spends of the call's allowances.
     pub fn note(&mut self, step: &Step) {
         match step {
-            Step::RetryAfter(_) => self.transient_failures += 1,
+            Step::RetryAfter(_) => {
+                self.transient_failures += 1;
+                self.maybe_delivered = true;
+            }
             Step::Resign => self.resigns += 1,
             _ => {}
         }
@@ -132,6 +140,28 @@ fn after_transient(history: &CallHistory, policy: &Policy, now: Instant) -> Step
         return Step::DeadLetter(DeadReason::RetriesExhausted);
     }
     Step::RetryAfter(delay)
+}
+
+/// Checked right before every attempt, whatever was waited for since the
+/// last one (backoff, a frequency-limit pause, a halt, a lost permit): an
+/// attempt later than `resend_window` after the first of a call that may have
+/// been delivered is no longer a repeat the service drops, so the call is
+/// given up as in doubt (dead-lettered, or started over under the resend
+/// policy: at least once).
+pub fn before_attempt(
+    history: &CallHistory,
+    resend_window: Duration,
+    in_doubt: InDoubtPolicy,
+    now: Instant,
+) -> Option<Step> {
+    let age = now.saturating_duration_since(history.first_attempt);
+    if !history.maybe_delivered || age < resend_window {
+        return None;
+    }
+    Some(match in_doubt {
+        InDoubtPolicy::DeadLetter => Step::DeadLetter(DeadReason::InDoubt),
+        InDoubtPolicy::Resend => Step::StartOver,
+    })
 }
 
 /// What to do with a redelivered job whose call has been in flight for `age`.
@@ -361,6 +391,71 @@ mod tests {
                 Step::StartOver
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_attempt_of_a_maybe_delivered_call_comes_after_the_repeat_window() {
+        let window = Duration::from_secs(270);
+        let p = Policy {
+            max_attempts: 100,
+            ..policy()
+        };
+        let mut history = CallHistory::new(Instant::now(), 3, false);
+        // Refused for the rate only: never delivered, no window to keep.
+        for _ in 0..3 {
+            step(
+                Outcome::RateLimited {
+                    min_pause: Duration::from_secs(60),
+                },
+                &mut history,
+                &p,
+            );
+            tokio::time::advance(Duration::from_secs(100)).await;
+        }
+        let now = Instant::now();
+        assert_eq!(
+            before_attempt(&history, window, InDoubtPolicy::DeadLetter, now),
+            None
+        );
+        // A timeout: it may have gone through. Then a long frequency-limit
+        // pause carries the next attempt past the window.
+        let mut history = CallHistory::new(Instant::now(), 3, false);
+        assert!(matches!(
+            step(Outcome::Transient, &mut history, &p),
+            Step::RetryAfter(_)
+        ));
+        tokio::time::advance(Duration::from_secs(200)).await;
+        assert_eq!(
+            before_attempt(&history, window, InDoubtPolicy::DeadLetter, Instant::now()),
+            None
+        );
+        step(
+            Outcome::RateLimited {
+                min_pause: Duration::from_secs(60),
+            },
+            &mut history,
+            &p,
+        );
+        tokio::time::advance(Duration::from_secs(70)).await;
+        assert_eq!(
+            before_attempt(&history, window, InDoubtPolicy::DeadLetter, Instant::now()),
+            Some(Step::DeadLetter(DeadReason::InDoubt))
+        );
+        assert_eq!(
+            before_attempt(&history, window, InDoubtPolicy::Resend, Instant::now()),
+            Some(Step::StartOver)
+        );
+        // A recovered call may have been delivered by its previous worker.
+        let recovered = CallHistory::new(Instant::now() - window, 1, true);
+        assert_eq!(
+            before_attempt(
+                &recovered,
+                window,
+                InDoubtPolicy::DeadLetter,
+                Instant::now()
+            ),
+            Some(Step::DeadLetter(DeadReason::InDoubt))
+        );
     }
 
     #[test]

@@ -125,7 +125,10 @@ impl Worker {
             limiter,
             signer,
             status: Arc::new(WorkerStatus::default()),
-            last_send: None,
+            // Another process may have sent for this app a moment ago (a
+            // restart, a failover): the first send keeps a full period, as if
+            // one had just gone out.
+            last_send: Some(Instant::now()),
             recent_randoms: randoms::RecentRandoms::default(),
         })
     }

@@ -17,7 +17,7 @@ use crate::tencent::client::{ApiResponse, TransportError};
 
 use super::batcher::{Batch, Batcher};
 use super::crash::CrashPoint;
-use super::decision::{decide, CallHistory, Step};
+use super::decision::{before_attempt, decide, CallHistory, Step};
 use super::delivery::Pending;
 use super::ledger_retry::with_ledger;
 use super::settle::{dead_letter_fate, Fate, Settlement};
@@ -139,6 +139,10 @@ impl Worker {
                 Err(SessionEnd::Shutdown) => return Ok(leave(call)),
                 Err(end) => return Err(end),
             }
+            let (window, in_doubt) = (self.config.resend_window, self.config.in_doubt);
+            if let Some(step) = before_attempt(&history, window, in_doubt, Instant::now()) {
+                return self.give_up_in_doubt(call, step, &history, shutdown).await;
+            }
             let attempt = self.send_attempt(&mut call, previous).await;
             previous = Some(outcome_label(&attempt.outcome));
             let step = decide(&attempt.outcome, &history, &policy, Instant::now());
@@ -164,7 +168,11 @@ impl Worker {
                         Call::fresh(right, parent),
                     ]));
                 }
-                Step::StartOver => return self.start_over(call, attempt, shutdown).await,
+                Step::StartOver => {
+                    return self
+                        .start_over(call, attempt.code, &attempt.info, shutdown)
+                        .await
+                }
                 Step::DeadLetter(reason) => {
                     return Ok(dead_letter_all(call, reason, attempt.code, attempt.info))
                 }
@@ -294,11 +302,11 @@ impl Worker {
     async fn start_over(
         &mut self,
         call: Call,
-        attempt: Attempt,
+        code: Option<i64>,
+        info: &str,
         shutdown: &CancellationToken,
     ) -> Result<CallEnd, SessionEnd> {
         if let (Some(ledger), Some(id)) = (self.config.ledger.clone(), call.ledger_id) {
-            let (code, info) = (attempt.code, &attempt.info);
             with_ledger(&self.status, shutdown, || {
                 ledger.call_abandoned(id, code, info)
             })
@@ -314,6 +322,28 @@ impl Worker {
             .map(|batch| Call::fresh(batch, None))
             .collect();
         Ok(CallEnd::Then(calls))
+    }
+
+    /// A call that may have been delivered reached the end of the repeat
+    /// window before its next attempt: dead-lettered as in doubt, or started
+    /// over (at least once) as configured.
+    async fn give_up_in_doubt(
+        &mut self,
+        call: Call,
+        step: Step,
+        history: &CallHistory,
+        shutdown: &CancellationToken,
+    ) -> Result<CallEnd, SessionEnd> {
+        let age = Instant::now().saturating_duration_since(history.first_attempt);
+        let info = format!(
+            "its call was first attempted {} s ago and may have been delivered: past the service's repeat window another attempt could deliver it twice",
+            age.as_secs()
+        );
+        warn!(age = ?age, jobs = call.batch.jobs.len(), ?step, "a call that may have been delivered reached the end of the repeat window");
+        match step {
+            Step::StartOver => self.start_over(call, None, &info, shutdown).await,
+            _ => Ok(dead_letter_all(call, DeadReason::InDoubt, None, info)),
+        }
     }
 
     /// Says what the step is about to do, and keeps the halt flag.
