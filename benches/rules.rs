@@ -14,7 +14,6 @@ use broadcast_worker::pipeline::batcher::Batcher;
 use broadcast_worker::pipeline::job;
 use broadcast_worker::pipeline::{CallRules, CustomMerge};
 use broadcast_worker::tencent::body::MAX_BODY_BYTES;
-use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule};
 use serde_json::{json, Value};
 use testkit::*;
 
@@ -159,16 +158,9 @@ async fn mix(n: usize, custom_percent: usize, mode: CustomMerge, rows: &mut Rows
 /// refused for a sender that does not exist.
 async fn isolate(rows: &mut Rows) {
     let mut app = spawn_app("bench-isolate", 50.0).await;
-    app.sim.simulator.set_faults(FaultPlan {
-        rules: vec![FaultRule {
-            body_contains: "POISON".into(),
-            fault: Fault {
-                code: Some(80001),
-                ..Fault::default()
-            },
-        }],
-        ..FaultPlan::default()
-    });
+    app.sim
+        .simulator
+        .set_faults(refuse_bodies_containing("POISON", 80001));
     let mut jobs: Vec<(String, Value)> = (0..99)
         .map(|i| (format!("iso-{i}"), text_job(&format!("iso-{i}"))))
         .collect();

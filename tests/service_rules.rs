@@ -11,7 +11,7 @@ use std::time::Duration;
 use broadcast_worker::ledger::{JobState, Ledger};
 use broadcast_worker::pipeline::CustomMerge;
 use broadcast_worker::tencent::body::call_random;
-use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule, RepeatBy};
+use broadcast_worker::tencent::simulator::{Fault, FaultPlan, RepeatBy};
 use serde_json::{json, Value};
 use testkit::*;
 
@@ -348,16 +348,9 @@ async fn bisection_settles_each_half_as_it_is_answered() {
     // Two calls a second: the search for the one bad job takes seconds.
     let mut app = spawn_app("bisect-settle", 2.0).await;
     app.config.ledger = Some(ledger.clone());
-    app.sim.simulator.set_faults(FaultPlan {
-        rules: vec![FaultRule {
-            body_contains: "POISON".into(),
-            fault: Fault {
-                code: Some(80001),
-                ..Fault::default()
-            },
-        }],
-        ..FaultPlan::default()
-    });
+    app.sim
+        .simulator
+        .set_faults(refuse_bodies_containing("POISON", 80001));
     let mut jobs: Vec<(String, Value)> = (0..99)
         .map(|i| (format!("b-{i:03}"), text_job(&format!("b-{i:03}"))))
         .collect();
@@ -393,16 +386,9 @@ async fn bisection_settles_each_half_as_it_is_answered() {
 async fn a_refused_envelope_splits_until_the_bad_payload_stands_alone() {
     let mut app = spawn_app("envelope-split", 50.0).await;
     app.config.call.custom_merge = CustomMerge::Envelope;
-    app.sim.simulator.set_faults(FaultPlan {
-        rules: vec![FaultRule {
-            body_contains: "POISON".into(),
-            fault: Fault {
-                code: Some(80001),
-                ..Fault::default()
-            },
-        }],
-        ..FaultPlan::default()
-    });
+    app.sim
+        .simulator
+        .set_faults(refuse_bodies_containing("POISON", 80001));
     // Twenty custom jobs, one envelope (or two, if the broker hands some over
     // after the first call left: the search is only shorter).
     let datas: Vec<String> = (0..20)

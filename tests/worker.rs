@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule};
+use broadcast_worker::tencent::simulator::{Fault, FaultPlan};
 use serde_json::{json, Value};
 use testkit::*;
 
@@ -258,16 +258,9 @@ async fn a_transient_error_is_retried_with_the_same_random() {
 #[tokio::test]
 async fn a_refused_merged_call_is_split_until_only_the_offender_is_dead_lettered() {
     let mut app = spawn_app("bisect", 50.0).await;
-    app.sim.simulator.set_faults(FaultPlan {
-        rules: vec![FaultRule {
-            body_contains: "POISON".into(),
-            fault: Fault {
-                code: Some(10004),
-                ..Fault::default()
-            },
-        }],
-        ..FaultPlan::default()
-    });
+    app.sim
+        .simulator
+        .set_faults(refuse_bodies_containing("POISON", 10004));
     let ids: Vec<String> = (0..9).map(|i| format!("b-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
         let body = if i == 6 {

@@ -12,7 +12,9 @@ use broadcast_worker::broker::{self, QueueNames};
 use broadcast_worker::ops::telemetry::WorkerStatus;
 use broadcast_worker::pipeline::{Worker, WorkerConfig, WorkerError};
 use broadcast_worker::tencent::client::ApiConfig;
-use broadcast_worker::tencent::simulator::{Simulator, SimulatorConfig, SpawnedSimulator};
+use broadcast_worker::tencent::simulator::{
+    Fault, FaultPlan, FaultRule, Simulator, SimulatorConfig, SpawnedSimulator,
+};
 use broadcast_worker::tencent::usersig::SecretKey;
 use futures_util::StreamExt;
 use lapin::options::{
@@ -102,6 +104,21 @@ pub async fn spawn_app_with(
         connection,
         channel,
         worker: None,
+    }
+}
+
+/// A fault plan under which the service refuses, with `code`, every call
+/// whose body contains `text` (a job it will never accept).
+pub fn refuse_bodies_containing(text: &str, code: i64) -> FaultPlan {
+    FaultPlan {
+        rules: vec![FaultRule {
+            body_contains: text.into(),
+            fault: Fault {
+                code: Some(code),
+                ..Fault::default()
+            },
+        }],
+        ..FaultPlan::default()
     }
 }
 
