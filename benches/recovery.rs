@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use broadcast_worker::ledger::Ledger;
+use broadcast_worker::ledger::{CallJob, Ledger, Scope};
 use testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_broadcast-worker");
@@ -57,16 +57,26 @@ async fn failover(rounds: usize) -> Vec<f64> {
 /// the in-flight record, the delivered record.
 async fn ledger_cost(cycles: usize) -> Vec<f64> {
     let db = TestDatabase::create("ledger-cost").await;
-    let ledger = Ledger::connect_lazy(&db.url()).unwrap();
+    let ledger = Ledger::connect_lazy(&db.url())
+        .unwrap()
+        .in_scope(Scope::new(APP, "bench.jobs"));
     ledger.migrate().await.unwrap();
     let body = vec![b'x'; 11_900];
     let mut times = Vec::new();
     for cycle in 0..cycles {
         let ids: Vec<(String, u32)> = (0..100).map(|i| (format!("cost-{cycle}-{i}"), 0)).collect();
+        let jobs: Vec<CallJob> = ids
+            .iter()
+            .map(|(id, replays)| CallJob {
+                id: id.clone(),
+                replays: *replays,
+                digest: None,
+            })
+            .collect();
         let started = Instant::now();
         ledger.lookup(&ids).await.unwrap();
         let call = ledger
-            .begin_call(&body, cycle as u32, &[cycle as u8; 32], &ids, None)
+            .begin_call(&body, cycle as u32, &[cycle as u8; 32], &jobs, None)
             .await
             .unwrap()
             .expect("a fresh Random is free");

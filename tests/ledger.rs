@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use broadcast_worker::ledger::{JobState, Ledger};
+use broadcast_worker::ledger::{CallJob, JobState, Ledger, Scope};
 use broadcast_worker::pipeline::InDoubtPolicy;
 use broadcast_worker::tencent::body::content_digest;
 use serde_json::Value;
@@ -19,6 +19,16 @@ async fn ledger_for(db: &TestDatabase) -> Ledger {
     let ledger = Ledger::connect_lazy(&db.url()).unwrap();
     ledger.migrate().await.expect("migrations apply");
     ledger
+}
+
+fn call_jobs(ids: &[&str]) -> Vec<CallJob> {
+    ids.iter()
+        .map(|id| CallJob {
+            id: id.to_string(),
+            replays: 0,
+            digest: None,
+        })
+        .collect()
 }
 
 /// Kills the worker at `point` on the second call, restarts it (or lets a
@@ -245,22 +255,29 @@ async fn a_job_the_ledger_knows_as_delivered_is_acked_without_a_call() {
     app.stop_worker().await.unwrap();
 }
 
-/// Records `ids` as one call in flight, made `age_secs` ago, as a worker that
-/// then died would have left it.
+/// Records `ids` as one call in flight of `app`'s worker, made `age_secs`
+/// ago, as a worker that then died would have left it.
 async fn leave_call_in_flight(
+    app: &TestApp,
     ledger: &Ledger,
     db: &TestDatabase,
     ids: &[&str],
     age_secs: u64,
 ) -> Vec<u8> {
+    let ledger = ledger.clone().in_scope(app.config.ledger_scope());
     let jobs: Vec<Value> = ids.iter().map(|id| text_job(id)).collect();
     let elements: Vec<Value> = jobs.iter().map(|j| j["MsgBody"][0].clone()).collect();
     let body = serde_json::json!({"Random": 12345, "MsgBody": elements})
         .to_string()
         .into_bytes();
-    let ids: Vec<(String, u32)> = ids.iter().map(|s| (s.to_string(), 0)).collect();
     let call = ledger
-        .begin_call(&body, 12345, &content_digest(&body, 12345), &ids, None)
+        .begin_call(
+            &body,
+            12345,
+            &content_digest(&body, 12345),
+            &call_jobs(ids),
+            None,
+        )
         .await
         .unwrap()
         .expect("the Random is free");
@@ -281,7 +298,7 @@ async fn a_young_call_in_flight_is_resent_verbatim_and_its_jobs_acked() {
     let mut app = spawn_app("resend", 50.0).await;
     let ledger = ledger_for(&db).await;
     app.config.ledger = Some(ledger.clone());
-    let body = leave_call_in_flight(&ledger, &db, &["r-1", "r-2", "r-3"], 10).await;
+    let body = leave_call_in_flight(&app, &ledger, &db, &["r-1", "r-2", "r-3"], 10).await;
     for id in ["r-1", "r-2", "r-3"] {
         app.publish(id, &text_job(id)).await;
     }
@@ -312,7 +329,7 @@ async fn an_old_call_in_flight_is_dead_lettered_as_in_doubt_or_resent_as_configu
         let ledger = ledger_for(&db).await;
         app.config.ledger = Some(ledger.clone());
         app.config.in_doubt = policy;
-        leave_call_in_flight(&ledger, &db, &["old-1"], 400).await;
+        leave_call_in_flight(&app, &ledger, &db, &["old-1"], 400).await;
         app.publish("old-1", &text_job("old-1")).await;
         app.start_worker();
         match policy {
@@ -392,51 +409,82 @@ async fn jobs_show_answers_where_a_broadcast_is() {
 }
 
 #[tokio::test]
-async fn settled_records_older_than_the_retention_are_pruned() {
+async fn records_older_than_the_retention_are_pruned_settled_or_in_doubt() {
     let db = TestDatabase::create("prune").await;
     let ledger = ledger_for(&db).await;
-    for i in 0..5 {
+    let ours = ledger.clone().in_scope(Scope::new(APP, "prune.jobs"));
+    let theirs = ledger.clone().in_scope(Scope::new(APP + 1, "other.jobs"));
+    // p-0..p-3 delivered, p-4 and p-5 in flight; q-0 another app's, delivered.
+    for i in 0..6 {
         let id = format!("p-{i}");
-        let call = ledger
-            .begin_call(b"{}", i, &[i as u8; 32], &[(id.clone(), 0)], None)
+        let call = ours
+            .begin_call(b"{}", i, &[i as u8; 32], &call_jobs(&[&id]), None)
             .await
             .unwrap()
             .expect("the Random is free");
         if i < 4 {
-            ledger
-                .call_delivered(call, Some(u64::from(i)))
-                .await
-                .unwrap();
+            ours.call_delivered(call, Some(u64::from(i))).await.unwrap();
         }
     }
+    let call = theirs
+        .begin_call(b"{}", 9, &[9; 32], &call_jobs(&["q-0"]), None)
+        .await
+        .unwrap()
+        .unwrap();
+    theirs.call_delivered(call, Some(9)).await.unwrap();
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-    sqlx::query("UPDATE jobs SET updated_at = now() - interval '8 days' WHERE job_id IN ('p-0', 'p-1', 'p-2', 'p-4')")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE calls SET settled_at = now() - interval '8 days'")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    // Old: p-0, p-1, p-2 (delivered), p-4 (in flight: in doubt for a week), q-0.
+    let old = "('p-0', 'p-1', 'p-2', 'p-4', 'q-0')";
+    sqlx::query(&format!(
+        "UPDATE jobs SET updated_at = now() - interval '8 days' WHERE job_id IN {old}"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "UPDATE calls SET created_at = now() - interval '8 days', \
+             settled_at = CASE WHEN settled_at IS NULL THEN NULL ELSE now() - interval '8 days' END \
+         WHERE id IN (SELECT call_id FROM jobs WHERE job_id IN {old})"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let week = Duration::from_secs(7 * 86_400);
     // Small batches: two jobs at a time.
     let mut removed = 0;
     loop {
-        let n = ledger.prune(week, 2).await.unwrap();
+        let n = ours.prune(week, 2).await.unwrap();
         if n == 0 {
             break;
         }
         removed += n;
     }
-    assert_eq!(removed, 6, "three old delivered jobs and their three calls");
-    assert!(ledger.show("p-0").await.unwrap().is_none());
+    assert_eq!(
+        removed, 8,
+        "three old delivered jobs, one old job in flight, and their four calls"
+    );
+    assert!(ours.show("p-0").await.unwrap().is_none());
     assert!(
-        ledger.show("p-3").await.unwrap().is_some(),
+        ours.show("p-4").await.unwrap().is_none(),
+        "a call in flight for longer than the retention goes with its jobs"
+    );
+    let calls: i64 = sqlx::query_scalar("SELECT count(*) FROM calls WHERE app = $1")
+        .bind(APP as i64)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(calls, 2, "the calls of p-3 and p-5 stay");
+    assert!(
+        ours.show("p-3").await.unwrap().is_some(),
         "recent records stay"
     );
     assert!(
-        ledger.show("p-4").await.unwrap().is_some(),
-        "in-flight records stay"
+        ours.show("p-5").await.unwrap().is_some(),
+        "recent calls in flight stay"
+    );
+    assert!(
+        theirs.show("q-0").await.unwrap().is_some(),
+        "another deployment's records follow its own retention"
     );
 }

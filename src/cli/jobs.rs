@@ -4,41 +4,65 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use crate::broker::QueueNames;
 use crate::cli::args::LedgerArgs;
-use crate::ops::jobs;
+use crate::ledger::ScopeFilter;
+use crate::ops::jobs::{self, Answer};
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// Where is this broadcast? Delivered (when, MsgSeq, which call), in flight, or dead-lettered.
-    Show {
-        #[command(flatten)]
-        ledger: LedgerArgs,
-        /// The job's id (its AMQP message_id, or `sha256:...` for jobs without one).
-        job_id: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Show(ShowArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    ledger: LedgerArgs,
+    /// The job's id: its AMQP message_id, or for a job without one the id of
+    /// its arrival (`sha256:...~...`) or its body's digest (`sha256:...`).
+    job_id: String,
+    /// The app whose job it is, when several apps share the ledger.
+    #[arg(long, env = "TIM_SDKAPPID")]
+    sdkappid: Option<u64>,
+    /// The queue prefix whose job it is, when several deployments share the ledger.
+    #[arg(long, env = "BROADCAST_QUEUE_PREFIX")]
+    queue_prefix: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 impl JobsCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self {
-            Self::Show {
-                ledger,
-                job_id,
-                json,
-            } => show(&ledger, &job_id, json).await,
+            Self::Show(args) => show(&args).await,
         }
     }
 }
 
-async fn show(ledger: &LedgerArgs, job_id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let Some(report) = ledger.ledger()?.show(job_id).await? else {
-        eprintln!("the ledger knows no job {job_id:?} (never sent, or pruned)");
-        return Ok(ExitCode::FAILURE);
+async fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
+    let filter = ScopeFilter {
+        app: args.sdkappid,
+        queue: args
+            .queue_prefix
+            .as_deref()
+            .map(|prefix| QueueNames::new(prefix).jobs),
     };
-    if json {
+    let job_id = &args.job_id;
+    let reports = args.ledger.ledger()?.find(job_id, &filter).await?;
+    let report = match jobs::resolve(reports) {
+        Answer::One(report) => report,
+        Answer::Unknown => {
+            eprintln!("the ledger knows no job {job_id:?} (never sent, or pruned)");
+            return Ok(ExitCode::FAILURE);
+        }
+        Answer::Ambiguous { reports, hint } => {
+            eprintln!("{}", jobs::ambiguity(job_id, &reports, hint));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if args.json {
         println!("{}", jobs::json(&report)?);
     } else {
         println!("{}", jobs::text(&report));

@@ -40,7 +40,7 @@ pub struct RunArgs {
     /// A job whose call has been in flight longer than that: dead-letter it as in-doubt, or resend (at least once).
     #[arg(long, env = "BROADCAST_IN_DOUBT", value_enum, default_value_t = InDoubtPolicy::DeadLetter)]
     pub in_doubt: InDoubtPolicy,
-    /// Hours settled ledger records are kept.
+    /// Hours ledger records are kept, settled or still in flight (then in doubt for good).
     #[arg(long, env = "BROADCAST_LEDGER_RETENTION_HOURS", default_value_t = defaults::LEDGER_RETENTION_HOURS)]
     pub ledger_retention_hours: f64,
     /// Address of the ops endpoint (`/metrics`, `/healthz`, `/readyz`); port 0 picks one (printed).
@@ -224,6 +224,11 @@ impl RunArgs {
         }
         if !(self.ledger_retention_hours.is_finite() && self.ledger_retention_hours > 0.0) {
             bail!("BROADCAST_LEDGER_RETENTION_HOURS must be positive");
+        }
+        // Calls in flight are pruned after it too: never within the time a
+        // redelivered job's call may still be resent.
+        if self.ledger_retention_hours * 3600.0 <= self.resend_window_secs.max(300) as f64 {
+            bail!("BROADCAST_LEDGER_RETENTION_HOURS must exceed the resend window and the service's 5-minute repeat window (calls in flight are pruned after it too)");
         }
         Ok(())
     }

@@ -1,6 +1,61 @@
-//! `jobs show`: what the ledger says of one job, as a line of text or as JSON.
+//! `jobs show`: what the ledger says of one job, as a line of text or as
+//! JSON, and which record an id names when several deployments share the
+//! ledger (a job id means one job only within its app and queue).
+
+use std::collections::HashSet;
 
 use crate::ledger::{JobReport, JobState};
+
+/// What an id names among the records found for it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Unknown,
+    One(JobReport),
+    /// Records of several scopes, or several arrivals of one body without
+    /// `message_id`: the operator must say which, as `hint` tells.
+    Ambiguous {
+        reports: Vec<JobReport>,
+        hint: &'static str,
+    },
+}
+
+/// Picks the record an id names. A record made in a scope supersedes one
+/// made before scopes existed (which every scope reads as its own).
+pub fn resolve(reports: Vec<JobReport>) -> Answer {
+    let scoped: Vec<JobReport> = reports
+        .iter()
+        .filter(|r| !r.scope().is_legacy())
+        .cloned()
+        .collect();
+    let mut reports = if scoped.is_empty() { reports } else { scoped };
+    if reports.len() <= 1 {
+        return reports.pop().map_or(Answer::Unknown, Answer::One);
+    }
+    let apps: HashSet<i64> = reports.iter().map(|r| r.app).collect();
+    let queues: HashSet<&str> = reports.iter().map(|r| r.queue.as_str()).collect();
+    let hint = match (apps.len() > 1, queues.len() > 1) {
+        (true, true) => {
+            "add --sdkappid (TIM_SDKAPPID) or --queue-prefix (BROADCAST_QUEUE_PREFIX) to pick one"
+        }
+        (true, false) => "add --sdkappid (TIM_SDKAPPID) to pick one",
+        (false, true) => "add --queue-prefix (BROADCAST_QUEUE_PREFIX) to pick one",
+        (false, false) => {
+            "several arrivals of this body (jobs without message_id): name one by its full id"
+        }
+    };
+    Answer::Ambiguous { reports, hint }
+}
+
+/// The records an ambiguous id names, one line each with its scope, and
+/// what to add.
+pub fn ambiguity(job_id: &str, reports: &[JobReport], hint: &str) -> String {
+    let mut out = format!("{job_id:?} names {} jobs in the ledger:\n", reports.len());
+    for report in reports {
+        out.push_str(&format!("  {}: {}\n", report.scope(), text(report)));
+    }
+    out.push_str(hint);
+    out
+}
 
 /// One line: delivered (when, MsgSeq, which call), dead-lettered (why), or in
 /// flight (in which call, since when).
@@ -40,6 +95,8 @@ mod tests {
 
     fn report(state: JobState) -> JobReport {
         JobReport {
+            app: 1400000000,
+            queue: "a.jobs".into(),
             job_id: "j1".into(),
             state,
             reason: Some("rejected".into()),
@@ -67,6 +124,36 @@ mod tests {
         assert_eq!(
             text(&report(JobState::InFlight)),
             "j1: in flight in call 7 (state in_flight) since 1000 (unix ms), with 2 other job(s)"
+        );
+    }
+
+    #[test]
+    fn an_id_in_several_scopes_needs_the_flag_that_tells_them_apart() {
+        let at = |app: i64, queue: &str| JobReport {
+            app,
+            queue: queue.into(),
+            ..report(JobState::Delivered)
+        };
+        assert_eq!(resolve(vec![]), Answer::Unknown);
+        assert_eq!(resolve(vec![at(1, "a.jobs")]), Answer::One(at(1, "a.jobs")));
+        // A legacy record is superseded by one of a scope.
+        assert_eq!(
+            resolve(vec![at(0, ""), at(1, "a.jobs")]),
+            Answer::One(at(1, "a.jobs"))
+        );
+        assert_eq!(resolve(vec![at(0, "")]), Answer::One(at(0, "")));
+        let hint = |reports| match resolve(reports) {
+            Answer::Ambiguous { hint, .. } => hint,
+            other => panic!("not ambiguous: {other:?}"),
+        };
+        assert!(hint(vec![at(1, "a.jobs"), at(2, "a.jobs")]).starts_with("add --sdkappid"));
+        assert!(hint(vec![at(1, "a.jobs"), at(1, "b.jobs")]).starts_with("add --queue-prefix"));
+        assert!(hint(vec![at(1, "a.jobs"), at(2, "b.jobs")]).contains(" or --queue-prefix"));
+        assert!(hint(vec![at(1, "a.jobs"), at(1, "a.jobs")]).contains("full id"));
+        let listing = ambiguity("j1", &[at(1, "a.jobs"), at(2, "a.jobs")], "add --sdkappid");
+        assert_eq!(
+            listing,
+            "\"j1\" names 2 jobs in the ledger:\n  app 1 queue a.jobs: j1: delivered at 2000 (unix ms), MsgSeq 42, in call 7 with 2 other job(s)\n  app 2 queue a.jobs: j1: delivered at 2000 (unix ms), MsgSeq 42, in call 7 with 2 other job(s)\nadd --sdkappid"
         );
     }
 }

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -41,6 +41,8 @@ pub struct WorkerStatus {
     pub halted: AtomicBool,
     /// Stopped sending because the ledger cannot be read or written.
     pub ledger_down: AtomicBool,
+    /// While the ledger is down: the error that put it there.
+    pub ledger_error: Mutex<Option<String>>,
 }
 
 impl WorkerStatus {
@@ -58,10 +60,23 @@ impl WorkerStatus {
         self.halted.swap(on, Ordering::Relaxed)
     }
 
-    /// Sets the ledger-down flag; returns what it was.
-    pub fn set_ledger_down(&self, on: bool) -> bool {
+    /// Sets the ledger-down flag and the error behind it (none when it is
+    /// up again); returns what the flag was.
+    pub fn set_ledger_down(&self, error: Option<String>) -> bool {
+        let on = error.is_some();
         metrics::gauge!(LEDGER_DOWN).set(f64::from(u8::from(on)));
+        *self
+            .ledger_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = error;
         self.ledger_down.swap(on, Ordering::Relaxed)
+    }
+
+    pub fn ledger_error(&self) -> Option<String> {
+        self.ledger_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -162,22 +177,27 @@ pub fn router(handle: PrometheusHandle, status: Arc<WorkerStatus>) -> Router {
 /// Ready: connected and consuming (active or standing by), not halted by an
 /// app-wide fault, the ledger reachable.
 fn readiness(status: &WorkerStatus) -> impl IntoResponse {
-    let consuming = status.consuming.load(Ordering::Relaxed);
-    let halted = status.halted.load(Ordering::Relaxed);
-    let ledger_down = status.ledger_down.load(Ordering::Relaxed);
-    let ready = consuming && !halted && !ledger_down;
-    let body = Json(serde_json::json!({
-        "ready": ready,
-        "consuming": consuming,
-        "halted_by_app_fault": halted,
-        "ledger_down": ledger_down,
-    }));
-    let code = if ready {
+    let body = readiness_body(status);
+    let code = if body["ready"] == true {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, body)
+    (code, Json(body))
+}
+
+/// `/readyz`'s JSON; `ledger_error` says why the ledger is down (null when up).
+fn readiness_body(status: &WorkerStatus) -> serde_json::Value {
+    let consuming = status.consuming.load(Ordering::Relaxed);
+    let halted = status.halted.load(Ordering::Relaxed);
+    let ledger_down = status.ledger_down.load(Ordering::Relaxed);
+    serde_json::json!({
+        "ready": consuming && !halted && !ledger_down,
+        "consuming": consuming,
+        "halted_by_app_fault": halted,
+        "ledger_down": ledger_down,
+        "ledger_error": status.ledger_error(),
+    })
 }
 
 /// Binds the ops endpoint and serves it in the background; returns the
@@ -193,4 +213,32 @@ pub async fn serve(
         let _ = axum::serve(listener, router(handle, status)).await;
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_says_why_the_ledger_is_down() {
+        let status = WorkerStatus::default();
+        status.set_consuming(true);
+        assert_eq!(readiness_body(&status)["ready"], true);
+        assert_eq!(
+            readiness_body(&status)["ledger_error"],
+            serde_json::Value::Null
+        );
+        assert!(!status.set_ledger_down(Some("refused: invalid byte sequence".into())));
+        let body = readiness_body(&status);
+        assert_eq!(
+            (body["ready"].clone(), body["ledger_down"].clone()),
+            (false.into(), true.into())
+        );
+        assert_eq!(body["ledger_error"], "refused: invalid byte sequence");
+        assert!(status.set_ledger_down(None));
+        assert_eq!(
+            readiness_body(&status)["ledger_error"],
+            serde_json::Value::Null
+        );
+    }
 }

@@ -1,14 +1,18 @@
 //! Admission: arrived jobs sorted by what the ledger knows of them. Settled
 //! ones are acked at once, jobs of a call in flight join that call's resend
 //! (or are dead-lettered as in doubt past the repeat window), the rest wait
-//! in the batcher. Without a ledger every job is new.
+//! in the batcher. Without a ledger every job is new. A redelivered job
+//! without `message_id` is matched by its body's digest to the arrival it
+//! repeats, and takes that arrival's id; a fresh one is always new.
+
+use std::collections::HashMap;
 
 use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::DeadReason;
-use crate::ledger::{InFlightCall, Known};
+use crate::ledger::{InFlightCall, Known, Ledger};
 use crate::ops::telemetry;
 
 use super::decision::{on_redelivery, Redelivery};
@@ -18,6 +22,34 @@ use super::job::Job;
 use super::ledger_retry::with_ledger;
 use super::settle::{dead_letter_fate, Fate, Settlement};
 use super::{SessionEnd, Worker};
+
+/// What the ledger knows of a set of arrived jobs.
+#[derive(Default)]
+struct Lookup {
+    /// Jobs with a `message_id`, by id.
+    by_id: HashMap<String, Known>,
+    /// Redelivered jobs without one, by digest: the arrival each repeats.
+    copies: HashMap<String, (String, Known)>,
+}
+
+impl Lookup {
+    /// What is known of `job`; a redelivered job without `message_id` takes
+    /// the id of the arrival it repeats, and a fresh one is new.
+    fn take(&mut self, job: &mut Job) -> Known {
+        if let Some(digest) = job.copy_digest().map(str::to_owned) {
+            let Some((id, known)) = self.copies.remove(&digest) else {
+                return Known::New;
+            };
+            info!(job = %id, arrival = %job.id, "a redelivered job without message_id repeats an earlier arrival: it takes that arrival's id");
+            job.id = id;
+            return known;
+        }
+        if job.digest.is_some() {
+            return Known::New;
+        }
+        self.by_id.remove(&job.id).unwrap_or(Known::New)
+    }
+}
 
 impl Worker {
     pub(super) async fn admit(
@@ -36,17 +68,12 @@ impl Worker {
             }
             return Ok(());
         };
-        let ids: Vec<(String, u32)> = holding
-            .arrived
-            .iter()
-            .map(|(job, _)| (job.id.clone(), job.replays))
-            .collect();
-        let mut known = with_ledger(&self.status, shutdown, || ledger.lookup(&ids)).await?;
+        let mut lookup = self.look_up(&ledger, &holding.arrived, shutdown).await?;
         let mut settled = Vec::new();
-        for (job, pending) in std::mem::take(&mut holding.arrived) {
-            match known.remove(&job.id) {
-                None | Some(Known::New) => holding.batcher.push(job, pending),
-                Some(Known::Settled) => {
+        for (mut job, pending) in std::mem::take(&mut holding.arrived) {
+            match lookup.take(&mut job) {
+                Known::New => holding.batcher.push(job, pending),
+                Known::Settled => {
                     info!(job = %job.id, "redelivered job already settled: acked without a call");
                     metrics::counter!(telemetry::JOBS_ACKED_KNOWN).increment(1);
                     let fate = Fate::Ack {
@@ -55,7 +82,7 @@ impl Worker {
                     };
                     settled.push((job, pending, fate));
                 }
-                Some(Known::InFlight(call)) => {
+                Known::InFlight(call) => {
                     if let Some(in_doubt) = self.redelivered(holding, call, job, pending) {
                         settled.push(in_doubt);
                     }
@@ -63,6 +90,35 @@ impl Worker {
             }
         }
         self.settle(settled, publish_channel, shutdown).await
+    }
+
+    /// One query for the arrived jobs with a `message_id`, one for the
+    /// redelivered ones without (only when there are such). A fresh job
+    /// without `message_id` has an id of its own arrival: nothing to ask.
+    async fn look_up(
+        &self,
+        ledger: &Ledger,
+        arrived: &[(Job, Pending)],
+        shutdown: &CancellationToken,
+    ) -> Result<Lookup, SessionEnd> {
+        let ids: Vec<(String, u32)> = arrived
+            .iter()
+            .filter(|(job, _)| job.digest.is_none())
+            .map(|(job, _)| (job.id.clone(), job.replays))
+            .collect();
+        let copies: Vec<(String, u32)> = arrived
+            .iter()
+            .filter_map(|(job, _)| job.copy_digest().map(|d| (d.to_owned(), job.replays)))
+            .collect();
+        let mut lookup = Lookup::default();
+        if !ids.is_empty() {
+            lookup.by_id = with_ledger(&self.status, shutdown, || ledger.lookup(&ids)).await?;
+        }
+        if !copies.is_empty() {
+            lookup.copies =
+                with_ledger(&self.status, shutdown, || ledger.match_copies(&copies)).await?;
+        }
+        Ok(lookup)
     }
 
     /// A job of a call in flight: resent with it, or (past the repeat window,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::broker::{self, Topology};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Scope};
 use crate::tencent::classify::Classifier;
 use crate::tencent::client::ApiConfig;
 use crate::tencent::usersig::SecretKey;
@@ -188,5 +188,11 @@ impl WorkerConfig {
             ledger_retention: Duration::from_secs_f64(defaults::LEDGER_RETENTION_HOURS * 3600.0),
             crash_at: None,
         }
+    }
+
+    /// Whose ledger records this worker's are: its app and its jobs queue.
+    /// A job id means one job only within them.
+    pub fn ledger_scope(&self) -> Scope {
+        Scope::new(self.api.sdkappid, self.topology.names.jobs.clone())
     }
 }

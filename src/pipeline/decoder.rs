@@ -1,6 +1,8 @@
 //! The consumer task: turns each delivery into a validated job for the
 //! sender, or dead-letters it on arrival with the reason it can never be
-//! sent, so nothing undecodable ever reaches (or blocks) the sender.
+//! sent, so nothing undecodable ever reaches (or blocks) the sender. That
+//! includes a `message_id` the ledger could not hold: it is refused here,
+//! before any SQL, rather than failing every statement of its batch.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -66,6 +68,7 @@ impl Decoder {
             let replays = broker::header_i64(&delivery.properties, headers::REPLAYS)
                 .and_then(|r| u32::try_from(r).ok())
                 .unwrap_or(0);
+            let redelivered = delivery.redelivered;
             let decoded = job::decode(
                 &delivery.data,
                 message_id.as_deref(),
@@ -77,12 +80,18 @@ impl Decoder {
             match decoded {
                 Ok(mut job) => {
                     job.replays = replays;
+                    job.redelivered = redelivered;
                     if tx.send(Incoming::Job(job, pending)).is_err() {
                         return;
                     }
                 }
                 Err(rejection) => {
-                    let id = message_id.unwrap_or_else(|| job::body_digest(pending.body()));
+                    // Escaped: a refused id may hold control characters,
+                    // and it goes to the logs.
+                    let id = message_id.map_or_else(
+                        || job::body_digest(pending.body()),
+                        |id| id.escape_debug().to_string(),
+                    );
                     let this = this.clone();
                     dead_letters
                         .spawn(async move { this.dead_letter(&id, pending, rejection).await });

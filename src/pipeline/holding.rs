@@ -2,6 +2,8 @@
 //! call. Arrived jobs wait for the ledger's word, new jobs wait in the
 //! batcher, redelivered jobs of a call in flight wait to be resent with it,
 //! and second copies of a job already held wait until the first is settled.
+//! A redelivered job without `message_id` counts as a copy of any held job
+//! of the same body, until the ledger has told which arrival it repeats.
 
 use std::collections::HashSet;
 use std::time::SystemTime;
@@ -47,21 +49,36 @@ impl Holding {
     }
 
     /// Moves arrived copies of jobs already held aside, so one call never
-    /// carries a job twice.
+    /// carries a job twice. A redelivered job without `message_id` is known
+    /// by its body's digest until the ledger matches it to an arrival, so it
+    /// waits while any job of that body is held: each copy is then matched
+    /// after the one before was settled.
     pub fn set_aside_duplicates(&mut self) {
-        let mut held: HashSet<String> = self
+        let held: Vec<&Job> = self
             .batcher
             .iter()
-            .map(|q| q.job.id.clone())
+            .map(|q| &q.job)
             .chain(
                 self.recovering
                     .iter()
-                    .flat_map(|c| c.batch.jobs.iter().map(|q| q.job.id.clone())),
+                    .flat_map(|c| c.batch.jobs.iter().map(|q| &q.job)),
             )
             .collect();
+        let mut ids: HashSet<String> = held.iter().map(|job| job.id.clone()).collect();
+        let mut digests: HashSet<String> = held.iter().filter_map(|j| j.digest.clone()).collect();
         let (fresh, copies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.arrived)
             .into_iter()
-            .partition(|(job, _)| held.insert(job.id.clone()));
+            .partition(|(job, _)| {
+                let first = match job.copy_digest() {
+                    Some(digest) => !digests.contains(digest),
+                    None => !ids.contains(&job.id),
+                };
+                if first {
+                    ids.insert(job.id.clone());
+                    digests.extend(job.digest.clone());
+                }
+                first
+            });
         self.arrived = fresh;
         self.duplicates.extend(copies);
     }

@@ -1,6 +1,11 @@
 //! A job: one broadcast a producer asked for. Decoding turns the bytes and
 //! properties of a queue message into a validated [`Job`], or into a
 //! [`Rejection`] that says exactly why it can never be sent.
+//!
+//! A job's id is its AMQP `message_id`. A message without one is a broadcast
+//! of its own at each fresh publish: it gets an id of its own arrival, its
+//! body's digest and something unique, and keeps the digest by which a
+//! redelivered copy finds the arrival it repeats (see [`Job::copy_digest`]).
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,8 +27,14 @@ use super::config::{CallRules, CustomMerge};
 /// A validated broadcast job.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// The AMQP `message_id`, or a digest of the body where the producer set none.
+    /// The AMQP `message_id`, or where the producer set none, the body's
+    /// digest and a suffix unique to this arrival.
     pub id: String,
+    /// Without `message_id`: the body's digest ([`body_digest`]).
+    pub digest: Option<String>,
+    /// The broker delivered this message before (to a worker that died or
+    /// lost its connection).
+    pub redelivered: bool,
     pub key: MergeKey,
     /// The `MsgBody` elements exactly as the producer wrote them, less
     /// insignificant whitespace.
@@ -57,6 +68,13 @@ impl Job {
 
     pub fn is_expired(&self, now: SystemTime) -> bool {
         self.deadline.is_some_and(|deadline| now > deadline)
+    }
+
+    /// For a redelivered job without `message_id`: the digest by which the
+    /// ledger finds the arrival it repeats, whose id it then takes. A fresh
+    /// publish of the same body is a new broadcast and needs no look-up.
+    pub fn copy_digest(&self) -> Option<&str> {
+        self.digest.as_deref().filter(|_| self.redelivered)
     }
 }
 
@@ -114,6 +132,9 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// The longest job id, in bytes: what an AMQP short string can hold.
+pub const MAX_ID_BYTES: usize = 255;
+
 /// Decodes a message. `message_id` and `deadline_ms` come from its properties
 /// and headers; `rules` are what a call may hold.
 pub fn decode(
@@ -123,6 +144,9 @@ pub fn decode(
     rules: &CallRules,
     now: SystemTime,
 ) -> Result<Job, Rejection> {
+    if let Some(id) = message_id {
+        check_message_id(id).map_err(Rejection::InvalidJob)?;
+    }
     let parsed = parse_body(body).map_err(|e| match e {
         BodyError::NotJson(e) => Rejection::InvalidJson(e),
         BodyError::Invalid(e) => Rejection::InvalidJob(e),
@@ -136,12 +160,17 @@ pub fn decode(
     check_one_custom(&parsed.msg_body).map_err(Rejection::InvalidJob)?;
     // parse_body accepted it, so it is UTF-8.
     let compact = compact_json(std::str::from_utf8(body).unwrap_or_default());
-    let id = match message_id.filter(|id| !id.is_empty()) {
-        Some(id) => id.to_string(),
-        None => body_digest(body),
+    let (id, digest) = match message_id {
+        Some(id) => (id.to_string(), None),
+        None => {
+            let digest = body_digest(body);
+            (arrival_id(&digest), Some(digest))
+        }
     };
     let job = Job {
         id,
+        digest,
+        redelivered: false,
         key: MergeKey {
             from_account: parsed.from_account,
             cloud_custom_data: parsed.cloud_custom_data,
@@ -200,12 +229,40 @@ fn custom_of(msg_body: &[Value], mode: CustomMerge) -> Custom {
     Custom::Envelope(EnvelopeItem::new(key, &text("Data").unwrap_or_default()))
 }
 
-/// The id of a job whose producer set no `message_id`: the same body is the
-/// same job.
+/// A job id is text the ledger can hold and an operator can type: 1 to 255
+/// bytes, no control characters (PostgreSQL refuses NUL in text, and one
+/// such id must not stop the worker). Checked before any SQL.
+pub fn check_message_id(id: &str) -> Result<(), String> {
+    const RULE: &str = "a job id must be 1 to 255 bytes of text without control characters";
+    if id.is_empty() {
+        return Err(format!("message_id is empty: {RULE}"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(format!("message_id is {} bytes long: {RULE}", id.len()));
+    }
+    if let Some((at, c)) = id.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(format!(
+            "message_id {id:?} holds the control character U+{:04X} at byte {at}: {RULE}",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
+/// The digest of a body, `sha256:` and 32 hex digits: what identified a job
+/// without `message_id` before arrivals had ids of their own, and still
+/// finds them.
 pub fn body_digest(body: &[u8]) -> String {
     let digest = Sha256::digest(body);
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+/// The id of one arrival of a job without `message_id`: its digest and 64
+/// random bits. Its call's `Random` derives from it, so a fresh publish of a
+/// body sent within the repeat window is not taken for a repeat.
+fn arrival_id(digest: &str) -> String {
+    format!("{digest}~{:016x}", rand::random::<u64>())
 }
 
 #[cfg(test)]
@@ -244,7 +301,7 @@ mod tests {
     }
 
     #[test]
-    fn ids_come_from_message_id_or_the_body() {
+    fn ids_come_from_message_id_or_each_arrival_of_the_body() {
         let body = r#"{"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"a"}}]}"#;
         let with_id = decode(
             body.as_bytes(),
@@ -254,16 +311,62 @@ mod tests {
             SystemTime::now(),
         )
         .unwrap();
-        assert_eq!(with_id.id, "job-1");
+        assert_eq!((with_id.id.as_str(), with_id.digest), ("job-1", None));
+        // Two publishes of one body are two broadcasts, with one digest.
         let a = decode_now(body).unwrap();
         let b = decode_now(body).unwrap();
-        assert_eq!(a.id, b.id);
-        assert!(a.id.starts_with("sha256:"));
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.digest, b.digest);
+        let digest = a.digest.clone().unwrap();
+        assert!(digest.starts_with("sha256:") && a.id.starts_with(&format!("{digest}~")));
+        assert_eq!(digest, body_digest(body.as_bytes()));
+        assert_eq!(
+            a.copy_digest(),
+            None,
+            "a fresh arrival is looked up by nothing"
+        );
+        let copy = Job {
+            redelivered: true,
+            ..a
+        };
+        assert_eq!(copy.copy_digest(), Some(digest.as_str()));
         let other = decode_now(
             r#"{"Random":5,"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"a"}}]}"#,
         )
         .unwrap();
-        assert_ne!(a.id, other.id, "Random takes part in the identity");
+        assert_ne!(b.digest, other.digest, "Random takes part in the digest");
+    }
+
+    #[test]
+    fn unusable_message_ids_are_refused_before_any_sql() {
+        let body = br#"{"MsgBody":[{"MsgType":"TIMTextElem","MsgContent":{"Text":"a"}}]}"#;
+        let decode_id = |id: &str| {
+            decode(
+                body,
+                Some(id),
+                None,
+                &CallRules::default(),
+                SystemTime::now(),
+            )
+            .map(|job| job.id)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(decode_id("m-1").unwrap(), "m-1");
+        assert_eq!(decode_id(&"x".repeat(255)).unwrap().len(), 255);
+        assert_eq!(
+            decode_id("bad\0id").unwrap_err(),
+            "invalid-job: message_id \"bad\\0id\" holds the control character U+0000 at byte 3: \
+             a job id must be 1 to 255 bytes of text without control characters"
+        );
+        for bad in ["", "tab\there", "line\n", "del\u{7f}", "c1\u{85}"] {
+            let err = decode_id(bad).unwrap_err();
+            assert!(err.starts_with("invalid-job: message_id"), "{bad:?}: {err}");
+        }
+        assert!(decode_id(&"x".repeat(256))
+            .unwrap_err()
+            .contains("message_id is 256 bytes long"));
+        // Text beyond ASCII is fine.
+        assert!(decode_id("café-😀").is_ok());
     }
 
     #[test]

@@ -109,7 +109,10 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(config: WorkerConfig) -> Result<Self, WorkerError> {
+    pub fn new(mut config: WorkerConfig) -> Result<Self, WorkerError> {
+        // Every record the worker reads or writes is its app's and queue's.
+        let scope = config.ledger_scope();
+        config.ledger = config.ledger.map(|ledger| ledger.in_scope(scope));
         let client = ApiClient::new(&config.api)?;
         let limiter = Limiter::new(config.rate, config.rate_guard, config.slow_down.clone());
         let signer = Signer::new(

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::broker::DeadReason;
+use crate::ledger::CallJob;
 use crate::ops::telemetry;
 use crate::tencent::classify::Outcome;
 use crate::tencent::client::{ApiResponse, TransportError};
@@ -207,11 +208,15 @@ impl Worker {
         if call.claimed {
             return Ok(());
         }
-        let ids: Vec<(String, u32)> = call
+        let ids: Vec<CallJob> = call
             .batch
             .jobs
             .iter()
-            .map(|q| (q.job.id.clone(), q.job.replays))
+            .map(|q| CallJob {
+                id: q.job.id.clone(),
+                replays: q.job.replays,
+                digest: q.job.digest.clone(),
+            })
             .collect();
         // Collisions are rare (two different calls in five minutes on 32
         // bits), so the next candidate almost never needs a second look.

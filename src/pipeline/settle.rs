@@ -1,7 +1,8 @@
 //! Settling: carrying out each job's final word in the order that keeps
 //! every promise. The ledger learns of deliveries before any ack; a dead
 //! letter is confirmed, then recorded, then its original acked; a job neither
-//! sent nor failed goes back to the queue.
+//! sent nor failed goes back to the queue. Acks of jobs without `message_id`
+//! are recorded after them (see [`crate::ledger::Ledger::jobs_acked`]).
 
 use lapin::Channel;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,11 @@ impl Worker {
             return Ok(());
         }
         self.record_deliveries(&settlements, shutdown).await?;
+        let acked_arrivals: Vec<String> = settlements
+            .iter()
+            .filter(|(job, _, fate)| job.digest.is_some() && !matches!(fate, Fate::Leave))
+            .map(|(job, _, _)| job.id.clone())
+            .collect();
         for (job, pending, fate) in settlements {
             match fate {
                 Fate::Ack { msg_seq, .. } => {
@@ -69,6 +75,19 @@ impl Worker {
                 }
                 Fate::Leave => pending.requeue().await?,
             }
+        }
+        self.record_acked_arrivals(&acked_arrivals, shutdown).await
+    }
+
+    /// Jobs without `message_id` are matched to their arrivals by body, so
+    /// the ledger learns which arrivals were acked: no later copy is them.
+    async fn record_acked_arrivals(
+        &mut self,
+        job_ids: &[String],
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        if let (Some(ledger), false) = (self.config.ledger.clone(), job_ids.is_empty()) {
+            with_ledger(&self.status, shutdown, || ledger.jobs_acked(job_ids)).await?;
         }
         Ok(())
     }
