@@ -2,7 +2,7 @@
 //! its jobs queue: two deployments sharing a ledger database may both call a
 //! job "m5". Rows written before scopes existed have the legacy scope, which
 //! every scope reads as its own (after its own rows); see the migration
-//! `20261201000001_job_scope.sql`.
+//! `20261126000002_job_scope.sql`.
 
 /// An app (its SDKAppID) and its jobs queue.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
