@@ -304,9 +304,13 @@ async fn a_sender_that_does_not_exist_dead_letters_the_whole_call_in_one_call() 
         .map(|c| c.random)
         .collect::<HashSet<_>>()
         .len() as u64;
-    // However the broker handed the burst over, no call was split or retried:
-    // each call dead-lettered all of its jobs at once.
-    assert_eq!(calls, distinct_calls, "no call split or retried");
+    // However the broker handed the burst over (one portion, or a few), no
+    // call was retried or split: splitting would take about 200 calls.
+    assert_eq!(calls, distinct_calls, "no call retried");
+    assert!(
+        calls <= 5,
+        "{calls} calls for 100 jobs of one unknown sender"
+    );
     app.stop_worker().await.unwrap();
 }
 
