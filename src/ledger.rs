@@ -267,6 +267,19 @@ impl Ledger {
         Ok(())
     }
 
+    /// A call that may have been delivered is about to have its jobs
+    /// dead-lettered: until they all are, its jobs that come back are in
+    /// doubt, not new.
+    pub async fn call_dead_lettering(&self, call_id: i64) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE calls SET state = $2 WHERE id = $1 AND state = $3")
+            .bind(call_id)
+            .bind(CallState::DeadLettering)
+            .bind(CallState::InFlight)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Jobs dead-lettered (after the dead letter was confirmed): each id's
     /// row in this scope, or else its legacy one. When they were a call's
     /// jobs, the call is closed too.
@@ -408,7 +421,7 @@ async fn close_call(
 ) -> Result<(), LedgerError> {
     sqlx::query(
         "UPDATE calls SET state = $2, msg_seq = COALESCE($3, msg_seq), error_code = $4, error_info = $5, \
-             settled_at = now() WHERE id = $1 AND state = $6",
+             settled_at = now() WHERE id = $1 AND state IN ($6, $7)",
     )
     .bind(call_id)
     .bind(state)
@@ -416,6 +429,7 @@ async fn close_call(
     .bind(code)
     .bind(info.map(db_text))
     .bind(CallState::InFlight)
+    .bind(CallState::DeadLettering)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -85,6 +85,9 @@ async fn crash_and_recover(point: &str, standby_takes_over: bool) {
         0,
         "nothing dead-lettered"
     );
+    // The quota held across the kill: the survivor's first call kept a full
+    // period from the moment it became the app's sender.
+    assert_eq!(app.sim.simulator.stats().frequency_violations, 0);
     let repeats = app.sim.simulator.stats().repeats_dropped;
     match point {
         // The call answered OK before the crash was sent again verbatim, and
@@ -487,4 +490,73 @@ async fn records_older_than_the_retention_are_pruned_settled_or_in_doubt() {
         theirs.show("q-0").await.unwrap().is_some(),
         "another deployment's records follow its own retention"
     );
+}
+
+#[tokio::test]
+async fn a_call_that_may_have_been_delivered_is_dead_lettered_whole() {
+    let db = TestDatabase::create("settle-whole").await;
+    let app = spawn_app("settle-whole", 50.0).await;
+    // Every attempt fails transiently: with one attempt allowed, the first
+    // call's jobs are dead-lettered as retries-exhausted, and the worker dies
+    // once their dead letters are out, before the ledger records them.
+    app.sim
+        .simulator
+        .set_faults(broadcast_worker::tencent::simulator::FaultPlan {
+            always: Some(broadcast_worker::tencent::simulator::Fault {
+                code: Some(70500),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    let jobs = backlog("whole", 5);
+    app.publish_many(&jobs).await;
+    let env = [
+        ("DATABASE_URL", db.url()),
+        ("BROADCAST_MAX_ATTEMPTS", "1".to_string()),
+    ];
+    let mut doomed_env = env.to_vec();
+    doomed_env.push((
+        "BROADCAST_TEST_CRASH_AT",
+        "after-dead-letters:1".to_string(),
+    ));
+    let mut doomed = worker_process(BIN, &app, &doomed_env);
+    assert_eq!(wait_exit(&mut doomed, LONG).await.code(), Some(137));
+    let first: Vec<String> = app
+        .take_dead_letters()
+        .await
+        .into_iter()
+        .map(|d| d.id.unwrap())
+        .collect();
+    assert!(!first.is_empty());
+    // The service would take the call now: a resend would deliver it.
+    app.sim.simulator.set_faults(Default::default());
+    let mut survivor = worker_process(BIN, &app, &env);
+    app.wait_for_dead(first.len() as u32, LONG).await;
+    let again = app.take_dead_letters().await;
+    let mut again_ids: Vec<String> = again.iter().map(|d| d.id.clone().unwrap()).collect();
+    again_ids.sort();
+    let mut first_sorted = first.clone();
+    first_sorted.sort();
+    assert_eq!(
+        again_ids, first_sorted,
+        "the call's jobs came back in doubt"
+    );
+    assert!(again.iter().all(|d| d.reason == "in-doubt"), "{again:?}");
+    let others: Vec<(String, Value)> = jobs
+        .iter()
+        .filter(|(id, _)| !first.contains(id))
+        .cloned()
+        .collect();
+    app.wait_for("the other jobs delivered", LONG, |app| {
+        app.all_delivered(&others)
+    })
+    .await;
+    let texts = app.delivered_texts();
+    for (id, body) in &jobs {
+        let delivered = texts.get(&text_of(body)).copied().unwrap_or(0);
+        let want = usize::from(!first.contains(id));
+        assert_eq!(delivered, want, "{id} delivered {delivered} times");
+    }
+    signal(&survivor, "-TERM");
+    wait_exit(&mut survivor, Duration::from_secs(20)).await;
 }

@@ -32,6 +32,9 @@ pub enum CallState {
     Split,
     /// A recovered call the service refused: it will not be resent as it was.
     Abandoned,
+    /// Its jobs are being dead-lettered though it may have been delivered;
+    /// closed as `dead_lettered` once every job is recorded.
+    DeadLettering,
 }
 
 /// What the ledger knows of a job that arrives (again).
@@ -41,6 +44,9 @@ pub enum Known {
     Settled,
     /// Its call may or may not have reached the service.
     InFlight(InFlightCall),
+    /// Its call was being dead-lettered when a worker stopped, and may have
+    /// been delivered: dead-letter it as in doubt, never send it again.
+    InDoubt,
     /// Nothing, or nothing that still binds it: a new job.
     New,
 }
@@ -73,6 +79,7 @@ impl std::fmt::Display for CallState {
             CallState::DeadLettered => "dead_lettered",
             CallState::Split => "split",
             CallState::Abandoned => "abandoned",
+            CallState::DeadLettering => "dead_lettering",
         })
     }
 }
@@ -163,6 +170,7 @@ pub fn classify_record(
     match (job_state, call_state, call) {
         (JobState::Delivered | JobState::DeadLettered, _, _) => Known::Settled,
         (JobState::InFlight, CallState::InFlight, Some(call)) => Known::InFlight(call),
+        (JobState::InFlight, CallState::DeadLettering, _) => Known::InDoubt,
         // The call was split, abandoned or failed as a whole after this job's
         // last record: nothing was delivered for it, so it is new again.
         _ => Known::New,
@@ -210,6 +218,10 @@ mod tests {
         assert_eq!(
             classify_record(JobState::InFlight, CallState::DeadLettered, None, 0, 0),
             Known::New
+        );
+        assert_eq!(
+            classify_record(JobState::InFlight, CallState::DeadLettering, None, 0, 0),
+            Known::InDoubt
         );
         // A replay of a dead-lettered job is a new job; the same replay again is not.
         assert_eq!(

@@ -87,6 +87,12 @@ impl Worker {
                         settled.push(in_doubt);
                     }
                 }
+                Known::InDoubt => {
+                    warn!(job = %job.id, "its call was being dead-lettered when a worker stopped: dead-lettering it as in-doubt");
+                    let info = "its call was being dead-lettered (it may have been delivered) when a worker stopped".to_string();
+                    let fate = dead_letter_fate(&pending, DeadReason::InDoubt, None, info, None);
+                    settled.push((job, pending, fate));
+                }
             }
         }
         self.settle(settled, publish_channel, shutdown).await

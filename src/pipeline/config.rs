@@ -38,7 +38,7 @@ pub mod defaults {
     /// Seconds within which a redelivered job's call is resent verbatim: the
     /// service's 300 s repeat window, less a margin for the wait to send.
     pub const RESEND_WINDOW_SECS: u64 = 270;
-    /// Hours settled ledger records are kept.
+    /// Hours ledger records (settled, or left in flight) are kept.
     pub const LEDGER_RETENTION_HOURS: f64 = 168.0;
     pub use crate::tencent::client::{CONNECT_TIMEOUT_MS, REQUEST_TIMEOUT_MS};
 }
@@ -83,7 +83,8 @@ pub struct WorkerConfig {
     pub resend_window: Duration,
     /// What to do with a job whose call has been in flight longer than that.
     pub in_doubt: InDoubtPolicy,
-    /// Settled ledger records older than this are pruned.
+    /// Ledger records untouched for longer than this are pruned, settled or
+    /// left in flight (in doubt).
     pub ledger_retention: Duration,
     /// Test hook: exit abruptly at a point of the cycle (see [`CrashPoint`]).
     pub crash_at: Option<(CrashPoint, u32)>,

@@ -15,6 +15,8 @@ pub enum CrashPoint {
     AfterCall,
     /// The ledger knows; the jobs are not acked.
     AfterLedger,
+    /// A call's dead letters are published; the ledger does not know yet.
+    AfterDeadLetters,
 }
 
 /// Reads `POINT:N` (die the N-th time POINT is reached).

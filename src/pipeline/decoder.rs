@@ -76,7 +76,9 @@ impl Decoder {
                 &this.rules,
                 SystemTime::now(),
             );
-            let pending = Pending::from_delivery(delivery);
+            // A decoded job keeps its compacted body; the raw one (maybe
+            // padded to megabytes) is dropped here.
+            let (pending, body) = Pending::from_delivery(delivery);
             match decoded {
                 Ok(mut job) => {
                     job.replays = replays;
@@ -89,12 +91,13 @@ impl Decoder {
                     // Escaped: a refused id may hold control characters,
                     // and it goes to the logs.
                     let id = message_id.map_or_else(
-                        || job::body_digest(pending.body()),
+                        || job::body_digest(&body),
                         |id| id.escape_debug().to_string(),
                     );
                     let this = this.clone();
-                    dead_letters
-                        .spawn(async move { this.dead_letter(&id, pending, rejection).await });
+                    dead_letters.spawn(async move {
+                        this.dead_letter(&id, pending, &body, rejection).await
+                    });
                 }
             }
         }
@@ -105,11 +108,12 @@ impl Decoder {
         &self,
         id: &str,
         pending: Pending,
+        body: &[u8],
         rejection: Rejection,
     ) -> Result<(), BrokerError> {
         let dead = pending.dead_letter_for(rejection.reason(), None, rejection.to_string());
         pending
-            .publish_dead_letter(&self.publish_channel, &self.dlx, &dead)
+            .publish_dead_letter(&self.publish_channel, &self.dlx, body, &dead)
             .await?;
         warn!(job = %id, reason = %dead.reason, info = %dead.error_info, "dead-lettered on arrival");
         pending.ack(id).await

@@ -12,12 +12,12 @@ use tracing::warn;
 use crate::broker::{self, BrokerError, DeadLetter, DeadReason};
 use crate::ops::telemetry;
 
-/// A job's delivery: what is needed to ack it or dead-letter it as it came.
+/// A job's delivery: what is needed to ack it or dead-letter it with its
+/// properties. The body is not kept: a decoded job holds its own, compacted.
 #[derive(Debug)]
 pub struct Pending {
     acker: Acker,
     properties: BasicProperties,
-    body: Vec<u8>,
     /// When this worker received it, for the `x-first-seen` header.
     pub first_seen_ms: u64,
     /// Calls attempted with this job.
@@ -25,18 +25,15 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn from_delivery(delivery: Delivery) -> Self {
-        Self {
+    /// The delivery, and its body handed back to the caller.
+    pub fn from_delivery(delivery: Delivery) -> (Self, Vec<u8>) {
+        let pending = Self {
             acker: delivery.acker,
             properties: delivery.properties,
-            body: delivery.data,
             first_seen_ms: broker::unix_ms(SystemTime::now()),
             attempts: 0,
-        }
-    }
-
-    pub fn body(&self) -> &[u8] {
-        &self.body
+        };
+        (pending, delivery.data)
     }
 
     /// Why it is dead-lettered, with what this worker knows of it.
@@ -68,23 +65,18 @@ impl Pending {
         }
     }
 
-    /// Publishes the original body and properties, plus the headers that say
-    /// why, to the dead-letter exchange and waits for the confirm. The caller
-    /// acks the original afterwards (after the ledger, when there is one).
+    /// Publishes `body` with the original properties, plus the headers that
+    /// say why, to the dead-letter exchange and waits for the confirm. The
+    /// caller acks the original afterwards (after the ledger, when there is one).
     pub async fn publish_dead_letter(
         &self,
         channel: &Channel,
         dlx: &str,
+        body: &[u8],
         dead: &DeadLetter,
     ) -> Result<(), BrokerError> {
-        broker::publish_confirmed(
-            channel,
-            dlx,
-            "",
-            &self.body,
-            dead.properties(&self.properties),
-        )
-        .await?;
+        broker::publish_confirmed(channel, dlx, "", body, dead.properties(&self.properties))
+            .await?;
         let code = dead
             .error_code
             .map_or_else(|| "none".to_string(), |c| c.to_string());

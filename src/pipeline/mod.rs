@@ -128,10 +128,8 @@ impl Worker {
             limiter,
             signer,
             status: Arc::new(WorkerStatus::default()),
-            // Another process may have sent for this app a moment ago (a
-            // restart, a failover): the first send keeps a full period, as if
-            // one had just gone out.
-            last_send: Some(Instant::now()),
+            // Set when a session becomes the app's sender (see session.rs).
+            last_send: None,
             recent_randoms: randoms::RecentRandoms::default(),
         })
     }

@@ -143,6 +143,7 @@ impl Worker {
         publish_channel: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<std::convert::Infallible, SessionEnd> {
+        let mut active = false;
         loop {
             holding.readmit_duplicates();
             while holding.is_empty() {
@@ -150,6 +151,9 @@ impl Worker {
                     biased;
                     _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
                     incoming = rx.recv() => holding.arrive(incoming)?,
+                }
+                if !std::mem::replace(&mut active, true) {
+                    self.keep_a_period_from_activation();
                 }
                 self.admit(holding, publish_channel, shutdown).await?;
             }
@@ -166,6 +170,15 @@ impl Worker {
                 self.deliver(call, publish_channel, shutdown).await?;
             }
         }
+    }
+
+    /// The first delivery of a session makes this replica the app's sender:
+    /// a restart, or a standby taking over from one that was killed a moment
+    /// after a call. That call went out at most now, so the first send here
+    /// keeps a full period from now, and the app's quota holds across them.
+    fn keep_a_period_from_activation(&mut self) {
+        let now = Instant::now();
+        self.last_send = Some(self.last_send.map_or(now, |last| last.max(now)));
     }
 
     /// Waits for the limiter's permit; whatever arrives meanwhile joins the

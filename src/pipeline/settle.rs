@@ -63,17 +63,20 @@ impl Worker {
             .filter(|(job, _, fate)| job.digest.is_some() && !matches!(fate, Fate::Leave))
             .map(|(job, _, _)| job.id.clone())
             .collect();
-        for (job, pending, fate) in settlements {
+        let (dead, rest): (Vec<Settlement>, Vec<Settlement>) = settlements
+            .into_iter()
+            .partition(|(_, _, fate)| matches!(fate, Fate::DeadLetter { .. }));
+        for group in same_dead_letter_groups(dead) {
+            self.dead_letter(group, publish_channel, shutdown).await?;
+        }
+        for (job, pending, fate) in rest {
             match fate {
                 Fate::Ack { msg_seq, .. } => {
                     pending.ack(&job.id).await?;
                     tracing::debug!(job = %job.id, msg_seq, "acked");
                 }
-                Fate::DeadLetter { dead, call } => {
-                    self.dead_letter(&job, &pending, &dead, call, publish_channel, shutdown)
-                        .await?;
-                }
                 Fate::Leave => pending.requeue().await?,
+                Fate::DeadLetter { .. } => unreachable!("dead letters were settled above"),
             }
         }
         self.record_acked_arrivals(&acked_arrivals, shutdown).await
@@ -124,22 +127,44 @@ impl Worker {
         Ok(())
     }
 
-    /// Confirmed dead letter, then the ledger's record, then the ack.
+    /// Dead-letters a group of jobs that failed together (a call's jobs, for
+    /// one reason): every dead letter confirmed, then one ledger record for
+    /// them all, which closes their call only then, then the acks. A crash in
+    /// between leaves the call open, so its jobs come back as a call in flight
+    /// (resent within the repeat window, in doubt after it), never as new jobs
+    /// under a new `Random`.
     async fn dead_letter(
         &mut self,
-        job: &Job,
-        pending: &Pending,
-        dead: &DeadLetter,
-        call: Option<i64>,
+        group: Vec<Settlement>,
         publish_channel: &Channel,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
+        let Some((_, _, Fate::DeadLetter { dead, call })) = group.first() else {
+            return Ok(());
+        };
+        let (dead, call) = (dead.clone(), *call);
+        // A call that may have been delivered stays open, marked, until all
+        // its jobs are recorded: any that come back meanwhile are in doubt.
+        let maybe_delivered = matches!(
+            dead.reason,
+            DeadReason::RetriesExhausted | DeadReason::InDoubt
+        );
+        if let (Some(ledger), Some(call), true) =
+            (self.config.ledger.clone(), call, maybe_delivered)
+        {
+            with_ledger(&self.status, shutdown, || ledger.call_dead_lettering(call)).await?;
+        }
         let dlx = &self.config.topology.names.dlx;
-        pending
-            .publish_dead_letter(publish_channel, dlx, dead)
-            .await?;
+        for (job, pending, fate) in &group {
+            if let Fate::DeadLetter { dead, .. } = fate {
+                pending
+                    .publish_dead_letter(publish_channel, dlx, &job.body, dead)
+                    .await?;
+            }
+        }
+        self.crash.reached(CrashPoint::AfterDeadLetters);
         if let Some(ledger) = self.config.ledger.clone() {
-            let ids = [job.id.clone()];
+            let ids: Vec<String> = group.iter().map(|(job, _, _)| job.id.clone()).collect();
             with_ledger(&self.status, shutdown, || {
                 ledger.jobs_dead_lettered(
                     call,
@@ -151,8 +176,28 @@ impl Worker {
             })
             .await?;
         }
-        warn!(job = %job.id, reason = %dead.reason, code = dead.error_code, "dead-lettered");
-        pending.ack(&job.id).await?;
+        for (job, pending, _) in &group {
+            warn!(job = %job.id, reason = %dead.reason, code = dead.error_code, "dead-lettered");
+            pending.ack(&job.id).await?;
+        }
         Ok(())
     }
+}
+
+/// Consecutive dead letters of the same call and the same why, together.
+fn same_dead_letter_groups(dead: Vec<Settlement>) -> Vec<Vec<Settlement>> {
+    let why = |fate: &Fate| match fate {
+        Fate::DeadLetter { dead, call } => {
+            Some((*call, dead.reason, dead.error_code, dead.error_info.clone()))
+        }
+        _ => None,
+    };
+    let mut groups: Vec<Vec<Settlement>> = Vec::new();
+    for settlement in dead {
+        match groups.last_mut() {
+            Some(group) if why(&group[0].2) == why(&settlement.2) => group.push(settlement),
+            _ => groups.push(vec![settlement]),
+        }
+    }
+    groups
 }
