@@ -8,10 +8,12 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
+use tracing::warn;
 
 /// The headers the project reads and writes on jobs and dead letters.
 pub mod headers {
@@ -33,6 +35,9 @@ pub mod headers {
     pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
     /// Set by RabbitMQ when it dead-letters a message itself.
     pub const FIRST_DEATH_REASON: &str = "x-first-death-reason";
+    /// The job's AMQP `expiration`, which its dead letter does not carry (a
+    /// dead letter stays until an operator acts).
+    pub const ORIGINAL_EXPIRATION: &str = "x-original-expiration";
 
     /// Headers that dead-lettering adds (ours and RabbitMQ's): a replay removes
     /// them, so the job goes back as it came.
@@ -43,6 +48,7 @@ pub mod headers {
         ATTEMPTS,
         FIRST_SEEN,
         DEAD_LETTERED_AT,
+        ORIGINAL_EXPIRATION,
         "x-death",
         FIRST_DEATH_REASON,
         "x-first-death-queue",
@@ -175,8 +181,9 @@ impl Topology {
         args
     }
 
-    /// Declares everything; idempotent. A queue that exists with other
-    /// arguments is an error that quotes the broker, which names the argument.
+    /// Declares everything; idempotent. A jobs queue that exists with other
+    /// arguments is an error that quotes the broker, which names the argument;
+    /// a dead-letter queue that does is kept (see [`Self::declare_dead`]).
     pub async fn declare(&self, connection: &Connection) -> Result<(), BrokerError> {
         // A failed declare closes its channel, so each step gets a fresh one.
         let step = |what: String| {
@@ -184,10 +191,6 @@ impl Topology {
                 what,
                 detail: e.to_string(),
             }
-        };
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
         };
         let channel = connection
             .create_channel()
@@ -205,15 +208,7 @@ impl Topology {
             )
             .await
             .map_err(step(format!("exchange {}", self.names.dlx)))?;
-        let mut dead_args = FieldTable::default();
-        dead_args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-        channel
-            .queue_declare(self.names.dead.as_str().into(), durable, dead_args)
-            .await
-            .map_err(step(format!("queue {}", self.names.dead)))?;
+        self.declare_dead(connection).await?;
         channel
             .queue_bind(
                 self.names.dead.as_str().into(),
@@ -230,7 +225,7 @@ impl Topology {
         channel
             .queue_declare(
                 self.names.jobs.as_str().into(),
-                durable,
+                durable(),
                 self.jobs_arguments(),
             )
             .await
@@ -238,6 +233,103 @@ impl Topology {
         let _ = channel.close(200, "topology declared".into()).await;
         Ok(())
     }
+
+    /// Declares `{prefix}.dead` with [`dead_arguments`], on channels of its
+    /// own. One that exists without them (declared by an earlier version) is
+    /// used as it is, with a warning: a queue's arguments cannot change, the
+    /// worker only publishes to the exchange, and refusing to start would
+    /// strand every existing deployment with its dead letters.
+    async fn declare_dead(&self, connection: &Connection) -> Result<(), BrokerError> {
+        let queue = self.names.dead.as_str();
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::Channel)?;
+        let refused = match channel
+            .queue_declare(queue.into(), durable(), dead_arguments())
+            .await
+        {
+            Ok(_) => {
+                let _ = channel
+                    .close(200, "dead-letter queue declared".into())
+                    .await;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let refusal = BrokerError::Topology {
+            what: format!("queue {queue}"),
+            detail: refused.to_string(),
+        };
+        if !is_precondition_failed(&refused) {
+            return Err(refusal);
+        }
+        // The refusal closed that channel; a passive declare only asks whether
+        // the queue is there.
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::Channel)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        if channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .is_err()
+        {
+            return Err(refusal);
+        }
+        let _ = channel.close(200, "dead-letter queue exists".into()).await;
+        warn!(
+            queue,
+            broker = %refused,
+            "{queue} exists with other arguments than x-delivery-limit = {DEAD_DELIVERY_LIMIT} \
+             (declared by an earlier version?): using it as it is. On RabbitMQ 4.x such a queue \
+             has a delivery limit of 20 and each `dlq list` or `dlq show` counts one delivery of \
+             every dead letter it reads, so reading it 20 times drops them: give it a policy \
+             {{\"delivery-limit\": -1}}, or move its dead letters and declare it again"
+        );
+        Ok(())
+    }
+}
+
+/// `{prefix}.dead`'s `x-delivery-limit`. Reading the dead-letter queue (`dlq
+/// list`, `show`) gives each message back to it, and a quorum queue counts
+/// every return as a delivery: on RabbitMQ 4.x a quorum queue has a limit of
+/// 20 unless told otherwise, and a message over it is dropped when the queue
+/// has no dead-letter target, as this one has none. -1, unlimited on 4.x, is
+/// accepted unchecked by 3.10, which then drops a message at its first
+/// return; 2^31 - 1 is taken by both, and no reader comes near it.
+pub const DEAD_DELIVERY_LIMIT: i64 = 2_147_483_647;
+
+/// The dead-letter queue's arguments: quorum, and a delivery limit no reading
+/// reaches.
+fn dead_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT),
+    );
+    args
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// The broker's answer to a declare whose arguments differ from the queue's.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
 }
 
 /// A channel in confirm mode.
@@ -317,12 +409,20 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// The original properties plus the headers that say why.
+    /// The original properties plus the headers that say why, less the AMQP
+    /// `expiration`: a dead letter stays until an operator acts, so the job's
+    /// expiration is only recorded, in `x-original-expiration`.
     pub fn properties(&self, original: &BasicProperties) -> BasicProperties {
         let mut table = original.headers().clone().unwrap_or_default();
         let mut set = |name: &str, value: AMQPValue| {
             table.insert(ShortString::from(name), value);
         };
+        if let Some(expiration) = original.expiration() {
+            set(
+                headers::ORIGINAL_EXPIRATION,
+                AMQPValue::LongString(expiration.as_str().into()),
+            );
+        }
         set(
             headers::REASON,
             AMQPValue::LongString(self.reason.as_str().into()),
@@ -347,8 +447,37 @@ impl DeadLetter {
             headers::DEAD_LETTERED_AT,
             AMQPValue::LongLongInt(i64::try_from(unix_ms(SystemTime::now())).unwrap_or(i64::MAX)),
         );
-        original.clone().with_headers(table)
+        without_expiration(original).with_headers(table)
     }
+}
+
+/// A copy of `original` with every property but `expiration` (lapin can set a
+/// property, not unset one).
+fn without_expiration(original: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default();
+    macro_rules! keep {
+        ($($get:ident => $with:ident),* $(,)?) => {
+            $(if let Some(value) = original.$get() {
+                copy = copy.$with(value.clone());
+            })*
+        };
+    }
+    keep!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    copy
 }
 
 /// Reads an integer header however the producer typed it. Every time header
@@ -384,4 +513,85 @@ pub fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_property() -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("identity".into())
+            .with_headers(FieldTable::from(std::collections::BTreeMap::from([(
+                ShortString::from(headers::DEADLINE),
+                AMQPValue::LongLongInt(42),
+            )])))
+            .with_delivery_mode(2)
+            .with_priority(3)
+            .with_correlation_id("corr".into())
+            .with_reply_to("reply".into())
+            .with_expiration("5000".into())
+            .with_message_id("job-1".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("broadcast".into())
+            .with_user_id("guest".into())
+            .with_app_id("producer".into())
+            .with_cluster_id("cluster".into())
+    }
+
+    fn dead_letter() -> DeadLetter {
+        DeadLetter {
+            reason: DeadReason::Rejected,
+            error_code: Some(80001),
+            error_info: "refused".into(),
+            attempts: 1,
+            first_seen_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_every_property_but_its_expiration() {
+        let original = every_property();
+        let dead = dead_letter().properties(&original);
+        assert_eq!(dead.expiration(), &None);
+        assert_eq!(
+            header_str(&dead, headers::ORIGINAL_EXPIRATION).as_deref(),
+            Some("5000")
+        );
+        assert_eq!(header_i64(&dead, headers::DEADLINE), Some(42));
+        assert_eq!(
+            header_str(&dead, headers::REASON).as_deref(),
+            Some("rejected")
+        );
+        // Every other property as it came: compare all fields, serialized.
+        let fields = |p: &BasicProperties| {
+            let mut v = serde_json::to_value(p).unwrap();
+            let map = v.as_object_mut().unwrap();
+            map.remove("expiration");
+            map.remove("headers");
+            v
+        };
+        assert_eq!(fields(&dead), fields(&original));
+    }
+
+    #[test]
+    fn a_job_without_expiration_gets_no_original_expiration() {
+        let dead = dead_letter().properties(&BasicProperties::default());
+        assert_eq!(header_str(&dead, headers::ORIGINAL_EXPIRATION), None);
+        assert!(headers::ADDED_BY_DEAD_LETTERING.contains(&headers::ORIGINAL_EXPIRATION));
+    }
+
+    #[test]
+    fn the_dead_letter_queue_has_a_delivery_limit_no_reader_reaches() {
+        let args = dead_arguments();
+        assert_eq!(
+            args.inner().get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(i64::from(i32::MAX)))
+        );
+        assert_eq!(
+            args.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+    }
 }

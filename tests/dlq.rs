@@ -1,11 +1,18 @@
 //! `broadcast-worker dlq` against real RabbitMQ: list, show, replay, purge,
-//! and a replay interrupted midway.
+//! a replay interrupted midway; dead letters that outlive the jobs'
+//! expiration and any number of readings; and reading that holds only what
+//! it prints.
 
-use std::process::{Command, Output};
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use broadcast_worker::broker::{self, QueueNames, Topology};
 use broadcast_worker::ledger::{JobState, Ledger};
 use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
 use serde_json::Value;
 use testkit::*;
 
@@ -292,4 +299,353 @@ async fn an_interrupted_list_changes_nothing() {
             .collect()
     };
     assert_eq!(ids(&before), ids(&after), "same jobs, same order");
+}
+
+fn show_json(app: &TestApp, id: &str) -> Value {
+    let out = dlq(app, &["show", id], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+/// Publishes a raw job with an AMQP expiration (milliseconds).
+async fn publish_expiring(app: &TestApp, id: &str, body: &[u8], expiration_ms: u64) {
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(id.into())
+        .with_expiration(expiration_ms.to_string().into());
+    broker::publish_confirmed(&app.channel, "", &app.names.jobs, body, properties)
+        .await
+        .expect("publish confirmed");
+}
+
+#[tokio::test]
+async fn a_dead_letter_outlives_the_jobs_expiration() {
+    let mut app = spawn_app("dlq-ttl", 100.0).await;
+    app.sim.simulator.set_faults(FaultPlan {
+        rules: vec![FaultRule {
+            body_contains: "MODERATED".into(),
+            fault: Fault {
+                code: Some(80001),
+                ..Fault::default()
+            },
+        }],
+        ..FaultPlan::default()
+    });
+    // One dead-lettered on decoding, one refused by the service: both paths.
+    publish_expiring(&app, "ttl-bad-json", b"{not json", 5000).await;
+    let refused = text_job("MODERATED").to_string();
+    publish_expiring(&app, "ttl-refused", refused.as_bytes(), 5000).await;
+    app.start_worker();
+    app.wait_for_dead(2, LONG).await;
+    app.stop_worker().await.unwrap();
+
+    // Well past the 5 s they would have lasted with the job's expiration.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    app.wait_for_len(&app.names.dead, 2).await;
+    for (id, reason) in [
+        ("ttl-bad-json", "invalid-json"),
+        ("ttl-refused", "rejected"),
+    ] {
+        let report = show_json(&app, id);
+        assert_eq!(report["why"]["reason"], reason);
+        assert_eq!(report["properties"]["expiration"], Value::Null, "{report}");
+        assert_eq!(
+            report["properties"]["headers"]["x-original-expiration"], "5000",
+            "{report}"
+        );
+    }
+
+    // A replay sends the job back without the header (nor an expiration).
+    let out = dlq(&app, &["replay", "--id", "ttl-refused"], &[]);
+    assert!(out.status.success());
+    let delivery = app.consume(1).await.remove(0);
+    assert_eq!(delivery.properties.expiration(), &None);
+    assert_eq!(
+        broker::header_str(&delivery.properties, "x-original-expiration"),
+        None
+    );
+}
+
+/// What RabbitMQ does with a job whose AMQP expiration passes while it waits
+/// in the jobs queue: it dead-letters it itself (the queue's
+/// `x-dead-letter-exchange`), without its `expiration`, so it stays.
+#[tokio::test]
+async fn a_job_expiring_in_the_jobs_queue_is_dead_lettered_by_the_broker() {
+    let app = spawn_app("dlq-broker-ttl", 100.0).await;
+    publish_expiring(&app, "stale", br#"{"MsgBody":[]}"#, 1000).await;
+    app.wait_for_dead(1, Duration::from_secs(15)).await;
+    assert_eq!(app.queue_len(&app.names.jobs).await, 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.wait_for_len(&app.names.dead, 1).await;
+
+    let report = show_json(&app, "stale");
+    assert_eq!(report["why"]["reason"], "broker:expired");
+    assert_eq!(report["properties"]["expiration"], Value::Null, "{report}");
+    let death = &report["properties"]["headers"]["x-death"][0];
+    assert_eq!(death["reason"], "expired", "{report}");
+    assert_eq!(death["original-expiration"], "1000", "{report}");
+    assert_eq!(death["queue"], app.names.jobs.as_str(), "{report}");
+    let listed = list_json(&app, &["--reason", "broker:expired"]);
+    assert_eq!(listed["jobs"][0]["id"], "stale");
+}
+
+/// The dead-letter queue's arguments as the worker declares them.
+fn dead_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(2_147_483_647));
+    args
+}
+
+/// Declares `queue` durable with `args`: Ok only if it is new or already has
+/// exactly these arguments (RabbitMQ refuses an inequivalent declaration).
+async fn declare_with(
+    connection: &lapin::Connection,
+    queue: &str,
+    args: FieldTable,
+) -> Result<(), String> {
+    let channel = connection.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await;
+    let _ = channel.close(200, "".into()).await;
+    declared.map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn reading_the_dead_letter_queue_25_times_loses_nothing() {
+    let app = app_with_dead_letters("dlq-reread", 2).await;
+    declare_with(&app.connection, &app.names.dead, dead_arguments())
+        .await
+        .expect("the dead-letter queue has exactly the chosen arguments");
+    // Each reading gives every message back, and the queue counts it as a
+    // delivery: past RabbitMQ 4.x's default limit of 20.
+    for reading in 0..25 {
+        let listed = list_json(&app, &[]);
+        assert_eq!(listed["total"], 5, "reading {reading}");
+        app.wait_for_len(&app.names.dead, 5).await;
+    }
+    let report = show_json(&app, "rejected-1");
+    if let Some(count) = report["properties"]["headers"]["x-delivery-count"].as_i64() {
+        assert!(count >= 25, "every reading counted: {report}");
+    }
+    app.wait_for_len(&app.names.dead, 5).await;
+}
+
+/// Deletes a prefix's queues and exchange when dropped, pass or fail.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        delete_topology(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_queue_declared_by_an_earlier_version_is_kept() {
+    let prefix = unique_prefix("dlq-upgrade");
+    let _cleanup = Cleanup(prefix.clone());
+    let names = QueueNames::new(&prefix);
+    let connection = connect().await;
+    let mut old = FieldTable::default();
+    old.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    declare_with(&connection, &names.dead, old).await.unwrap();
+    let channel = broker::confirm_channel(&connection).await.unwrap();
+    broker::publish_confirmed(
+        &channel,
+        "",
+        &names.dead,
+        b"kept",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+
+    let topology = Topology {
+        names: names.clone(),
+        delivery_limit: 20,
+    };
+    topology
+        .declare(&connection)
+        .await
+        .expect("the worker starts with the queue as it is");
+    topology.declare(&connection).await.expect("and again");
+    // The exchange is bound to it: a dead letter reaches it.
+    broker::publish_confirmed(&channel, &names.dlx, "", b"new", BasicProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for _ in 0..100 {
+        let queue = channel
+            .queue_declare(names.dead.as_str().into(), passive, FieldTable::default())
+            .await
+            .unwrap();
+        if queue.message_count() == 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{} does not hold its old and its new dead letter",
+        names.dead
+    );
+}
+
+/// Publishes `n` dead letters straight to the dead-letter exchange, with the
+/// worker's headers and bodies of `body_len` bytes, confirms pipelined.
+async fn fill_dead(app: &TestApp, n: usize, body_len: usize) {
+    let body = vec![b'x'; body_len];
+    let mut window = Vec::new();
+    for i in 0..n {
+        let mut headers = FieldTable::default();
+        headers.insert("x-reason".into(), AMQPValue::LongString("rejected".into()));
+        headers.insert("x-error-code".into(), AMQPValue::LongLongInt(80001));
+        headers.insert(
+            "x-error-info".into(),
+            AMQPValue::LongString("moderated".into()),
+        );
+        headers.insert("x-attempts".into(), AMQPValue::LongLongInt(1));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(format!("big-{i:05}").into())
+            .with_headers(headers);
+        let confirm = app
+            .channel
+            .basic_publish(
+                app.names.dlx.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .unwrap();
+        window.push(confirm);
+        if window.len() == 100 {
+            for confirm in window.drain(..) {
+                broker::check_confirmation("dlx", confirm.await.unwrap()).unwrap();
+            }
+        }
+    }
+    for confirm in window {
+        broker::check_confirmation("dlx", confirm.await.unwrap()).unwrap();
+    }
+}
+
+/// Runs a `dlq` command, sampling its resident memory's high-water mark
+/// until it exits: its exit code, standard output, and peak in MiB.
+async fn dlq_measured(app: &TestApp, args: &[&str]) -> (Option<i32>, String, f64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_broadcast-worker"))
+        .arg("dlq")
+        .args(args)
+        .env("AMQP_URL", AMQP_URL)
+        .env("BROADCAST_QUEUE_PREFIX", &app.prefix)
+        .env_remove("BROADCAST_TEST_CRASH_AT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        pipe.read_to_string(&mut out).unwrap();
+        out
+    });
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    (status.code(), reader.join().unwrap(), peak as f64 / 1024.0)
+}
+
+/// 64 MiB of dead letters; each command may hold what it prints, not that.
+#[tokio::test]
+async fn reading_holds_only_what_it_prints() {
+    const N: usize = 256;
+    const BODY: usize = 256 * 1024;
+    // A quarter of the queue over the command's own size with nothing to read.
+    const MARGIN_MIB: f64 = 16.0;
+    let app = spawn_app("dlq-memory", 100.0).await;
+    let (code, _, empty) = dlq_measured(&app, &["list"]).await;
+    assert_eq!(code, Some(0));
+    fill_dead(&app, N, BODY).await;
+    app.wait_for_len(&app.names.dead, N as u32).await;
+
+    // Newest first while the queue is in publishing order (a reading gives
+    // more than a handful back in no particular order).
+    let args = ["list", "--newest-first", "--limit", "2", "--json"];
+    let (code, out, newest) = dlq_measured(&app, &args).await;
+    assert_eq!(code, Some(0));
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [format!("big-{:05}", N - 1), format!("big-{:05}", N - 2)]
+    );
+
+    let (code, out, list) = dlq_measured(&app, &["list", "--limit", "3", "--json"]).await;
+    assert_eq!(code, Some(0));
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["total"], N);
+    assert_eq!(
+        listed["summary"][0]["count"], N,
+        "the summary counts them all"
+    );
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 3);
+
+    let last = format!("big-{:05}", N - 1);
+    let (code, out, show) = dlq_measured(&app, &["show", &last]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains(&last));
+    let (code, out, missing) = dlq_measured(&app, &["show", "nope"]).await;
+    assert_eq!(code, Some(1), "{out}");
+
+    let args = ["replay", "--id", &last, "--dry-run"];
+    let (code, out, replay) = dlq_measured(&app, &args).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("would replay 1 job(s)"), "{out}");
+    let (code, out, purge) = dlq_measured(&app, &["purge", "--id", &last]).await;
+    assert_eq!(code, Some(1));
+    assert!(out.contains(&format!("would remove {last}")), "{out}");
+
+    let peaks = [list, newest, show, missing, replay, purge];
+    assert!(
+        peaks.iter().all(|&p| p < empty + MARGIN_MIB),
+        "peak resident memory (MiB) of list, newest-first, show, show missing, replay, purge: \
+         {peaks:.1?}; {empty:.1} with an empty queue; the queue holds {} MiB",
+        N * BODY / (1024 * 1024)
+    );
+    app.wait_for_len(&app.names.dead, N as u32).await;
 }

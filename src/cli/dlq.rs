@@ -129,15 +129,15 @@ impl DlqCommand {
         }
     }
 
-    /// Reads the whole dead-letter queue, acts on it, and closes the channel,
-    /// which gives back whatever was not replayed or removed, in its place.
+    /// Reads the dead-letter queue, keeping only what the command prints or
+    /// acts on, acts, and closes the channel, which gives back whatever was
+    /// not replayed or removed.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let broker_args = self.broker();
         let names = broker_args.check()?.names;
         let connection = broker::connect(&broker_args.amqp_url, "broadcast-worker dlq").await?;
         let channel = broker::confirm_channel(&connection).await?;
         declare_existing(&channel, &names.dead).await?;
-        let dead = dlq::read_all(&channel, &names.dead).await?;
         let now = dlq::now_ms();
         let code = match self {
             Self::List {
@@ -147,7 +147,10 @@ impl DlqCommand {
                 json,
                 ..
             } => {
-                let listing = Listing::new(&dead, &filter.selection(), now, newest_first, limit);
+                let selection = filter.selection();
+                let listing =
+                    Listing::read(&channel, &names.dead, &selection, now, newest_first, limit)
+                        .await?;
                 if json {
                     println!("{}", listing.json());
                 } else {
@@ -155,19 +158,24 @@ impl DlqCommand {
                 }
                 ExitCode::SUCCESS
             }
-            Self::Show { job_id, .. } => show(&dead, &job_id, &names)?,
+            Self::Show { job_id, .. } => {
+                let found = dlq::find(&channel, &names.dead, &job_id).await?;
+                show(found, &job_id, &names)?
+            }
             Self::Replay {
                 select,
                 dry_run,
                 crash_at,
                 ..
             } => {
-                let chosen = select.selection()?.pick(dead, now);
+                let selection = select.selection()?;
+                let chosen = selection.read_matching(&channel, &names.dead, now).await?;
                 let crash_after = crash_after_publish(crash_at.as_deref());
                 replay(chosen, dry_run, crash_after, &channel, &names).await?
             }
             Self::Purge { select, yes, .. } => {
-                let chosen = select.selection()?.pick(dead, now);
+                let selection = select.selection()?;
+                let chosen = selection.read_matching(&channel, &names.dead, now).await?;
                 purge(chosen, yes, &names).await?
             }
         };
@@ -197,8 +205,8 @@ async fn close(channel: Channel, connection: Connection) {
     let _ = connection.close(200, "dlq done".into()).await;
 }
 
-fn show(dead: &[DeadJob], job_id: &str, names: &QueueNames) -> anyhow::Result<ExitCode> {
-    match dead.iter().find(|d| d.id == job_id) {
+fn show(found: Option<DeadJob>, job_id: &str, names: &QueueNames) -> anyhow::Result<ExitCode> {
+    match found {
         Some(job) => {
             println!("{}", serde_json::to_string_pretty(&job.report())?);
             Ok(ExitCode::SUCCESS)

@@ -1,15 +1,19 @@
 //! The dead-letter queue, for operators: read it without changing it, and
-//! move or remove selected jobs. Reading takes every message unacked on one
-//! channel; closing the channel gives back whatever was not acted on, in its
-//! place. A replayed job is published to the jobs queue with confirms and only
-//! then removed from the dead-letter queue, so an interruption at any point
-//! loses nothing (at worst the job is in both queues with the same id and
-//! replay count, which the ledger treats as one). Also what `dlq list` and
-//! `dlq show` print: the listing with its summary, and the whole dead letter.
+//! move or remove selected jobs. Reading takes messages unacked on one
+//! channel, one at a time, keeping only what the command prints or acts on
+//! (memory follows that, not the queue); closing the channel gives back
+//! whatever was not acted on (the broker may reorder it). A replayed job is
+//! published to the jobs queue with confirms and only then removed from the
+//! dead-letter queue, so an interruption at any point loses nothing (at worst
+//! the job is in both queues with the same id and replay count, which the
+//! ledger treats as one). Also what `dlq list` and `dlq show` print: the
+//! listing with its summary, and the whole dead letter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::ControlFlow;
 use std::time::SystemTime;
 
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel};
@@ -87,25 +91,72 @@ impl Selection {
                 .is_none_or(|s| age.is_some_and(|a| a < s))
     }
 
-    /// The dead letters it matches, in queue order; the rest are dropped
-    /// unacked, so they stay where they are.
-    pub fn pick(&self, dead: Vec<DeadJob>, now_ms: i64) -> Vec<DeadJob> {
-        dead.into_iter()
-            .filter(|d| self.matches(&d.info, now_ms))
-            .collect()
+    /// Reads the dead letters it matches, in queue order, onto `channel`;
+    /// the rest are dropped as they are read (their bodies with them), still
+    /// unacked, so they stay in the queue.
+    pub async fn read_matching(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        now_ms: i64,
+    ) -> Result<Vec<DeadJob>, BrokerError> {
+        let mut chosen = Vec::new();
+        read_each(channel, queue, |dead| {
+            if self.matches(&dead.info, now_ms) {
+                chosen.push(dead);
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
+        Ok(chosen)
     }
 }
 
-/// Reads the whole dead-letter queue onto `channel`, unacked, in queue order.
-/// Nothing leaves the queue until acked; closing the channel returns the rest.
-pub async fn read_all(channel: &Channel, queue: &str) -> Result<Vec<DeadJob>, BrokerError> {
-    let mut jobs = Vec::new();
+/// Reads the dead-letter queue onto `channel`, unacked, in queue order,
+/// handing each dead letter to `visit` until it breaks or the queue is read.
+/// Nothing leaves the queue until acked; closing the channel returns the
+/// rest. What `visit` drops is dropped here, body and all, so memory follows
+/// what it keeps, not the queue. Returns how many were read.
+pub async fn read_each(
+    channel: &Channel,
+    queue: &str,
+    mut visit: impl FnMut(DeadJob) -> ControlFlow<()>,
+) -> Result<usize, BrokerError> {
+    let mut read = 0;
     while let Some(message) = channel
         .basic_get(queue.into(), BasicGetOptions { no_ack: false })
         .await
         .map_err(BrokerError::Channel)?
     {
-        let delivery = message.delivery;
+        read += 1;
+        if visit(DeadJob::from_delivery(message.delivery)).is_break() {
+            break;
+        }
+    }
+    Ok(read)
+}
+
+/// The first dead letter with this id, read no further than it.
+pub async fn find(
+    channel: &Channel,
+    queue: &str,
+    id: &str,
+) -> Result<Option<DeadJob>, BrokerError> {
+    let mut found = None;
+    read_each(channel, queue, |dead| {
+        if dead.id == id {
+            found = Some(dead);
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .await?;
+    Ok(found)
+}
+
+impl DeadJob {
+    fn from_delivery(delivery: Delivery) -> Self {
         let properties = delivery.properties;
         let id = properties
             .message_id()
@@ -124,15 +175,14 @@ pub async fn read_all(channel: &Channel, queue: &str) -> Result<Vec<DeadJob>, Br
                 .and_then(|r| u32::try_from(r).ok())
                 .unwrap_or(0),
         };
-        jobs.push(DeadJob {
+        Self {
             id,
             info,
             body: delivery.data,
             properties,
             acker: delivery.acker,
-        });
+        }
     }
-    Ok(jobs)
 }
 
 /// The worker's `x-reason`, or the reason RabbitMQ gave when it dead-lettered
@@ -147,16 +197,49 @@ fn reason_of(properties: &BasicProperties) -> String {
     }
 }
 
-/// Counts by (reason, code), for the summary.
-fn summarize<'a>(infos: impl Iterator<Item = &'a DeadInfo>) -> BTreeMap<(String, String), usize> {
-    let mut summary = BTreeMap::new();
-    for info in infos {
-        let code = info
-            .error_code
-            .map_or_else(|| "-".to_string(), |c| c.to_string());
-        *summary.entry((info.reason.clone(), code)).or_insert(0) += 1;
+/// Counts one more under its (reason, code), for the summary.
+fn count(summary: &mut BTreeMap<(String, String), usize>, info: &DeadInfo) {
+    let code = info
+        .error_code
+        .map_or_else(|| "-".to_string(), |c| c.to_string());
+    *summary.entry((info.reason.clone(), code)).or_insert(0) += 1;
+}
+
+/// The dead letters a listing shows, kept as they are read: the first
+/// `limit` in queue order, or the last `limit` for newest first.
+struct Collect {
+    kept: VecDeque<DeadInfo>,
+    newest_first: bool,
+    limit: usize,
+}
+
+impl Collect {
+    fn new(newest_first: bool, limit: Option<usize>) -> Self {
+        Self {
+            kept: VecDeque::new(),
+            newest_first,
+            limit: limit.unwrap_or(usize::MAX),
+        }
     }
-    summary
+
+    fn push(&mut self, info: DeadInfo) {
+        if self.newest_first {
+            self.kept.push_back(info);
+            if self.kept.len() > self.limit {
+                self.kept.pop_front();
+            }
+        } else if self.kept.len() < self.limit {
+            self.kept.push_back(info);
+        }
+    }
+
+    fn finish(self) -> Vec<DeadInfo> {
+        if self.newest_first {
+            self.kept.into_iter().rev().collect()
+        } else {
+            self.kept.into()
+        }
+    }
 }
 
 /// The properties a replayed job is published with.
@@ -219,38 +302,43 @@ pub fn now_ms() -> i64 {
 }
 
 /// What `dlq list` prints: the matching dead letters in the order asked, at
-/// most as many as asked, and a count of every match by reason and code.
-pub struct Listing<'a> {
+/// most as many as asked, and a count of every match by reason and code. It
+/// keeps only the headers of the dead letters it will show.
+pub struct Listing {
     /// Dead letters in the queue, matching or not.
     pub total: usize,
     pub summary: BTreeMap<(String, String), usize>,
-    pub shown: Vec<&'a DeadInfo>,
+    pub shown: Vec<DeadInfo>,
 }
 
-impl<'a> Listing<'a> {
-    pub fn new(
-        dead: &'a [DeadJob],
+impl Listing {
+    /// Reads the whole queue onto `channel` (the caller closes it, which
+    /// gives every message back), keeping the first `limit` matches, or with
+    /// `newest_first` the last `limit` (a ring), newest first.
+    pub async fn read(
+        channel: &Channel,
+        queue: &str,
         selection: &Selection,
         now_ms: i64,
         newest_first: bool,
         limit: Option<usize>,
-    ) -> Self {
-        let mut shown: Vec<&DeadInfo> = dead
-            .iter()
-            .map(|d| &d.info)
-            .filter(|i| selection.matches(i, now_ms))
-            .collect();
-        if newest_first {
-            shown.reverse();
-        }
-        // The summary counts every match, the limit only trims what is shown.
-        let summary = summarize(shown.iter().copied());
-        shown.truncate(limit.unwrap_or(usize::MAX));
-        Self {
-            total: dead.len(),
+    ) -> Result<Self, BrokerError> {
+        let mut collect = Collect::new(newest_first, limit);
+        let mut summary = BTreeMap::new();
+        let total = read_each(channel, queue, |dead| {
+            // The summary counts every match, the limit only trims what is shown.
+            if selection.matches(&dead.info, now_ms) {
+                count(&mut summary, &dead.info);
+                collect.push(dead.info);
+            }
+            ControlFlow::Continue(())
+        })
+        .await?;
+        Ok(Self {
+            total,
             summary,
-            shown,
-        }
+            shown: collect.finish(),
+        })
     }
 
     pub fn json(&self) -> Value {
@@ -374,6 +462,25 @@ mod tests {
             dead_lettered_at_ms: Some(1_000_000 - age_secs * 1000),
             replays: 0,
         }
+    }
+
+    fn collected(newest_first: bool, limit: Option<usize>, n: usize) -> Vec<String> {
+        let mut collect = Collect::new(newest_first, limit);
+        for i in 0..n {
+            collect.push(info(&i.to_string(), "rejected", None, 0));
+        }
+        collect.finish().into_iter().map(|i| i.id).collect()
+    }
+
+    #[test]
+    fn a_listing_keeps_only_what_it_shows() {
+        assert_eq!(collected(false, Some(2), 5), ["0", "1"]);
+        assert_eq!(collected(true, Some(2), 5), ["4", "3"]);
+        assert_eq!(collected(true, None, 3), ["2", "1", "0"]);
+        assert_eq!(collected(false, None, 3), ["0", "1", "2"]);
+        assert_eq!(collected(true, Some(0), 3), Vec::<String>::new());
+        assert_eq!(collected(false, Some(0), 3), Vec::<String>::new());
+        assert_eq!(collected(true, Some(10), 3), ["2", "1", "0"]);
     }
 
     #[test]
