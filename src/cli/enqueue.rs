@@ -38,7 +38,7 @@ pub struct EnqueueArgs {
     /// Dead-letter the job as expired if not sent within this many seconds.
     #[arg(long)]
     pub deadline_secs: Option<f64>,
-    /// Let the broker drop the job if not consumed within this many seconds.
+    /// Let the broker dead-letter the job (`broker:expired`) if not consumed within this many seconds.
     #[arg(long)]
     pub expiration_secs: Option<f64>,
     /// The worker's largest call body, for the size check.

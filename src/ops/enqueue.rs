@@ -19,7 +19,8 @@ use crate::pipeline::CallRules;
 pub struct PublishOptions {
     /// Set as the `x-deadline` header: now plus this.
     pub deadline_in: Option<Duration>,
-    /// AMQP `expiration`: the broker drops the job after this.
+    /// AMQP `expiration`: past it, RabbitMQ dead-letters the job itself
+    /// (`broker:expired`) if no worker took it.
     pub expiration: Option<Duration>,
     /// What a call may hold, as the worker will check it.
     pub rules: CallRules,

@@ -1,0 +1,236 @@
+//! The topology: the jobs queue, the dead-letter exchange and queue, their
+//! names and arguments, declared idempotently.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ExchangeKind};
+use tracing::warn;
+
+use super::BrokerError;
+
+/// The names a prefix gives: `{prefix}.jobs`, `{prefix}.dead`, `{prefix}.dlx`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueNames {
+    pub jobs: String,
+    pub dead: String,
+    pub dlx: String,
+}
+
+impl QueueNames {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            jobs: format!("{prefix}.jobs"),
+            dead: format!("{prefix}.dead"),
+            dlx: format!("{prefix}.dlx"),
+        }
+    }
+}
+
+/// The queues and how the jobs queue behaves.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub names: QueueNames,
+    /// Deliveries of one job before the broker dead-letters it by itself (a
+    /// job that keeps crashing the worker).
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    /// The jobs queue's arguments: quorum, single active consumer (one sender
+    /// per app), a delivery limit, and at-least-once dead-lettering to the DLX.
+    fn jobs_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.names.dlx.as_str().into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+        );
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        // At-least-once dead-lettering requires refusing publishes when full.
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        args
+    }
+
+    /// Declares everything; idempotent. A jobs queue that exists with other
+    /// arguments is an error that quotes the broker, which names the argument;
+    /// a dead-letter queue that does is kept (see [`Self::declare_dead`]).
+    pub async fn declare(&self, connection: &Connection) -> Result<(), BrokerError> {
+        // A failed declare closes its channel, so each step gets a fresh one.
+        let step = |what: String| {
+            move |e: lapin::Error| BrokerError::Topology {
+                what,
+                detail: e.to_string(),
+            }
+        };
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::Channel)?;
+        channel
+            .exchange_declare(
+                self.names.dlx.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(step(format!("exchange {}", self.names.dlx)))?;
+        self.declare_dead(connection).await?;
+        channel
+            .queue_bind(
+                self.names.dead.as_str().into(),
+                self.names.dlx.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(step(format!(
+                "binding {} to {}",
+                self.names.dead, self.names.dlx
+            )))?;
+        channel
+            .queue_declare(
+                self.names.jobs.as_str().into(),
+                durable(),
+                self.jobs_arguments(),
+            )
+            .await
+            .map_err(step(format!("queue {}", self.names.jobs)))?;
+        let _ = channel.close(200, "topology declared".into()).await;
+        Ok(())
+    }
+
+    /// Declares `{prefix}.dead` with [`dead_arguments`], on channels of its
+    /// own. One that exists without them (declared by an earlier version) is
+    /// used as it is, with a warning: a queue's arguments cannot change, the
+    /// worker only publishes to the exchange, and refusing to start would
+    /// strand every existing deployment with its dead letters.
+    async fn declare_dead(&self, connection: &Connection) -> Result<(), BrokerError> {
+        let queue = self.names.dead.as_str();
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::Channel)?;
+        let refused = match channel
+            .queue_declare(queue.into(), durable(), dead_arguments())
+            .await
+        {
+            Ok(_) => {
+                let _ = channel
+                    .close(200, "dead-letter queue declared".into())
+                    .await;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let refusal = BrokerError::Topology {
+            what: format!("queue {queue}"),
+            detail: refused.to_string(),
+        };
+        if !is_precondition_failed(&refused) {
+            return Err(refusal);
+        }
+        // The refusal closed that channel; a passive declare only asks whether
+        // the queue is there.
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::Channel)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        if channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .is_err()
+        {
+            return Err(refusal);
+        }
+        let _ = channel.close(200, "dead-letter queue exists".into()).await;
+        warn!(
+            queue,
+            broker = %refused,
+            "{queue} exists with other arguments than x-delivery-limit = {DEAD_DELIVERY_LIMIT} \
+             (declared by an earlier version?): using it as it is. On RabbitMQ 4.x such a queue \
+             has a delivery limit of 20 and each `dlq list` or `dlq show` counts one delivery of \
+             every dead letter it reads, so reading it 20 times drops them: give it a policy \
+             {{\"delivery-limit\": -1}}, or move its dead letters and declare it again"
+        );
+        Ok(())
+    }
+}
+
+/// `{prefix}.dead`'s `x-delivery-limit`. Reading the dead-letter queue (`dlq
+/// list`, `show`) gives each message back to it, and a quorum queue counts
+/// every return as a delivery: on RabbitMQ 4.x a quorum queue has a limit of
+/// 20 unless told otherwise, and a message over it is dropped when the queue
+/// has no dead-letter target, as this one has none. -1, unlimited on 4.x, is
+/// accepted unchecked by 3.10, which then drops a message at its first
+/// return; 2^31 - 1 is taken by both, and no reader comes near it.
+pub const DEAD_DELIVERY_LIMIT: i64 = 2_147_483_647;
+
+/// The dead-letter queue's arguments: quorum, and a delivery limit no reading
+/// reaches.
+fn dead_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT),
+    );
+    args
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// The broker's answer to a declare whose arguments differ from the queue's.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dead_letter_queue_has_a_delivery_limit_no_reader_reaches() {
+        let args = dead_arguments();
+        assert_eq!(
+            args.inner().get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(i64::from(i32::MAX)))
+        );
+        assert_eq!(
+            args.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+    }
+}
