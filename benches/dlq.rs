@@ -7,12 +7,9 @@
 //! the count. Prints a Markdown table and, run whole, writes it into
 //! BENCHMARKS.md.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use broadcast_worker::broker;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use testkit::*;
@@ -66,8 +63,7 @@ fn dead_letter(i: usize, now_ms: i64) -> (Vec<u8>, BasicProperties) {
     (body.into_bytes(), properties)
 }
 
-/// Publishes `n` dead letters to the dead-letter exchange, 2,000 confirms in
-/// flight at a time.
+/// Publishes `n` dead letters to the dead-letter exchange.
 async fn fill(app: &TestApp, n: usize) {
     let now_ms = i64::try_from(
         SystemTime::now()
@@ -76,65 +72,22 @@ async fn fill(app: &TestApp, n: usize) {
             .as_millis(),
     )
     .unwrap();
-    let mut window = Vec::with_capacity(2000);
-    for i in 0..n {
-        let (body, properties) = dead_letter(i, now_ms);
-        let confirm = app
-            .channel
-            .basic_publish(
-                app.names.dlx.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await
-            .unwrap();
-        window.push(confirm);
-        if window.len() == 2000 {
-            for confirm in window.drain(..) {
-                broker::check_confirmation("dlx", confirm.await.unwrap()).unwrap();
-            }
-        }
-    }
-    for confirm in window {
-        broker::check_confirmation("dlx", confirm.await.unwrap()).unwrap();
-    }
+    app.publish_dead_letters((0..n).map(|i| dead_letter(i, now_ms)), 2000)
+        .await;
 }
 
-/// Runs `broadcast-worker dlq ARGS`, sampling its resident memory's
-/// high-water mark every 2 ms until it exits: its standard output, the peak
+/// Runs `broadcast-worker dlq ARGS` measured: its standard output, the peak
 /// in MiB, and the time it took.
 async fn measured(app: &TestApp, args: &[&str]) -> (String, f64, Duration) {
-    let started = Instant::now();
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .arg("dlq")
         .args(args)
         .env("AMQP_URL", AMQP_URL)
-        .env("BROADCAST_QUEUE_PREFIX", &app.prefix)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
-    let mut pipe = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        pipe.read_to_string(&mut out).unwrap();
-        out
-    });
-    let mut peak = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(child.id()) {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let out = reader.join().unwrap();
-    assert!(status.success(), "dlq {args:?} failed: {out}");
-    (out, peak as f64 / 1024.0, started.elapsed())
+        .env("BROADCAST_QUEUE_PREFIX", &app.prefix);
+    let run = run_measured(command).await;
+    assert!(run.status.success(), "dlq {args:?} failed: {}", run.stdout);
+    (run.stdout, run.peak_mib, run.took)
 }
 
 fn figure(peak_mib: f64, took: Duration) -> String {

@@ -3,14 +3,13 @@
 //! expiration and any number of readings; and reading that holds only what
 //! it prints.
 
-use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use broadcast_worker::broker::{self, QueueNames, Topology};
 use broadcast_worker::ledger::{JobState, Ledger};
 use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule};
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use serde_json::Value;
@@ -513,11 +512,9 @@ async fn a_dead_letter_queue_declared_by_an_earlier_version_is_kept() {
 }
 
 /// Publishes `n` dead letters straight to the dead-letter exchange, with the
-/// worker's headers and bodies of `body_len` bytes, confirms pipelined.
+/// worker's headers and bodies of `body_len` bytes, 100 confirms at a time.
 async fn fill_dead(app: &TestApp, n: usize, body_len: usize) {
-    let body = vec![b'x'; body_len];
-    let mut window = Vec::new();
-    for i in 0..n {
+    let dead_letter = |i: usize| {
         let mut headers = FieldTable::default();
         headers.insert("x-reason".into(), AMQPValue::LongString("rejected".into()));
         headers.insert("x-error-code".into(), AMQPValue::LongLongInt(80001));
@@ -530,59 +527,23 @@ async fn fill_dead(app: &TestApp, n: usize, body_len: usize) {
             .with_delivery_mode(2)
             .with_message_id(format!("big-{i:05}").into())
             .with_headers(headers);
-        let confirm = app
-            .channel
-            .basic_publish(
-                app.names.dlx.as_str().into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await
-            .unwrap();
-        window.push(confirm);
-        if window.len() == 100 {
-            for confirm in window.drain(..) {
-                broker::check_confirmation("dlx", confirm.await.unwrap()).unwrap();
-            }
-        }
-    }
-    for confirm in window {
-        broker::check_confirmation("dlx", confirm.await.unwrap()).unwrap();
-    }
+        (vec![b'x'; body_len], properties)
+    };
+    app.publish_dead_letters((0..n).map(dead_letter), 100).await;
 }
 
-/// Runs a `dlq` command, sampling its resident memory's high-water mark
-/// until it exits: its exit code, standard output, and peak in MiB.
+/// Runs a `dlq` command measured: its exit code, standard output, and peak
+/// in MiB.
 async fn dlq_measured(app: &TestApp, args: &[&str]) -> (Option<i32>, String, f64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_broadcast-worker"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_broadcast-worker"));
+    command
         .arg("dlq")
         .args(args)
         .env("AMQP_URL", AMQP_URL)
         .env("BROADCAST_QUEUE_PREFIX", &app.prefix)
-        .env_remove("BROADCAST_TEST_CRASH_AT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        pipe.read_to_string(&mut out).unwrap();
-        out
-    });
-    let mut peak = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(child.id()) {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    (status.code(), reader.join().unwrap(), peak as f64 / 1024.0)
+        .env_remove("BROADCAST_TEST_CRASH_AT");
+    let run = run_measured(command).await;
+    (run.status.code(), run.stdout, run.peak_mib)
 }
 
 /// 64 MiB of dead letters; each command may hold what it prints, not that.

@@ -205,36 +205,61 @@ impl TestApp {
         .await;
     }
 
-    /// Publishes many bodies with a bounded window of confirms (for large
-    /// backlogs in benchmarks).
+    /// Publishes many jobs with pipelined confirms, 2,000 at a time.
     pub async fn publish_bulk(&self, jobs: impl Iterator<Item = (String, Vec<u8>)>) {
-        let mut window = Vec::with_capacity(2000);
-        for (id, body) in jobs {
+        let messages = jobs.map(|(id, body)| {
+            let properties = BasicProperties::default()
+                .with_message_id(id.as_str().into())
+                .with_delivery_mode(2);
+            (body, properties)
+        });
+        self.publish_pipelined("", &self.names.jobs, messages, 2000)
+            .await;
+    }
+
+    /// Publishes ready-made dead letters straight to the dead-letter
+    /// exchange, `window` confirms outstanding at a time.
+    pub async fn publish_dead_letters(
+        &self,
+        dead_letters: impl Iterator<Item = (Vec<u8>, BasicProperties)>,
+        window: usize,
+    ) {
+        self.publish_pipelined(&self.names.dlx, "", dead_letters, window)
+            .await;
+    }
+
+    async fn publish_pipelined(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        messages: impl Iterator<Item = (Vec<u8>, BasicProperties)>,
+        window: usize,
+    ) {
+        let mut pending = Vec::with_capacity(window);
+        for (body, properties) in messages {
             let confirm = self
                 .channel
                 .basic_publish(
-                    "".into(),
-                    self.names.jobs.as_str().into(),
+                    exchange.into(),
+                    routing_key.into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
                     },
                     &body,
-                    BasicProperties::default()
-                        .with_message_id(id.as_str().into())
-                        .with_delivery_mode(2),
+                    properties,
                 )
                 .await
                 .unwrap();
-            window.push(confirm);
-            if window.len() == 2000 {
-                for confirm in window.drain(..) {
-                    broker::check_confirmation("jobs", confirm.await.unwrap()).unwrap();
+            pending.push(confirm);
+            if pending.len() >= window {
+                for confirm in pending.drain(..) {
+                    broker::check_confirmation(exchange, confirm.await.unwrap()).unwrap();
                 }
             }
         }
-        for confirm in window {
-            broker::check_confirmation("jobs", confirm.await.unwrap()).unwrap();
+        for confirm in pending {
+            broker::check_confirmation(exchange, confirm.await.unwrap()).unwrap();
         }
     }
 

@@ -73,6 +73,48 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// What a measured command came to.
+pub struct Measured {
+    pub status: ExitStatus,
+    pub stdout: String,
+    /// The peak resident memory, in MiB.
+    pub peak_mib: f64,
+    pub took: Duration,
+}
+
+/// Runs `command` with its standard output captured, sampling its resident
+/// memory's high-water mark every 2 ms until it exits.
+pub async fn run_measured(mut command: Command) -> Measured {
+    let started = Instant::now();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    let mut pipe = child.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut pipe, &mut out).unwrap();
+        out
+    });
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    Measured {
+        status,
+        stdout: reader.join().unwrap(),
+        peak_mib: peak as f64 / 1024.0,
+        took: started.elapsed(),
+    }
+}
+
 /// CPU seconds (user + system) a process has used.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
