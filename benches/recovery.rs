@@ -1,6 +1,7 @@
 //! Figures for delivering once: how long a standby takes to send after the
 //! active replica is killed, what the ledger costs per call, and how many
-//! jobs a loop of random kills delivers twice with and without the ledger.
+//! jobs loops of random kills lose or deliver twice (and whether the quota
+//! held across them) with and without the ledger.
 //! Run with `cargo bench --bench recovery` (RabbitMQ and PostgreSQL on
 //! 127.0.0.1). Prints a Markdown table and, run whole, writes it into
 //! BENCHMARKS.md.
@@ -61,6 +62,7 @@ async fn ledger_cost(cycles: usize) -> Vec<f64> {
         .unwrap()
         .in_scope(Scope::new(APP, "bench.jobs"));
     ledger.migrate().await.unwrap();
+    let session = ledger.open_session().await.unwrap();
     let body = vec![b'x'; 11_900];
     let mut times = Vec::new();
     for cycle in 0..cycles {
@@ -75,12 +77,13 @@ async fn ledger_cost(cycles: usize) -> Vec<f64> {
             .collect();
         let started = Instant::now();
         ledger.lookup(&ids).await.unwrap();
-        let call = ledger
+        let call = session
             .begin_call(&body, cycle as u32, &[cycle as u8; 32], &jobs, None)
             .await
             .unwrap()
+            .recorded()
             .expect("a fresh Random is free");
-        ledger
+        let _held = session
             .call_delivered(call, Some(cycle as u64))
             .await
             .unwrap();
@@ -90,11 +93,41 @@ async fn ledger_cost(cycles: usize) -> Vec<f64> {
     times
 }
 
-/// Two replicas, `kills` random SIGKILLs while 2000 jobs drain; returns
-/// (jobs delivered more than once, jobs never delivered).
-async fn kill_loop(with_ledger: bool, kills: usize) -> (usize, usize) {
+/// What a run of kills came to, as the simulator counts it.
+struct KillRun {
+    /// Jobs delivered more than once, and never.
+    twice: usize,
+    lost: usize,
+    /// Answers of 10023: two calls in one of the service's windows.
+    frequency_limited: u64,
+    dead_letters: u32,
+}
+
+impl KillRun {
+    async fn of(app: &TestApp, jobs: &[(String, serde_json::Value)]) -> Self {
+        let texts = app.delivered_texts();
+        let count =
+            |(_, b): &&(String, serde_json::Value)| texts.get(&text_of(b)).copied().unwrap_or(0);
+        Self {
+            twice: jobs.iter().filter(|j| count(j) > 1).count(),
+            lost: jobs.iter().filter(|j| count(j) == 0).count(),
+            frequency_limited: app.sim.simulator.stats().frequency_violations,
+            dead_letters: app.queue_len(&app.names.dead).await,
+        }
+    }
+
+    fn figures(&self) -> String {
+        format!(
+            "{} / {} / {} / {}",
+            self.lost, self.twice, self.frequency_limited, self.dead_letters
+        )
+    }
+}
+
+/// Two replicas, `kills` random SIGKILLs while 2000 jobs drain.
+async fn kill_loop(with_ledger: bool, kills: usize) -> KillRun {
     let db = TestDatabase::create("bench-kills").await;
-    let mut app = spawn_app(
+    let app = spawn_app(
         if with_ledger {
             "kills-ledger"
         } else {
@@ -103,15 +136,6 @@ async fn kill_loop(with_ledger: bool, kills: usize) -> (usize, usize) {
         20.0,
     )
     .await;
-    app.config.topology.delivery_limit = 100;
-    let channel = app.connection.create_channel().await.unwrap();
-    let _ = channel
-        .queue_delete(
-            app.names.jobs.as_str().into(),
-            lapin::options::QueueDeleteOptions::default(),
-        )
-        .await;
-    app.config.topology.declare(&app.connection).await.unwrap();
     let jobs = backlog("kl", 2000);
     app.publish_many(&jobs).await;
     let mut env = vec![
@@ -141,16 +165,35 @@ async fn kill_loop(with_ledger: bool, kills: usize) -> (usize, usize) {
         signal(replica, "-TERM");
         wait_exit(replica, Duration::from_secs(20)).await;
     }
-    let texts = app.delivered_texts();
-    let twice = jobs
-        .iter()
-        .filter(|(_, b)| texts.get(&text_of(b)).copied().unwrap_or(0) > 1)
-        .count();
-    let lost = jobs
-        .iter()
-        .filter(|(_, b)| !texts.contains_key(&text_of(b)))
-        .count();
-    (twice, lost)
+    KillRun::of(&app, &jobs).await
+}
+
+/// One worker with the ledger, killed `restarts` times at random moments
+/// while 2000 jobs drain at 5 calls a second, restarted at once each time.
+async fn restart_loop(restarts: usize) -> KillRun {
+    let db = TestDatabase::create("bench-restarts").await;
+    let app = spawn_app("restarts-ledger", 5.0).await;
+    let jobs = backlog("rl", 2000);
+    app.publish_many(&jobs).await;
+    let env = [
+        ("DATABASE_URL", db.url()),
+        ("BROADCAST_MAX_BATCH_BYTES", "1500".to_string()),
+    ];
+    let mut worker = worker_process(BIN, &app, &env);
+    for _ in 0..restarts {
+        tokio::time::sleep(Duration::from_millis(500 + rand::random::<u64>() % 1500)).await;
+        signal(&worker, "-KILL");
+        wait_exit(&mut worker, Duration::from_secs(5)).await;
+        worker = worker_process(BIN, &app, &env);
+    }
+    app.wait_for("every job", Duration::from_secs(300), |app| {
+        app.all_delivered(&jobs)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(&worker, "-TERM");
+    wait_exit(&mut worker, Duration::from_secs(20)).await;
+    KillRun::of(&app, &jobs).await
 }
 
 /// A kill after every Nth answered call, before its acks (no ledger write
@@ -221,19 +264,26 @@ async fn main() {
     }
     if run("kills") {
         for with_ledger in [true, false] {
-            let (twice, lost) = kill_loop(with_ledger, 20).await;
+            let run = kill_loop(with_ledger, 20).await;
             rows.push((
                 format!(
-                    "20 random kills of 2 replicas, 2000 jobs, {}: delivered twice / lost",
+                    "20 random kills of 2 replicas, 2000 jobs, {}: lost / delivered twice / frequency-limit answers / dead letters",
                     if with_ledger {
                         "with ledger"
                     } else {
                         "without ledger"
                     }
                 ),
-                format!("{twice} / {lost}"),
+                run.figures(),
             ));
         }
+    }
+    if run("restarts") {
+        let run = restart_loop(10).await;
+        rows.push((
+            "10 random kills and restarts of one replica, 2000 jobs at 5 calls/s, with ledger: lost / delivered twice / frequency-limit answers / dead letters".into(),
+            run.figures(),
+        ));
     }
     if run("crash") {
         for with_ledger in [true, false] {

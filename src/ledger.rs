@@ -8,15 +8,20 @@
 //! `message_id` is recorded under an id of its own arrival with its body's
 //! digest, by which a redelivered copy finds it ([`Ledger::match_copies`]).
 //!
+//! Writes about calls are fenced: they go through a [`LedgerSession`], the
+//! sender session that owns the call.
+//!
 //! The schema lives in `migrations/`, applied by `sqlx::migrate!`.
 
 mod error;
 mod records;
 mod scope;
+mod session;
 
 pub use error::LedgerError;
 pub use records::{classify_record, CallJob, CallState, InFlightCall, JobReport, JobState, Known};
 pub use scope::{Scope, ScopeFilter};
+pub use session::{Begun, LedgerSession, Ownership, TakeOver};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,8 +29,6 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::tencent::body::REPEAT_WINDOW;
-use error::db_text;
 use records::{CopyRow, RecordRow};
 
 /// A handle on the ledger, working in one scope; cheap to clone. Its
@@ -146,183 +149,6 @@ impl Ledger {
         Ok(matched)
     }
 
-    /// Records a call as in flight, before its first attempt. A split call's
-    /// halves name their parent, which is closed as `split`.
-    ///
-    /// The `Random` is claimed in the same statement: when a call of other
-    /// content used it within the service's repeat window, for this app (or
-    /// before scopes), nothing is recorded and the answer is `None` (pick the
-    /// next candidate).
-    pub async fn begin_call(
-        &self,
-        body: &[u8],
-        random: u32,
-        content_digest: &[u8; 32],
-        jobs: &[CallJob],
-        parent: Option<i64>,
-    ) -> Result<Option<i64>, LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        let call_id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO calls (app, queue, body, random, job_count, state, content_digest) \
-             SELECT $7, $8, $1, $2, $3, $4, $5 WHERE NOT EXISTS ( \
-                 SELECT 1 FROM calls WHERE random = $2 AND app IN ($7, 0) \
-                   AND content_digest IS DISTINCT FROM $5 \
-                   AND created_at > now() - make_interval(secs => $6)) \
-             RETURNING id",
-        )
-        .bind(body)
-        .bind(i64::from(random))
-        .bind(i32::try_from(jobs.len()).unwrap_or(i32::MAX))
-        .bind(CallState::InFlight)
-        .bind(&content_digest[..])
-        .bind(REPEAT_WINDOW.as_secs_f64())
-        .bind(self.scope.app_column())
-        .bind(&self.scope.queue)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(call_id) = call_id else {
-            return Ok(None);
-        };
-        self.bind_jobs(&mut tx, call_id, jobs).await?;
-        if let Some(parent) = parent {
-            close_call(&mut tx, parent, CallState::Split, None, None, None).await?;
-        }
-        tx.commit().await?;
-        Ok(Some(call_id))
-    }
-
-    /// Each job's row in this scope now points at `call_id`, in flight.
-    async fn bind_jobs(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        call_id: i64,
-        jobs: &[CallJob],
-    ) -> Result<(), LedgerError> {
-        let job_ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
-        let replays: Vec<i32> = jobs
-            .iter()
-            .map(|j| i32::try_from(j.replays).unwrap_or(i32::MAX))
-            .collect();
-        let digests: Vec<Option<&str>> = jobs.iter().map(|j| j.digest.as_deref()).collect();
-        sqlx::query(
-            "INSERT INTO jobs (app, queue, job_id, digest, call_id, state, replays) \
-             SELECT $5, $6, id, digest, $2, $4, replays \
-             FROM unnest($1::text[], $3::int[], $7::text[]) AS t (id, replays, digest) \
-             ON CONFLICT (job_id, app, queue) DO UPDATE SET call_id = EXCLUDED.call_id, state = $4, \
-                 replays = EXCLUDED.replays, digest = EXCLUDED.digest, acked = false, \
-                 reason = NULL, error_code = NULL, error_info = NULL, updated_at = now()",
-        )
-        .bind(&job_ids)
-        .bind(call_id)
-        .bind(&replays)
-        .bind(JobState::InFlight)
-        .bind(self.scope.app_column())
-        .bind(&self.scope.queue)
-        .bind(&digests)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    /// The call reached the service: it and every job still bound to it are delivered.
-    pub async fn call_delivered(
-        &self,
-        call_id: i64,
-        msg_seq: Option<u64>,
-    ) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        let msg_seq = msg_seq.and_then(|s| i64::try_from(s).ok());
-        close_call(&mut tx, call_id, CallState::Delivered, msg_seq, None, None).await?;
-        sqlx::query(
-            "UPDATE jobs SET state = $2, updated_at = now() WHERE call_id = $1 AND state = $3",
-        )
-        .bind(call_id)
-        .bind(JobState::Delivered)
-        .bind(JobState::InFlight)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// A call that will not be resent as it was (a recovered call the service
-    /// refused): its jobs that have not arrived yet count as new.
-    pub async fn call_abandoned(
-        &self,
-        call_id: i64,
-        code: Option<i64>,
-        info: &str,
-    ) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        close_call(
-            &mut tx,
-            call_id,
-            CallState::Abandoned,
-            None,
-            code,
-            Some(info),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// A call that may have been delivered is about to have its jobs
-    /// dead-lettered: until they all are, its jobs that come back are in
-    /// doubt, not new.
-    pub async fn call_dead_lettering(&self, call_id: i64) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE calls SET state = $2 WHERE id = $1 AND state = $3")
-            .bind(call_id)
-            .bind(CallState::DeadLettering)
-            .bind(CallState::InFlight)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Jobs dead-lettered (after the dead letter was confirmed): each id's
-    /// row in this scope, or else its legacy one. When they were a call's
-    /// jobs, the call is closed too.
-    pub async fn jobs_dead_lettered(
-        &self,
-        call_id: Option<i64>,
-        job_ids: &[String],
-        reason: &str,
-        code: Option<i64>,
-        info: &str,
-    ) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE jobs SET state = $5, reason = $2, error_code = $3, error_info = $4, updated_at = now() \
-             WHERE (job_id, app, queue) IN ( \
-                 SELECT DISTINCT ON (job_id) job_id, app, queue FROM jobs \
-                 WHERE job_id = ANY($1) AND ((app = $6 AND queue = $7) OR (app = 0 AND queue = '')) \
-                 ORDER BY job_id, app = 0)",
-        )
-        .bind(job_ids)
-        .bind(db_text(reason))
-        .bind(code)
-        .bind(db_text(info))
-        .bind(JobState::DeadLettered)
-        .bind(self.scope.app_column())
-        .bind(&self.scope.queue)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(call_id) = call_id {
-            close_call(
-                &mut tx,
-                call_id,
-                CallState::DeadLettered,
-                None,
-                code,
-                Some(info),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Arrivals of jobs without `message_id` whose deliveries were acked:
     /// no later copy of their bodies can be them.
     pub async fn jobs_acked(&self, job_ids: &[String]) -> Result<(), LedgerError> {
@@ -409,28 +235,4 @@ impl Ledger {
         .rows_affected();
         Ok(jobs + calls)
     }
-}
-
-async fn close_call(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    call_id: i64,
-    state: CallState,
-    msg_seq: Option<i64>,
-    code: Option<i64>,
-    info: Option<&str>,
-) -> Result<(), LedgerError> {
-    sqlx::query(
-        "UPDATE calls SET state = $2, msg_seq = COALESCE($3, msg_seq), error_code = $4, error_info = $5, \
-             settled_at = now() WHERE id = $1 AND state IN ($6, $7)",
-    )
-    .bind(call_id)
-    .bind(state)
-    .bind(msg_seq)
-    .bind(code)
-    .bind(info.map(db_text))
-    .bind(CallState::InFlight)
-    .bind(CallState::DeadLettering)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

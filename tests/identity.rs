@@ -154,10 +154,12 @@ async fn a_random_is_claimed_per_app() {
     };
     let in_scope = |app, queue: &str| ledger.clone().in_scope(Scope::new(app, queue));
     let claim = |ledger: Ledger, content: u8| async move {
-        ledger
+        let session = ledger.open_session().await.unwrap();
+        session
             .begin_call(b"{}", 7, &[content; 32], &[job("r")], None)
             .await
             .unwrap()
+            .recorded()
     };
     assert!(claim(in_scope(APP, "a.jobs"), 1).await.is_some());
     assert!(

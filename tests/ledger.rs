@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use broadcast_worker::ledger::{CallJob, JobState, Ledger, Scope};
+use broadcast_worker::ledger::{CallJob, JobState, Ledger, Ownership, Scope};
 use broadcast_worker::pipeline::InDoubtPolicy;
 use broadcast_worker::tencent::body::content_digest;
 use serde_json::Value;
@@ -140,19 +140,9 @@ async fn a_standby_takes_over_after_a_kill_after_the_ledger() {
 #[tokio::test]
 async fn twenty_random_kills_of_two_replicas_lose_and_double_nothing() {
     let db = TestDatabase::create("kill-loop").await;
-    let mut app = spawn_app("kill-loop", 20.0).await;
     // Each kill of the active replica returns its prefetched jobs with one
-    // more delivery counted: keep that under the broker's limit.
-    app.config.topology.delivery_limit = 100;
-    let channel = app.connection.create_channel().await.unwrap();
-    channel
-        .queue_delete(
-            app.names.jobs.as_str().into(),
-            lapin::options::QueueDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
-    app.config.topology.declare(&app.connection).await.unwrap();
+    // more delivery counted: the default broker limit is far above that.
+    let app = spawn_app("kill-loop", 20.0).await;
     let jobs = backlog("loop", 2000);
     app.publish_many(&jobs).await;
     let env = [
@@ -183,13 +173,16 @@ async fn twenty_random_kills_of_two_replicas_lose_and_double_nothing() {
         signal(replica, "-TERM");
         wait_exit(replica, Duration::from_secs(20)).await;
     }
+    let stats = app.sim.simulator.stats();
     eprintln!(
-        "kill loop: {kills} kills, {delivered_during_kills} of 2000 delivered while killing, repeats dropped by the service: {}",
-        app.sim.simulator.stats().repeats_dropped
+        "kill loop: {kills} kills, {delivered_during_kills} of 2000 delivered while killing, repeats dropped by the service: {}, frequency-limit answers: {}",
+        stats.repeats_dropped, stats.frequency_violations
     );
     app.assert_each_delivered_once(&jobs);
     assert_eq!(app.queue_len(&app.names.jobs).await, 0);
     assert_eq!(app.queue_len(&app.names.dead).await, 0);
+    // Each replica that became the sender kept a period from that moment.
+    assert_eq!(stats.frequency_violations, 0, "the quota held across kills");
 }
 
 #[tokio::test]
@@ -268,12 +261,13 @@ async fn leave_call_in_flight(
     age_secs: u64,
 ) -> Vec<u8> {
     let ledger = ledger.clone().in_scope(app.config.ledger_scope());
+    let session = ledger.open_session().await.unwrap();
     let jobs: Vec<Value> = ids.iter().map(|id| text_job(id)).collect();
     let elements: Vec<Value> = jobs.iter().map(|j| j["MsgBody"][0].clone()).collect();
     let body = serde_json::json!({"Random": 12345, "MsgBody": elements})
         .to_string()
         .into_bytes();
-    let call = ledger
+    let call = session
         .begin_call(
             &body,
             12345,
@@ -283,6 +277,7 @@ async fn leave_call_in_flight(
         )
         .await
         .unwrap()
+        .recorded()
         .expect("the Random is free");
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
@@ -417,24 +412,35 @@ async fn records_older_than_the_retention_are_pruned_settled_or_in_doubt() {
     let ledger = ledger_for(&db).await;
     let ours = ledger.clone().in_scope(Scope::new(APP, "prune.jobs"));
     let theirs = ledger.clone().in_scope(Scope::new(APP + 1, "other.jobs"));
+    let (our_sender, their_sender) = (
+        ours.open_session().await.unwrap(),
+        theirs.open_session().await.unwrap(),
+    );
     // p-0..p-3 delivered, p-4 and p-5 in flight; q-0 another app's, delivered.
     for i in 0..6 {
         let id = format!("p-{i}");
-        let call = ours
+        let call = our_sender
             .begin_call(b"{}", i, &[i as u8; 32], &call_jobs(&[&id]), None)
             .await
             .unwrap()
+            .recorded()
             .expect("the Random is free");
         if i < 4 {
-            ours.call_delivered(call, Some(u64::from(i))).await.unwrap();
+            let held = our_sender
+                .call_delivered(call, Some(u64::from(i)))
+                .await
+                .unwrap();
+            assert_eq!(held, Ownership::Held);
         }
     }
-    let call = theirs
+    let call = their_sender
         .begin_call(b"{}", 9, &[9; 32], &call_jobs(&["q-0"]), None)
         .await
         .unwrap()
+        .recorded()
         .unwrap();
-    theirs.call_delivered(call, Some(9)).await.unwrap();
+    let held = their_sender.call_delivered(call, Some(9)).await.unwrap();
+    assert_eq!(held, Ownership::Held);
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
     // Old: p-0, p-1, p-2 (delivered), p-4 (in flight: in doubt for a week), q-0.

@@ -588,3 +588,91 @@ async fn a_lost_broker_connection_is_reestablished_and_nothing_is_lost() {
     app.stop_worker().await.unwrap();
     assert_eq!(app.queue_len(&app.names.jobs).await, 0);
 }
+
+/// A jobs queue declared by an earlier version (delivery limit 20) is used
+/// as it is, with what it holds; one that also differs in anything else is
+/// still an error.
+#[tokio::test]
+async fn a_jobs_queue_declared_with_another_delivery_limit_is_kept() {
+    use broadcast_worker::broker::{self, QueueNames, Topology};
+    let prefix = unique_prefix("limit-upgrade");
+    let connection = connect().await;
+    let names = QueueNames::new(&prefix);
+    let topology = |delivery_limit| Topology {
+        names: names.clone(),
+        delivery_limit,
+    };
+    topology(20).declare(&connection).await.unwrap();
+    let channel = broker::confirm_channel(&connection).await.unwrap();
+    broker::publish_confirmed(
+        &channel,
+        "",
+        &names.jobs,
+        br#"{"MsgBody":[]}"#,
+        lapin::BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    let kept = topology(1000).declare(&connection).await;
+    let again = topology(1000).declare(&connection).await;
+    let held = {
+        let channel = connection.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(
+                names.jobs.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    };
+
+    // Another queue: limit 20, and no single active consumer.
+    let other = unique_prefix("limit-and-more");
+    let other_names = QueueNames::new(&other);
+    let mut args = lapin::types::FieldTable::default();
+    for (key, value) in [
+        (
+            "x-queue-type",
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        ),
+        ("x-delivery-limit", lapin::types::AMQPValue::LongLongInt(20)),
+    ] {
+        args.insert(key.into(), value);
+    }
+    connection
+        .create_channel()
+        .await
+        .unwrap()
+        .queue_declare(
+            other_names.jobs.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    let refused = Topology {
+        names: other_names,
+        delivery_limit: 1000,
+    }
+    .declare(&connection)
+    .await;
+    delete_topology(&prefix);
+    delete_topology(&other);
+
+    kept.expect("the worker starts with the queue as it is");
+    again.expect("and again");
+    assert_eq!(held, 1, "the queue keeps what it holds");
+    let err = refused
+        .expect_err("other differences are still refused")
+        .to_string();
+    assert!(err.contains("inequivalent arg"), "{err}");
+}

@@ -73,6 +73,9 @@ pub enum DeadReason {
     /// Its call may or may not have been delivered, and can no longer be
     /// resent safely.
     InDoubt,
+    /// Its call was in flight in as many worker sessions as the crash limit
+    /// allows, each ended without an answer: it may be what stops them.
+    CrashLoop,
 }
 
 impl DeadReason {
@@ -85,6 +88,7 @@ impl DeadReason {
             DeadReason::Rejected => "rejected",
             DeadReason::RetriesExhausted => "retries-exhausted",
             DeadReason::InDoubt => "in-doubt",
+            DeadReason::CrashLoop => "crash-loop",
         }
     }
 }

@@ -66,9 +66,10 @@ impl Topology {
         args
     }
 
-    /// Declares everything; idempotent. A jobs queue that exists with other
-    /// arguments is an error that quotes the broker, which names the argument;
-    /// a dead-letter queue that does is kept (see [`Self::declare_dead`]).
+    /// Declares everything; idempotent. A queue that exists with other
+    /// arguments is an error that quotes the broker, which names the
+    /// argument, except for the delivery limits (see [`Self::declare_dead`]
+    /// and [`Self::declare_jobs`]).
     pub async fn declare(&self, connection: &Connection) -> Result<(), BrokerError> {
         // A failed declare closes its channel, so each step gets a fresh one.
         let step = |what: String| {
@@ -107,66 +108,21 @@ impl Topology {
                 "binding {} to {}",
                 self.names.dead, self.names.dlx
             )))?;
-        channel
-            .queue_declare(
-                self.names.jobs.as_str().into(),
-                durable(),
-                self.jobs_arguments(),
-            )
-            .await
-            .map_err(step(format!("queue {}", self.names.jobs)))?;
         let _ = channel.close(200, "topology declared".into()).await;
+        self.declare_jobs(connection).await?;
         Ok(())
     }
 
-    /// Declares `{prefix}.dead` with [`dead_arguments`], on channels of its
-    /// own. One that exists without them (declared by an earlier version) is
-    /// used as it is, with a warning: a queue's arguments cannot change, the
-    /// worker only publishes to the exchange, and refusing to start would
-    /// strand every existing deployment with its dead letters.
+    /// Declares `{prefix}.dead` with [`dead_arguments`]. One that exists
+    /// without them (declared by an earlier version) is used as it is, with
+    /// a warning: a queue's arguments cannot change, the worker only
+    /// publishes to the exchange, and refusing to start would strand every
+    /// existing deployment with its dead letters.
     async fn declare_dead(&self, connection: &Connection) -> Result<(), BrokerError> {
         let queue = self.names.dead.as_str();
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(BrokerError::Channel)?;
-        let refused = match channel
-            .queue_declare(queue.into(), durable(), dead_arguments())
-            .await
-        {
-            Ok(_) => {
-                let _ = channel
-                    .close(200, "dead-letter queue declared".into())
-                    .await;
-                return Ok(());
-            }
-            Err(e) => e,
+        let Some(refused) = declare_or_find(connection, queue, dead_arguments()).await? else {
+            return Ok(());
         };
-        let refusal = BrokerError::Topology {
-            what: format!("queue {queue}"),
-            detail: refused.to_string(),
-        };
-        if !is_precondition_failed(&refused) {
-            return Err(refusal);
-        }
-        // The refusal closed that channel; a passive declare only asks whether
-        // the queue is there.
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(BrokerError::Channel)?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        if channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-            .is_err()
-        {
-            return Err(refusal);
-        }
-        let _ = channel.close(200, "dead-letter queue exists".into()).await;
         warn!(
             queue,
             broker = %refused,
@@ -178,6 +134,107 @@ impl Topology {
         );
         Ok(())
     }
+
+    /// Declares `{prefix}.jobs`. One that exists with another delivery limit
+    /// (an earlier default, or another setting) and every other argument as
+    /// the worker declares it is used as it is, with a warning; any other
+    /// difference is an error that quotes the broker.
+    async fn declare_jobs(&self, connection: &Connection) -> Result<(), BrokerError> {
+        let queue = self.names.jobs.as_str();
+        let Some(refused) = declare_or_find(connection, queue, self.jobs_arguments()).await? else {
+            return Ok(());
+        };
+        let broker = refused.to_string();
+        let refusal = || BrokerError::Topology {
+            what: format!("queue {queue}"),
+            detail: broker.clone(),
+        };
+        // The broker names one argument only: declaring again with the
+        // queue's own limit shows whether the rest are as they should be.
+        let Some(current) = current_delivery_limit(&broker) else {
+            return Err(refusal());
+        };
+        let as_it_is = Topology {
+            delivery_limit: current,
+            ..self.clone()
+        };
+        if declare_or_find(connection, queue, as_it_is.jobs_arguments())
+            .await?
+            .is_some()
+        {
+            return Err(refusal());
+        }
+        warn!(
+            queue,
+            %broker,
+            "{queue} exists with x-delivery-limit = {current}, not {} (declared by an earlier \
+             version or setting): using it as it is. Every restart or reconnect of the worker \
+             counts one delivery of each job it held, so a low limit dead-letters healthy jobs \
+             after that many restarts: drain the queue and declare it again to raise it",
+            self.delivery_limit
+        );
+        Ok(())
+    }
+}
+
+/// The queue's own delivery limit, from the broker's refusal of another:
+/// "inequivalent arg 'x-delivery-limit' ...: received '1000' but current is '20'".
+fn current_delivery_limit(refusal: &str) -> Option<u32> {
+    if !refusal.contains("inequivalent arg 'x-delivery-limit'") {
+        return None;
+    }
+    let (_, current) = refusal.split_once("current is '")?;
+    current.split_once('\'')?.0.parse().ok()
+}
+
+/// Declares `queue` with `arguments` on a channel of its own. When the queue
+/// exists with other arguments, answers the broker's refusal (after making
+/// sure the queue is there); any other failure is an error.
+async fn declare_or_find(
+    connection: &Connection,
+    queue: &str,
+    arguments: FieldTable,
+) -> Result<Option<lapin::Error>, BrokerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(BrokerError::Channel)?;
+    let refused = match channel
+        .queue_declare(queue.into(), durable(), arguments)
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "queue declared".into()).await;
+            return Ok(None);
+        }
+        Err(e) => e,
+    };
+    let refusal = || BrokerError::Topology {
+        what: format!("queue {queue}"),
+        detail: refused.to_string(),
+    };
+    if !is_precondition_failed(&refused) {
+        return Err(refusal());
+    }
+    // The refusal closed that channel; a passive declare only asks whether
+    // the queue is there.
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(BrokerError::Channel)?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    if channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .is_err()
+    {
+        return Err(refusal());
+    }
+    let _ = channel.close(200, "queue exists".into()).await;
+    Ok(Some(refused))
 }
 
 /// `{prefix}.dead`'s `x-delivery-limit`. Reading the dead-letter queue (`dlq
@@ -220,6 +277,20 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queues_own_delivery_limit_is_read_from_the_refusal() {
+        let refusal = "protocol error: AMQP soft error: PRECONDITION-FAILED: PRECONDITION_FAILED - \
+            inequivalent arg 'x-delivery-limit' for queue 'q.jobs' in vhost '/': received '1000' but current is '20'";
+        assert_eq!(current_delivery_limit(refusal), Some(20));
+        let other = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q.jobs' in vhost '/': \
+            received 'quorum' but current is 'classic'";
+        assert_eq!(current_delivery_limit(other), None);
+        assert_eq!(
+            current_delivery_limit("inequivalent arg 'x-delivery-limit': current is 'none'"),
+            None
+        );
+    }
 
     #[test]
     fn the_dead_letter_queue_has_a_delivery_limit_no_reader_reaches() {

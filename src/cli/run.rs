@@ -46,9 +46,15 @@ pub struct RunArgs {
     /// Address of the ops endpoint (`/metrics`, `/healthz`, `/readyz`); port 0 picks one (printed).
     #[arg(long, env = "BROADCAST_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
-    /// Test hook: exit abruptly at POINT:N (before-call, after-call, after-ledger).
+    /// With the ledger: worker sessions that may end with a job's call in flight, unsettled, before the job is dead-lettered as crash-loop.
+    #[arg(long, env = "BROADCAST_CRASH_LIMIT", default_value_t = defaults::CRASH_LIMIT)]
+    pub crash_limit: u32,
+    /// Test hook: exit abruptly at POINT:N (before-call, after-call, after-ledger, after-dead-letters).
     #[arg(long, env = "BROADCAST_TEST_CRASH_AT", hide = true)]
     pub crash_at: Option<String>,
+    /// Test hook: exit abruptly before every call that carries this job id.
+    #[arg(long, env = "BROADCAST_TEST_CRASH_ON_JOB", hide = true)]
+    pub crash_on_job: Option<String>,
     /// The API's base URL (scheme and host of the app's region).
     #[arg(
         long,
@@ -159,7 +165,9 @@ impl RunArgs {
         config.resend_window = Duration::from_secs(self.resend_window_secs);
         config.in_doubt = self.in_doubt;
         config.ledger_retention = Duration::from_secs_f64(self.ledger_retention_hours * 3600.0);
+        config.crash_limit = self.crash_limit;
         config.crash_at = crash_at;
+        config.crash_on_job = self.crash_on_job.clone();
         Ok(config)
     }
 
@@ -229,6 +237,16 @@ impl RunArgs {
         // redelivered job's call may still be resent.
         if self.ledger_retention_hours * 3600.0 <= self.resend_window_secs.max(300) as f64 {
             bail!("BROADCAST_LEDGER_RETENTION_HOURS must exceed the resend window and the service's 5-minute repeat window (calls in flight are pruned after it too)");
+        }
+        if self.crash_limit == 0 {
+            bail!("BROADCAST_CRASH_LIMIT must be at least 1");
+        }
+        if self.database_url.is_some() && self.broker.delivery_limit <= self.crash_limit {
+            tracing::warn!(
+                delivery_limit = self.broker.delivery_limit,
+                crash_limit = self.crash_limit,
+                "BROADCAST_DELIVERY_LIMIT is not above BROADCAST_CRASH_LIMIT: every restart or reconnect counts a delivery of the jobs held, so the broker may dead-letter healthy jobs before the worker counts a crash loop"
+            );
         }
         Ok(())
     }

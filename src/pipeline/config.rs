@@ -22,7 +22,14 @@ pub mod defaults {
     /// Unacked deliveries held at once.
     pub const PREFETCH: u16 = 1000;
     /// Deliveries of one job before the broker dead-letters it by itself.
-    pub const DELIVERY_LIMIT: u32 = 20;
+    /// Every restart or reconnect returns the jobs held with one more
+    /// delivery counted (RabbitMQ before 4.3), so this is generous: the
+    /// worker counts crash loops itself (see [`CRASH_LIMIT`]), and this is
+    /// the last guard (no ledger, or a crash before a call is recorded).
+    pub const DELIVERY_LIMIT: u32 = 1000;
+    /// Worker sessions that may end with a job's call in flight, unsettled,
+    /// before the job is dead-lettered as `crash-loop` (with the ledger).
+    pub const CRASH_LIMIT: u32 = 5;
     /// Transient failures of one call before its jobs are dead-lettered.
     pub const MAX_ATTEMPTS: u32 = 8;
     /// Seconds a call may keep retrying, under the service's 300 s repeat window.
@@ -86,8 +93,13 @@ pub struct WorkerConfig {
     /// Ledger records untouched for longer than this are pruned, settled or
     /// left in flight (in doubt).
     pub ledger_retention: Duration,
+    /// With the ledger: sessions that may end with a job's call in flight,
+    /// unsettled, before the job is dead-lettered as `crash-loop`.
+    pub crash_limit: u32,
     /// Test hook: exit abruptly at a point of the cycle (see [`CrashPoint`]).
     pub crash_at: Option<(CrashPoint, u32)>,
+    /// Test hook: exit abruptly before every call that carries this job.
+    pub crash_on_job: Option<String>,
 }
 
 /// The limits and switches the sender's decision after each answer follows.
@@ -187,7 +199,9 @@ impl WorkerConfig {
             resend_window: Duration::from_secs(defaults::RESEND_WINDOW_SECS),
             in_doubt: InDoubtPolicy::DeadLetter,
             ledger_retention: Duration::from_secs_f64(defaults::LEDGER_RETENTION_HOURS * 3600.0),
+            crash_limit: defaults::CRASH_LIMIT,
             crash_at: None,
+            crash_on_job: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The test-only crash hook: `BROADCAST_TEST_CRASH_AT=POINT:N` makes the worker
 //! exit abruptly, as a kill would, the N-th time it reaches POINT. The
 //! recovery tests use it to stop the worker between a call and its record.
+//! `BROADCAST_TEST_CRASH_ON_JOB=ID` makes it exit before every call that
+//! carries that job: a job that crashes the worker each time it is sent.
 
 use std::collections::HashMap;
 
@@ -34,14 +36,27 @@ pub fn parse_crash_at(spec: &str) -> Result<(CrashPoint, u32), String> {
 #[derive(Debug, Default)]
 pub struct CrashHook {
     at: Option<(CrashPoint, u32)>,
+    on_job: Option<String>,
     counts: HashMap<CrashPoint, u32>,
 }
 
 impl CrashHook {
-    pub fn new(at: Option<(CrashPoint, u32)>) -> Self {
+    pub fn new(at: Option<(CrashPoint, u32)>, on_job: Option<String>) -> Self {
         Self {
             at,
+            on_job,
             counts: HashMap::new(),
+        }
+    }
+
+    /// Before a call's attempts: [`CrashPoint::BeforeCall`], and the job trigger.
+    pub fn before_call<'a>(&mut self, mut job_ids: impl Iterator<Item = &'a str>) {
+        self.reached(CrashPoint::BeforeCall);
+        if let Some(doomed) = &self.on_job {
+            if job_ids.any(|id| id == doomed) {
+                eprintln!("a call carries job {doomed:?}: exiting abruptly");
+                std::process::exit(137);
+            }
         }
     }
 

@@ -12,11 +12,11 @@ use crate::broker;
 use crate::ledger::InFlightCall;
 
 use super::batcher::{Batch, Batcher, Queued};
+use super::call::Call;
 use super::config::CallRules;
 use super::decoder::Incoming;
 use super::delivery::Pending;
 use super::job::Job;
-use super::sender::Call;
 use super::SessionEnd;
 
 #[derive(Default)]

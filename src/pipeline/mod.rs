@@ -15,10 +15,11 @@
 //! - `decoder`: the consumer task; `holding`: the jobs held from arrival to call;
 //!   `admit`: sorting arrivals by what the ledger knows.
 //! - [`batcher`]: packing jobs into calls; [`limiter`]: the token bucket.
-//! - `session`: one broker session and its send loop; `sender`: one call's
-//!   attempts; [`decision`]: the pure step after each answer; `settle`: fates
+//! - `session`: one broker session and its send loop; `call`: a call to make
+//!   and how it ends; `sender`: one call's attempts; [`decision`]: the pure step after each answer; `settle`: fates
 //!   carried out; `ledger_retry`: ledger operations retried while it is down;
-//!   `randoms`: the `Random`s used lately, when there is no ledger.
+//!   `randoms`: the `Random`s used lately, when there is no ledger; `claim`:
+//!   the call made this session's before each attempt (fencing).
 //!
 //! A session is one broker connection. When it breaks, everything not yet
 //! settled is simply dropped (the broker redelivers it) and a new session
@@ -31,6 +32,8 @@
 
 mod admit;
 pub mod batcher;
+mod call;
+mod claim;
 pub mod config;
 pub mod crash;
 pub mod decision;
@@ -56,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::broker::BrokerError;
-use crate::ledger::LedgerError;
+use crate::ledger::{LedgerError, LedgerSession, Ownership};
 use crate::ops::telemetry::WorkerStatus;
 use crate::tencent::client::{ApiClient, TransportError};
 use crate::tencent::usersig::Signer;
@@ -80,6 +83,19 @@ pub enum WorkerError {
 enum SessionEnd {
     Shutdown,
     Broker(String),
+    /// The ledger says a later session owns a call this one held: the broker
+    /// has handed the queue on, whether or not this connection noticed.
+    Superseded {
+        call: i64,
+    },
+}
+
+/// A ledger write found the call taken over by a later session.
+fn still_held(ownership: Ownership, call: i64) -> Result<(), SessionEnd> {
+    match ownership {
+        Ownership::Held => Ok(()),
+        Ownership::Lost => Err(SessionEnd::Superseded { call }),
+    }
 }
 
 impl From<BrokerError> for SessionEnd {
@@ -106,6 +122,9 @@ pub struct Worker {
     last_send: Option<Instant>,
     /// Without a ledger: the `Random`s used within the repeat window.
     recent_randoms: randoms::RecentRandoms,
+    /// With a ledger: this session's token, drawn when it became the app's
+    /// sender; the calls it records are fenced by it.
+    ledger_session: Option<LedgerSession>,
 }
 
 impl Worker {
@@ -122,7 +141,7 @@ impl Worker {
             config.usersig_ttl,
         );
         Ok(Self {
-            crash: CrashHook::new(config.crash_at),
+            crash: CrashHook::new(config.crash_at, config.crash_on_job.clone()),
             config,
             client,
             limiter,
@@ -131,6 +150,7 @@ impl Worker {
             // Set when a session becomes the app's sender (see session.rs).
             last_send: None,
             recent_randoms: randoms::RecentRandoms::default(),
+            ledger_session: None,
         })
     }
 
@@ -167,19 +187,22 @@ impl Worker {
                 Err(e) => SessionEnd::Broker(e.to_string()),
             };
             self.status.set_consuming(false);
-            match end {
+            self.ledger_session = None;
+            let why = match end {
                 SessionEnd::Shutdown => return Ok(()),
-                SessionEnd::Broker(why) => {
-                    if started.elapsed() > Duration::from_secs(60) {
-                        reconnect = self.reconnect_backoff();
-                    }
-                    let delay = reconnect.next().unwrap_or(self.config.reconnect_max);
-                    warn!(%why, retry_in = ?delay, "broker session ended; unsettled jobs will be redelivered");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                SessionEnd::Broker(why) => why,
+                SessionEnd::Superseded { call } => {
+                    format!("a later session owns call {call}: this one is no longer the sender")
                 }
+            };
+            if started.elapsed() > Duration::from_secs(60) {
+                reconnect = self.reconnect_backoff();
+            }
+            let delay = reconnect.next().unwrap_or(self.config.reconnect_max);
+            warn!(%why, retry_in = ?delay, "broker session ended; unsettled jobs will be redelivered");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
             }
         }
     }

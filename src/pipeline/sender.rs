@@ -11,70 +11,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::broker::DeadReason;
-use crate::ledger::CallJob;
 use crate::ops::telemetry;
 use crate::tencent::classify::Outcome;
 use crate::tencent::client::{ApiResponse, TransportError};
 
-use super::batcher::{Batch, Batcher};
+use super::batcher::Batcher;
+use super::call::{dead_letter_all, leave, look_again, Call, CallEnd};
+use super::claim::Claim;
 use super::crash::CrashPoint;
 use super::decision::{before_attempt, decide, CallHistory, Step};
 use super::delivery::Pending;
+use super::job::Job;
 use super::ledger_retry::with_ledger;
-use super::settle::{dead_letter_fate, Fate, Settlement};
-use super::{SessionEnd, Worker};
-
-/// One call to make: a fresh batch, a half of a refused one, or a call the
-/// ledger holds as in flight, to be resent byte for byte.
-pub struct Call {
-    pub batch: Batch<Pending>,
-    /// The ledger's id, once recorded (a recovered call has it from the start).
-    pub ledger_id: Option<i64>,
-    /// The ledger's call this one is a half of.
-    pub parent: Option<i64>,
-    /// For a recovered call: when the previous worker first attempted it.
-    first_attempt: Option<Instant>,
-    /// Its `Random` is claimed: no different call used it within the
-    /// repeat window, and the call is recorded (in the ledger when there is
-    /// one) under it, so every retry keeps it.
-    claimed: bool,
-}
-
-impl Call {
-    pub fn fresh(batch: Batch<Pending>, parent: Option<i64>) -> Self {
-        Self {
-            batch,
-            ledger_id: None,
-            parent,
-            first_attempt: None,
-            claimed: false,
-        }
-    }
-
-    /// A call the ledger has held in flight for `age`.
-    pub fn recovered(batch: Batch<Pending>, call_id: i64, age: Duration) -> Self {
-        let now = Instant::now();
-        Self {
-            batch,
-            ledger_id: Some(call_id),
-            parent: None,
-            first_attempt: Some(now.checked_sub(age).unwrap_or(now)),
-            claimed: true,
-        }
-    }
-
-    fn is_recovered(&self) -> bool {
-        self.first_attempt.is_some()
-    }
-}
-
-/// What one call's attempts came to.
-pub enum CallEnd {
-    Settled(Vec<Settlement>),
-    /// The call turned into these, to make in order: the halves of a refused
-    /// merged call, or the jobs of a refused recovered call as new calls.
-    Then(Vec<Call>),
-}
+use super::settle::Fate;
+use super::{still_held, SessionEnd, Worker};
 
 /// One attempt's answer, as the logs, metrics and dead letters tell it.
 struct Attempt {
@@ -90,13 +40,15 @@ impl Worker {
     /// until every job's fate is known. The first attempt uses the permit
     /// the caller holds.
     /// Each call's jobs are settled as soon as it is answered: the delivered
-    /// half of a split call is acked before the search goes on.
+    /// half of a split call is acked before the search goes on. Returns the
+    /// jobs to look up in the ledger again.
     pub(super) async fn deliver(
         &mut self,
         call: Call,
         publish_channel: &Channel,
         shutdown: &CancellationToken,
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<Vec<(Job, Pending)>, SessionEnd> {
+        let mut look_again = Vec::new();
         let mut work = vec![call];
         let mut has_permit = true;
         while let Some(call) = work.pop() {
@@ -114,9 +66,10 @@ impl Worker {
             {
                 CallEnd::Settled(done) => self.settle(done, publish_channel, shutdown).await?,
                 CallEnd::Then(calls) => work.extend(calls.into_iter().rev()),
+                CallEnd::LookAgain(jobs) => look_again.extend(jobs),
             }
         }
-        Ok(())
+        Ok(look_again)
     }
 
     /// Attempts one call until a step ends it; performs each step it is told.
@@ -133,11 +86,21 @@ impl Worker {
         let mut previous: Option<&'static str> = None;
         loop {
             if !std::mem::take(has_permit) && !self.wait_for_permit(shutdown).await {
-                return Ok(leave(call));
+                return Ok(self.leave(call).await);
             }
-            match self.claim_random(&mut call, shutdown).await {
-                Ok(()) => {}
-                Err(SessionEnd::Shutdown) => return Ok(leave(call)),
+            // The gap comes before the claim, so that a call is taken (and
+            // ownership checked) the moment before it is sent.
+            if !self.wait_for_gap(shutdown).await {
+                return Ok(self.leave(call).await);
+            }
+            match self.claim(&mut call, shutdown).await {
+                Ok(Claim::Ready) => {}
+                Ok(Claim::LookAgain) => return Ok(look_again(call)),
+                Ok(Claim::CrashLoop { interruptions }) => {
+                    let info = format!("its call was in flight in {interruptions} worker sessions that ended without an answer (the crash limit): it may be what stops them, and it may or may not have been delivered");
+                    return Ok(dead_letter_all(call, DeadReason::CrashLoop, None, info));
+                }
+                Err(SessionEnd::Shutdown) => return Ok(self.leave(call).await),
                 Err(end) => return Err(end),
             }
             let (window, in_doubt) = (self.config.resend_window, self.config.in_doubt);
@@ -153,7 +116,7 @@ impl Worker {
                 Step::Deliver { msg_seq } => return Ok(self.delivered(call, msg_seq)),
                 Step::RetryAfter(delay) => {
                     if !sleep_unless_shutdown(delay, shutdown).await {
-                        return Ok(leave(call));
+                        return Ok(self.leave(call).await);
                     }
                 }
                 Step::PauseSender { min_pause } => {
@@ -179,11 +142,38 @@ impl Worker {
                 }
                 Step::Halt { probe_after } => {
                     if !sleep_unless_shutdown(probe_after, shutdown).await {
-                        return Ok(leave(call));
+                        return Ok(self.leave(call).await);
                     }
                     self.signer.invalidate();
                 }
             }
+        }
+    }
+
+    /// Shutdown: the call's jobs go back to the queue, and the ledger's call
+    /// is released, so the session that takes it over counts no
+    /// interruption. Best effort: unreleased, it counts one.
+    async fn leave(&mut self, call: Call) -> CallEnd {
+        if let (Some(session), Some(id), true) =
+            (self.ledger_session.clone(), call.ledger_id, call.claimed)
+        {
+            if let Err(e) = session.release(id).await {
+                warn!(error = %e, call = id, "could not release the call in the ledger: the next sender will count an interruption");
+            }
+        }
+        leave(call)
+    }
+
+    /// Keeps the limiter's gap since the last send (or since this session
+    /// became the sender); false on shutdown.
+    async fn wait_for_gap(&mut self, shutdown: &CancellationToken) -> bool {
+        let Some(last) = self.last_send else {
+            return true;
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep_until(last + self.limiter.min_gap()) => true,
         }
     }
 
@@ -196,61 +186,8 @@ impl Worker {
         }
     }
 
-    /// Before a call's first attempt: puts it under the first `Random`
-    /// candidate that no different call used within the service's repeat
-    /// window, and records it under that `Random` (in flight in the ledger,
-    /// or in memory without one), so every retry reuses it.
-    async fn claim_random(
-        &mut self,
-        call: &mut Call,
-        shutdown: &CancellationToken,
-    ) -> Result<(), SessionEnd> {
-        if call.claimed {
-            return Ok(());
-        }
-        let ids: Vec<CallJob> = call
-            .batch
-            .jobs
-            .iter()
-            .map(|q| CallJob {
-                id: q.job.id.clone(),
-                replays: q.job.replays,
-                digest: q.job.digest.clone(),
-            })
-            .collect();
-        // Collisions are rare (two different calls in five minutes on 32
-        // bits), so the next candidate almost never needs a second look.
-        for candidate in 0.. {
-            if candidate > 0 {
-                warn!(random = call.batch.random, "this Random was used by a different call within the repeat window: deriving the next one");
-                call.batch.use_random_candidate(candidate);
-            }
-            let digest = call.batch.content_digest();
-            let claimed = match self.config.ledger.clone() {
-                Some(ledger) => {
-                    let (body, random, parent) = (&call.batch.body, call.batch.random, call.parent);
-                    let id = with_ledger(&self.status, shutdown, || {
-                        ledger.begin_call(body, random, &digest, &ids, parent)
-                    })
-                    .await?;
-                    call.ledger_id = id;
-                    id.is_some()
-                }
-                None => self
-                    .recent_randoms
-                    .claim(call.batch.random, digest, Instant::now()),
-            };
-            if claimed {
-                break;
-            }
-        }
-        call.claimed = true;
-        self.crash.reached(CrashPoint::BeforeCall);
-        Ok(())
-    }
-
-    /// Signs, keeps the gap since the last send, sends, and classifies. The
-    /// call in flight is always finished, shutdown or not.
+    /// Signs, sends, and classifies. The call in flight is always finished,
+    /// shutdown or not.
     async fn send_attempt(&mut self, call: &mut Call, previous: Option<&'static str>) -> Attempt {
         let usersig = self.signer.current();
         for queued in &mut call.batch.jobs {
@@ -262,9 +199,6 @@ impl Worker {
                 metrics::histogram!(telemetry::CALL_JOBS).record(call.batch.jobs.len() as f64);
             }
             Some(after) => metrics::counter!(telemetry::RETRIES, "after" => after).increment(1),
-        }
-        if let Some(last) = self.last_send {
-            tokio::time::sleep_until(last + self.limiter.min_gap()).await;
         }
         self.last_send = Some(Instant::now());
         let sent = Instant::now();
@@ -311,11 +245,12 @@ impl Worker {
         info: &str,
         shutdown: &CancellationToken,
     ) -> Result<CallEnd, SessionEnd> {
-        if let (Some(ledger), Some(id)) = (self.config.ledger.clone(), call.ledger_id) {
-            with_ledger(&self.status, shutdown, || {
-                ledger.call_abandoned(id, code, info)
+        if let (Some(session), Some(id)) = (self.ledger_session.clone(), call.ledger_id) {
+            let held = with_ledger(&self.status, shutdown, || {
+                session.call_abandoned(id, code, info)
             })
             .await?;
+            still_held(held, id)?;
         }
         // Packed again under today's rules: the recovered body may have been
         // made under others.
@@ -402,32 +337,6 @@ impl Worker {
             }
         }
     }
-}
-
-/// Every job of a call goes back to the queue.
-pub fn leave(call: Call) -> CallEnd {
-    CallEnd::Settled(
-        call.batch
-            .jobs
-            .into_iter()
-            .map(|q| (q.job, q.tag, Fate::Leave))
-            .collect(),
-    )
-}
-
-/// Every job of a call is dead-lettered for the same reason.
-pub fn dead_letter_all(call: Call, reason: DeadReason, code: Option<i64>, info: String) -> CallEnd {
-    let ledger_call = call.ledger_id;
-    CallEnd::Settled(
-        call.batch
-            .jobs
-            .into_iter()
-            .map(|q| {
-                let fate = dead_letter_fate(&q.tag, reason, code, info.clone(), ledger_call);
-                (q.job, q.tag, fate)
-            })
-            .collect(),
-    )
 }
 
 /// Sleeps; false if shutdown came first.

@@ -21,6 +21,7 @@ use crate::ops::telemetry;
 use super::decoder::{Decoder, Incoming};
 use super::holding::Holding;
 use super::job::Rejection;
+use super::ledger_retry::with_ledger;
 use super::settle::{dead_letter_fate, Settlement};
 use super::{SessionEnd, Worker};
 
@@ -153,7 +154,7 @@ impl Worker {
                     incoming = rx.recv() => holding.arrive(incoming)?,
                 }
                 if !std::mem::replace(&mut active, true) {
-                    self.keep_a_period_from_activation();
+                    self.become_sender(shutdown).await?;
                 }
                 self.admit(holding, publish_channel, shutdown).await?;
             }
@@ -167,7 +168,11 @@ impl Worker {
             self.settle(expired, publish_channel, shutdown).await?;
             let next = holding.next_call(&self.config.call);
             if let Some(call) = next {
-                self.deliver(call, publish_channel, shutdown).await?;
+                let look_again = self.deliver(call, publish_channel, shutdown).await?;
+                if !look_again.is_empty() {
+                    holding.arrived.extend(look_again);
+                    self.admit(holding, publish_channel, shutdown).await?;
+                }
             }
         }
     }
@@ -176,9 +181,17 @@ impl Worker {
     /// a restart, or a standby taking over from one that was killed a moment
     /// after a call. That call went out at most now, so the first send here
     /// keeps a full period from now, and the app's quota holds across them.
-    fn keep_a_period_from_activation(&mut self) {
+    /// With a ledger, the session draws its token now: later than that of
+    /// every sender before it.
+    async fn become_sender(&mut self, shutdown: &CancellationToken) -> Result<(), SessionEnd> {
         let now = Instant::now();
         self.last_send = Some(self.last_send.map_or(now, |last| last.max(now)));
+        if let Some(ledger) = self.config.ledger.clone() {
+            let session = with_ledger(&self.status, shutdown, || ledger.open_session()).await?;
+            info!(token = session.token(), "this session is the app's sender");
+            self.ledger_session = Some(session);
+        }
+        Ok(())
     }
 
     /// Waits for the limiter's permit; whatever arrives meanwhile joins the

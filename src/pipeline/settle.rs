@@ -14,7 +14,7 @@ use super::crash::CrashPoint;
 use super::delivery::Pending;
 use super::job::Job;
 use super::ledger_retry::with_ledger;
-use super::{SessionEnd, Worker};
+use super::{still_held, SessionEnd, Worker};
 
 /// The final word on one job.
 #[derive(Debug)]
@@ -115,12 +115,13 @@ impl Worker {
         if calls.is_empty() {
             return Ok(());
         }
-        if let Some(ledger) = self.config.ledger.clone() {
+        if let Some(session) = self.ledger_session.clone() {
             for (call, msg_seq) in &calls {
-                with_ledger(&self.status, shutdown, || {
-                    ledger.call_delivered(*call, *msg_seq)
+                let held = with_ledger(&self.status, shutdown, || {
+                    session.call_delivered(*call, *msg_seq)
                 })
                 .await?;
+                still_held(held, *call)?;
             }
         }
         self.crash.reached(CrashPoint::AfterLedger);
@@ -145,14 +146,22 @@ impl Worker {
         let (dead, call) = (dead.clone(), *call);
         // A call that may have been delivered stays open, marked, until all
         // its jobs are recorded: any that come back meanwhile are in doubt.
+        // Either way no dead letter is published for a call this session no
+        // longer owns: its successor decides.
         let maybe_delivered = matches!(
             dead.reason,
-            DeadReason::RetriesExhausted | DeadReason::InDoubt
+            DeadReason::RetriesExhausted | DeadReason::InDoubt | DeadReason::CrashLoop
         );
-        if let (Some(ledger), Some(call), true) =
-            (self.config.ledger.clone(), call, maybe_delivered)
-        {
-            with_ledger(&self.status, shutdown, || ledger.call_dead_lettering(call)).await?;
+        if let (Some(session), Some(call)) = (self.ledger_session.clone(), call) {
+            let held = with_ledger(&self.status, shutdown, || async {
+                if maybe_delivered {
+                    session.call_dead_lettering(call).await
+                } else {
+                    session.still_owner(call).await
+                }
+            })
+            .await?;
+            still_held(held, call)?;
         }
         let dlx = &self.config.topology.names.dlx;
         for (job, pending, fate) in &group {
@@ -163,10 +172,10 @@ impl Worker {
             }
         }
         self.crash.reached(CrashPoint::AfterDeadLetters);
-        if let Some(ledger) = self.config.ledger.clone() {
+        if let Some(session) = self.ledger_session.clone() {
             let ids: Vec<String> = group.iter().map(|(job, _, _)| job.id.clone()).collect();
-            with_ledger(&self.status, shutdown, || {
-                ledger.jobs_dead_lettered(
+            let held = with_ledger(&self.status, shutdown, || {
+                session.jobs_dead_lettered(
                     call,
                     &ids,
                     dead.reason.as_str(),
@@ -175,6 +184,7 @@ impl Worker {
                 )
             })
             .await?;
+            still_held(held, call.unwrap_or_default())?;
         }
         for (job, pending, _) in &group {
             warn!(job = %job.id, reason = %dead.reason, code = dead.error_code, "dead-lettered");

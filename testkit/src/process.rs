@@ -30,12 +30,23 @@ pub fn worker_process(bin: &str, app: &TestApp, extra: &[(&str, String)]) -> Chi
         .env_remove("TIM_SECRET_KEY_FILE")
         .env_remove("DATABASE_URL")
         .env_remove("BROADCAST_TEST_CRASH_AT")
+        .env_remove("BROADCAST_TEST_CRASH_ON_JOB")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(worker_logs());
     for (key, value) in extra {
         command.env(key, value);
     }
     command.spawn().expect("the worker binary starts")
+}
+
+/// The workers' logs go nowhere, unless `BWTEST_WORKER_LOGS` is set (to
+/// read them while debugging a test).
+fn worker_logs() -> Stdio {
+    if std::env::var_os("BWTEST_WORKER_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    }
 }
 
 /// Sends `sig` (as `kill` spells it: "-TERM", "-KILL") to a child.

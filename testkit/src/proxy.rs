@@ -22,6 +22,7 @@ pub struct TcpProxy {
     /// Stalls and delays applied to the bytes in flight.
     pub faults: Arc<ProxyFaults>,
     cut: watch::Sender<u64>,
+    partition: watch::Sender<u64>,
     task: JoinHandle<()>,
 }
 
@@ -38,6 +39,7 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, cuts) = watch::channel(0u64);
+        let (partition, partitions) = watch::channel(0u64);
         let upstream = upstream.to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
         let counter = accepted.clone();
@@ -58,17 +60,29 @@ impl TcpProxy {
                 let upstream = upstream.clone();
                 let mut cuts = cuts.clone();
                 cuts.borrow_and_update();
+                let mut partitions = partitions.clone();
+                partitions.borrow_and_update();
                 let faults = faults.clone();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::select! {
-                        _ = pump(client_read, server_write, faults.clone()) => {}
-                        _ = pump(server_read, client_write, faults) => {}
-                        _ = cuts.changed() => {}
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let partitioned = tokio::select! {
+                        _ = pump(&mut client_read, &mut server_write, faults.clone()) => false,
+                        _ = pump(&mut server_read, &mut client_write, faults) => false,
+                        _ = cuts.changed() => false,
+                        _ = partitions.changed() => true,
+                    };
+                    if partitioned {
+                        // The server sees the connection close; the client's
+                        // side stays open and silent, so it notices nothing.
+                        drop((server_read, server_write));
+                        tokio::select! {
+                            _ = swallow(&mut client_read) => {}
+                            _ = cuts.changed() => {}
+                        }
                     }
                 });
             }
@@ -79,8 +93,17 @@ impl TcpProxy {
             faults: proxy_faults,
             down,
             cut,
+            partition,
             task,
         }
+    }
+
+    /// Partitions every connection open now: the server's side is closed
+    /// (the broker hands the queue to another consumer), while the client's
+    /// side stays open and silent, so the client believes it is still
+    /// connected (until its heartbeats tell it otherwise).
+    pub fn partition_all(&self) {
+        self.partition.send_modify(|n| *n += 1);
     }
 
     /// Drops every connection open now (new ones are accepted).
@@ -107,8 +130,18 @@ impl Drop for TcpProxy {
     }
 }
 
+/// Reads and drops whatever the client sends, until it closes.
+async fn swallow(from: &mut OwnedReadHalf) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
 /// Copies one direction, chunk by chunk, under the proxy's faults.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: Arc<ProxyFaults>) {
+async fn pump(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, faults: Arc<ProxyFaults>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {

@@ -1,0 +1,447 @@
+//! A sender's session with the ledger: the fenced writes. A worker session
+//! that becomes its app's sender draws a token ([`Ledger::open_session`]);
+//! every call it records is owned by that token, and every write that
+//! settles a call requires it. A later session takes a call over from an
+//! earlier one (counting an interruption of its jobs), never the reverse, so
+//! a sender that lost its broker session without noticing can neither
+//! overwrite nor settle what its successor holds: it learns it was
+//! superseded and stops. See the migration `20261126000004_fencing.sql`.
+
+use super::error::db_text;
+use super::records::{CallJob, CallState, JobState};
+use super::{Ledger, LedgerError};
+use crate::tencent::body::REPEAT_WINDOW;
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
+
+/// A ledger handle owned by one sender session.
+#[derive(Clone, Debug)]
+pub struct LedgerSession {
+    ledger: Ledger,
+    token: i64,
+}
+
+/// What recording a new call came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begun {
+    /// Recorded in flight under this id, owned by this session.
+    Recorded(i64),
+    /// A call of other content used this `Random` within the repeat window:
+    /// nothing recorded; try the next candidate.
+    RandomTaken,
+    /// A job is in another call in flight, or settled since it was looked
+    /// up: nothing recorded; look the jobs up again.
+    JobsHeld,
+    /// The call this one is a half of was taken over by a later session.
+    Superseded,
+}
+
+impl Begun {
+    /// The call's id, when it was recorded.
+    pub fn recorded(self) -> Option<i64> {
+        match self {
+            Begun::Recorded(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// What taking over a call in flight came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeOver {
+    /// This session owns it now; `interruptions` is the most sessions any of
+    /// its jobs was in flight in that ended without settling it.
+    Owned { interruptions: u32 },
+    /// No longer in flight (settled, split or abandoned meanwhile): look
+    /// its jobs up again.
+    Settled,
+    /// A later session owns it: this session is no longer the sender.
+    Superseded,
+}
+
+/// Whether a write found the call still this session's.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    Held,
+    /// A later session took the call over (or settled it): nothing written.
+    Lost,
+}
+
+impl Ledger {
+    /// A token for a session that has just become its app's sender, larger
+    /// than every earlier session's.
+    pub async fn open_session(&self) -> Result<LedgerSession, LedgerError> {
+        let token: i64 = sqlx::query_scalar("SELECT nextval('ledger_sessions')")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(LedgerSession {
+            ledger: self.clone(),
+            token,
+        })
+    }
+}
+
+impl LedgerSession {
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Records a call as in flight, owned by this session, before its first
+    /// attempt. A split call's halves name their parent, closed as `split`.
+    ///
+    /// In the same transaction: the `Random` is claimed (no call of other
+    /// content used it within the service's repeat window, for this app or
+    /// before scopes), and each job is bound only if it is free: new, in a
+    /// call that was split, abandoned or dead-lettered, replayed since its
+    /// last record, or in the parent. A job in another call in flight, or
+    /// settled, is never overwritten.
+    pub async fn begin_call(
+        &self,
+        body: &[u8],
+        random: u32,
+        content_digest: &[u8; 32],
+        jobs: &[CallJob],
+        parent: Option<i64>,
+    ) -> Result<Begun, LedgerError> {
+        let mut tx = self.ledger.pool.begin().await?;
+        let call_id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO calls (app, queue, body, random, job_count, state, content_digest, owner) \
+             SELECT $7, $8, $1, $2, $3, $4, $5, $9 WHERE NOT EXISTS ( \
+                 SELECT 1 FROM calls WHERE random = $2 AND app IN ($7, 0) \
+                   AND content_digest IS DISTINCT FROM $5 \
+                   AND created_at > now() - make_interval(secs => $6)) \
+             RETURNING id",
+        )
+        .bind(body)
+        .bind(i64::from(random))
+        .bind(i32::try_from(jobs.len()).unwrap_or(i32::MAX))
+        .bind(CallState::InFlight)
+        .bind(&content_digest[..])
+        .bind(REPEAT_WINDOW.as_secs_f64())
+        .bind(self.ledger.scope.app_column())
+        .bind(&self.ledger.scope.queue)
+        .bind(self.token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(call_id) = call_id else {
+            return Ok(Begun::RandomTaken);
+        };
+        if self.bind_free_jobs(&mut tx, call_id, jobs, parent).await? < jobs.len() {
+            return Ok(Begun::JobsHeld);
+        }
+        if let Some(parent) = parent {
+            // Closed as split by the first half; still this session's.
+            let closed = sqlx::query(
+                "UPDATE calls SET state = $2, settled_at = COALESCE(settled_at, now()) \
+                 WHERE id = $1 AND owner = $3 AND state IN ($2, $4)",
+            )
+            .bind(parent)
+            .bind(CallState::Split)
+            .bind(self.token)
+            .bind(CallState::InFlight)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if closed != 1 {
+                return Ok(Begun::Superseded);
+            }
+        }
+        tx.commit().await?;
+        Ok(Begun::Recorded(call_id))
+    }
+
+    /// Binds each free job's row in this scope to `call_id`, in flight;
+    /// returns how many were bound (fewer than `jobs` when one was not free).
+    async fn bind_free_jobs(
+        &self,
+        tx: &mut Tx<'_>,
+        call_id: i64,
+        jobs: &[CallJob],
+        parent: Option<i64>,
+    ) -> Result<usize, LedgerError> {
+        let job_ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        let replays: Vec<i32> = jobs
+            .iter()
+            .map(|j| i32::try_from(j.replays).unwrap_or(i32::MAX))
+            .collect();
+        let digests: Vec<Option<&str>> = jobs.iter().map(|j| j.digest.as_deref()).collect();
+        // The states are spelled as JobState and CallState spell them.
+        let bound: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO jobs (app, queue, job_id, digest, call_id, state, replays) \
+             SELECT $5, $6, id, digest, $2, $4, replays \
+             FROM unnest($1::text[], $3::int[], $7::text[]) AS t (id, replays, digest) \
+             ON CONFLICT (job_id, app, queue) DO UPDATE SET call_id = EXCLUDED.call_id, state = $4, \
+                 replays = EXCLUDED.replays, digest = EXCLUDED.digest, acked = false, \
+                 reason = NULL, error_code = NULL, error_info = NULL, updated_at = now(), \
+                 interruptions = CASE WHEN EXCLUDED.replays > jobs.replays THEN 0 \
+                                      ELSE jobs.interruptions END \
+             WHERE EXCLUDED.replays > jobs.replays \
+                OR jobs.call_id = $8 \
+                OR (jobs.state = 'in_flight' AND EXISTS (SELECT 1 FROM calls c \
+                      WHERE c.id = jobs.call_id AND c.state IN ('split', 'abandoned', 'dead_lettered'))) \
+             RETURNING job_id",
+        )
+        .bind(&job_ids)
+        .bind(call_id)
+        .bind(&replays)
+        .bind(JobState::InFlight)
+        .bind(self.ledger.scope.app_column())
+        .bind(&self.ledger.scope.queue)
+        .bind(&digests)
+        .bind(parent)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(bound.len())
+    }
+
+    /// Takes over a call in flight that an earlier session recorded (or
+    /// released), to resend it. Taking it from a session that did not
+    /// release it counts an interruption for each of its jobs in flight.
+    pub async fn take_over(&self, call_id: i64) -> Result<TakeOver, LedgerError> {
+        let mut tx = self.ledger.pool.begin().await?;
+        let row: Option<(Option<i64>, CallState)> =
+            sqlx::query_as("SELECT owner, state FROM calls WHERE id = $1 FOR UPDATE")
+                .bind(call_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((owner, state)) = row else {
+            return Ok(TakeOver::Settled);
+        };
+        if owner.is_some_and(|owner| owner > self.token) {
+            return Ok(TakeOver::Superseded);
+        }
+        if state != CallState::InFlight {
+            return Ok(TakeOver::Settled);
+        }
+        sqlx::query("UPDATE calls SET owner = $2 WHERE id = $1")
+            .bind(call_id)
+            .bind(self.token)
+            .execute(&mut *tx)
+            .await?;
+        let interrupted = owner.is_some_and(|owner| owner != self.token);
+        let interruptions: Option<i32> = sqlx::query_scalar(
+            "WITH counted AS ( \
+                 UPDATE jobs SET interruptions = interruptions + $3::int \
+                 WHERE call_id = $1 AND state = $2 RETURNING interruptions) \
+             SELECT max(interruptions) FROM counted",
+        )
+        .bind(call_id)
+        .bind(JobState::InFlight)
+        .bind(i32::from(interrupted))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(TakeOver::Owned {
+            interruptions: u32::try_from(interruptions.unwrap_or(0)).unwrap_or(0),
+        })
+    }
+
+    /// Whether the call is still this session's to send (before a retry).
+    pub async fn still_owner(&self, call_id: i64) -> Result<Ownership, LedgerError> {
+        let held: Option<bool> =
+            sqlx::query_scalar("SELECT owner = $2 AND state IN ($3, $4) FROM calls WHERE id = $1")
+                .bind(call_id)
+                .bind(self.token)
+                .bind(CallState::InFlight)
+                .bind(CallState::DeadLettering)
+                .fetch_optional(&self.ledger.pool)
+                .await?;
+        Ok(if held == Some(true) {
+            Ownership::Held
+        } else {
+            Ownership::Lost
+        })
+    }
+
+    /// Gives a call in flight up without settling it (a clean stop): the
+    /// next session takes it over without counting an interruption.
+    pub async fn release(&self, call_id: i64) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE calls SET owner = NULL WHERE id = $1 AND owner = $2 AND state = $3")
+            .bind(call_id)
+            .bind(self.token)
+            .bind(CallState::InFlight)
+            .execute(&self.ledger.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The call reached the service: it and every job still bound to it are delivered.
+    pub async fn call_delivered(
+        &self,
+        call_id: i64,
+        msg_seq: Option<u64>,
+    ) -> Result<Ownership, LedgerError> {
+        let mut tx = self.ledger.pool.begin().await?;
+        let msg_seq = msg_seq.and_then(|s| i64::try_from(s).ok());
+        let closed = self
+            .close_call(&mut tx, call_id, CallState::Delivered, msg_seq, None, None)
+            .await?;
+        if closed == Ownership::Lost {
+            return Ok(Ownership::Lost);
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = $2, updated_at = now() WHERE call_id = $1 AND state = $3",
+        )
+        .bind(call_id)
+        .bind(JobState::Delivered)
+        .bind(JobState::InFlight)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ownership::Held)
+    }
+
+    /// A call that will not be resent as it was (a recovered call the service
+    /// refused): its jobs that have not arrived yet count as new.
+    pub async fn call_abandoned(
+        &self,
+        call_id: i64,
+        code: Option<i64>,
+        info: &str,
+    ) -> Result<Ownership, LedgerError> {
+        let mut tx = self.ledger.pool.begin().await?;
+        let closed = self
+            .close_call(
+                &mut tx,
+                call_id,
+                CallState::Abandoned,
+                None,
+                code,
+                Some(info),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(closed)
+    }
+
+    /// A call that may have been delivered is about to have its jobs
+    /// dead-lettered: until they all are, its jobs that come back are in
+    /// doubt, not new.
+    pub async fn call_dead_lettering(&self, call_id: i64) -> Result<Ownership, LedgerError> {
+        let marked = sqlx::query(
+            "UPDATE calls SET state = $2 WHERE id = $1 AND owner = $4 AND state IN ($2, $3)",
+        )
+        .bind(call_id)
+        .bind(CallState::DeadLettering)
+        .bind(CallState::InFlight)
+        .bind(self.token)
+        .execute(&self.ledger.pool)
+        .await?
+        .rows_affected();
+        Ok(if marked == 1 {
+            Ownership::Held
+        } else {
+            Ownership::Lost
+        })
+    }
+
+    /// Jobs dead-lettered (after the dead letter was confirmed). With a
+    /// call: the call's jobs among them, if the call is still this
+    /// session's, and the call is closed once none of its jobs is left in
+    /// flight (a recovered call may not hold them all: those still to come
+    /// back find it open, and in doubt if it was marked so). Without: each
+    /// id's row in this scope, or else its legacy one.
+    pub async fn jobs_dead_lettered(
+        &self,
+        call_id: Option<i64>,
+        job_ids: &[String],
+        reason: &str,
+        code: Option<i64>,
+        info: &str,
+    ) -> Result<Ownership, LedgerError> {
+        let mut tx = self.ledger.pool.begin().await?;
+        if let Some(call_id) = call_id {
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM calls WHERE id = $1 AND owner = $2 AND state IN ($3, $4) FOR UPDATE",
+            )
+            .bind(call_id)
+            .bind(self.token)
+            .bind(CallState::InFlight)
+            .bind(CallState::DeadLettering)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                return Ok(Ownership::Lost);
+            }
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = $5, reason = $2, error_code = $3, error_info = $4, updated_at = now() \
+             WHERE (job_id, app, queue) IN ( \
+                 SELECT DISTINCT ON (job_id) job_id, app, queue FROM jobs \
+                 WHERE job_id = ANY($1) AND ((app = $6 AND queue = $7) OR (app = 0 AND queue = '')) \
+                   AND ($8::bigint IS NULL OR call_id = $8) \
+                 ORDER BY job_id, app = 0)",
+        )
+        .bind(job_ids)
+        .bind(db_text(reason))
+        .bind(code)
+        .bind(db_text(info))
+        .bind(JobState::DeadLettered)
+        .bind(self.ledger.scope.app_column())
+        .bind(&self.ledger.scope.queue)
+        .bind(call_id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(call_id) = call_id {
+            let left: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE call_id = $1 AND state = $2)",
+            )
+            .bind(call_id)
+            .bind(JobState::InFlight)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !left {
+                let closed = self
+                    .close_call(
+                        &mut tx,
+                        call_id,
+                        CallState::DeadLettered,
+                        None,
+                        code,
+                        Some(info),
+                    )
+                    .await?;
+                debug_assert_eq!(closed, Ownership::Held, "the call is locked");
+            }
+        }
+        tx.commit().await?;
+        Ok(Ownership::Held)
+    }
+
+    /// Closes a call this session owns.
+    async fn close_call(
+        &self,
+        tx: &mut Tx<'_>,
+        call_id: i64,
+        state: CallState,
+        msg_seq: Option<i64>,
+        code: Option<i64>,
+        info: Option<&str>,
+    ) -> Result<Ownership, LedgerError> {
+        let closed = sqlx::query(
+            "UPDATE calls SET state = $2, msg_seq = COALESCE($3, msg_seq), error_code = $4, error_info = $5, \
+                 settled_at = now() WHERE id = $1 AND owner = $8 AND state IN ($6, $7)",
+        )
+        .bind(call_id)
+        .bind(state)
+        .bind(msg_seq)
+        .bind(code)
+        .bind(info.map(db_text))
+        .bind(CallState::InFlight)
+        .bind(CallState::DeadLettering)
+        .bind(self.token)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        Ok(if closed == 1 {
+            Ownership::Held
+        } else {
+            Ownership::Lost
+        })
+    }
+}
