@@ -43,7 +43,9 @@ impl Worker {
     ) -> Result<SessionEnd, BrokerError> {
         let connection = broker::connect(&self.config.amqp_url, "broadcast-worker run").await?;
         let result = self.consume(&connection, shutdown).await;
-        let _ = connection.close(200, "worker session over".into()).await;
+        // Bounded: a connection cut off without a word may never answer.
+        let closing = connection.close(200, "worker session over".into());
+        let _ = tokio::time::timeout(WIND_DOWN, closing).await;
         result
     }
 
