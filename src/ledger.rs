@@ -52,11 +52,16 @@ impl Ledger {
     /// database is down and wait for it. The handle is in the legacy scope
     /// until [`Ledger::in_scope`] puts it in a deployment's.
     pub fn connect_lazy(url: &str) -> Result<Self, LedgerError> {
+        Self::connect_lazy_pooled(url, 4)
+    }
+
+    /// The same, with up to `connections` connections (a fleet's apps share them).
+    pub fn connect_lazy_pooled(url: &str, connections: u32) -> Result<Self, LedgerError> {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e: sqlx::Error| LedgerError::Url(e.to_string()))?;
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections.max(1))
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(options.application_name("broadcast-worker"));
         Ok(Self {

@@ -11,10 +11,13 @@
 //! - [`pipeline`]: the worker: deliveries in, calls out, each job settled.
 //! - [`ops`]: what operators use: telemetry and status, the dead-letter queue,
 //!   `enqueue`, `jobs show`.
+//! - [`fleet`]: one process serving many apps: the apps file, a worker per
+//!   app, reloads, and the active senders spread over the replicas.
 //! - [`cli`]: the subcommands and their settings.
 
 pub mod broker;
 pub mod cli;
+pub mod fleet;
 pub mod ledger;
 pub mod ops;
 pub mod pipeline;

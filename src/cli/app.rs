@@ -77,17 +77,36 @@ fn warn_if_world_readable(path: &Path) {
 #[cfg(not(unix))]
 fn warn_if_world_readable(_path: &Path) {}
 
-/// The app whose broadcasts are sent.
+/// The app whose broadcasts are sent. Required, except where an apps file
+/// names the apps instead.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AppArgs {
     /// The app's SDKAppID.
     #[arg(long, env = "TIM_SDKAPPID")]
-    pub sdkappid: u64,
+    pub sdkappid: Option<u64>,
     /// The app admin account the UserSig is signed for.
     #[arg(long, env = "TIM_IDENTIFIER")]
-    pub identifier: String,
+    pub identifier: Option<String>,
     #[command(flatten)]
     pub secret: SecretArgs,
+}
+
+impl AppArgs {
+    pub fn sdkappid(&self) -> anyhow::Result<u64> {
+        self.sdkappid.ok_or_else(|| {
+            anyhow::anyhow!("the app's SDKAppID is missing: set TIM_SDKAPPID (or --sdkappid)")
+        })
+    }
+
+    pub fn identifier(&self) -> anyhow::Result<String> {
+        match self.identifier.as_deref().map(str::trim) {
+            None => anyhow::bail!(
+                "the app admin account is missing: set TIM_IDENTIFIER (or --identifier)"
+            ),
+            Some("") => anyhow::bail!("TIM_IDENTIFIER must not be empty"),
+            Some(_) => Ok(self.identifier.clone().unwrap_or_default()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod app;
 pub mod args;
 pub mod dlq;
 pub mod enqueue;
+mod fleet;
 pub mod jobs;
 pub mod run;
 pub mod simulate;

@@ -24,13 +24,17 @@ use crate::tencent::body::MAX_BODY_BYTES;
 use crate::tencent::classify::Classifier;
 use crate::tencent::client::ApiConfig;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
     /// The PostgreSQL ledger; without it, delivery is at least once.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Serve every app of this TOML file (one `[[app]]` table per app; see
+    /// README) instead of the one app of TIM_SDKAPPID; read again on SIGHUP.
+    #[arg(long, env = "BROADCAST_APPS_FILE")]
+    pub apps_file: Option<std::path::PathBuf>,
     /// Do not apply the ledger's migrations at start.
     #[arg(long, env = "BROADCAST_NO_MIGRATE")]
     pub no_migrate: bool,
@@ -183,10 +187,7 @@ impl RunArgs {
                 base_url.scheme()
             );
         }
-        if self.app.identifier.trim().is_empty() {
-            bail!("TIM_IDENTIFIER must not be empty");
-        }
-        let mut api = ApiConfig::new(base_url, self.app.sdkappid, self.app.identifier.clone());
+        let mut api = ApiConfig::new(base_url, self.app.sdkappid()?, self.app.identifier()?);
         api.request_timeout = Duration::from_millis(self.request_timeout_ms);
         api.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
         Ok(api)
@@ -262,6 +263,9 @@ impl RunArgs {
 
     /// Runs the worker until it fails or a signal asks it to stop.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Some(path) = self.apps_file.clone() {
+            return self.run_fleet(path).await;
+        }
         let config = self.worker_config()?;
         info!(
             queue = %config.topology.names.jobs,
@@ -285,11 +289,12 @@ impl RunArgs {
             }
             Some(_) => info!("ledger in use (migrations skipped): each job is delivered once"),
         }
+        let sdkappid = config.api.sdkappid;
         let worker = Worker::new(config)?;
         let metrics = telemetry::install_recorder()?;
         telemetry::describe();
-        metrics::gauge!(telemetry::RATE).set(self.rate);
-        let ops = telemetry::serve(self.metrics_addr, metrics, worker.status())
+        let board = telemetry::StatusBoard::of(sdkappid, worker.status());
+        let ops = telemetry::serve(self.metrics_addr, metrics, board)
             .await
             .with_context(|| format!("cannot listen on {} for metrics", self.metrics_addr))?;
         println!("ops endpoint listening on http://{ops}");
@@ -327,7 +332,7 @@ impl RunArgs {
 
 /// Applies the migrations, waiting for the database if it is down; a failing
 /// migration itself is an error.
-async fn migrate_until_done(ledger: &Ledger) -> anyhow::Result<()> {
+pub(super) async fn migrate_until_done(ledger: &Ledger) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(500);
     loop {
         match ledger.migrate().await {

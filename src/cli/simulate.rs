@@ -58,7 +58,7 @@ impl SimulateArgs {
             .with_context(|| format!("cannot listen on {}", self.listen))?;
         let addr = listener.local_addr()?;
         println!("simulator listening on http://{addr}");
-        tracing::info!(%addr, sdkappid = self.app.sdkappid, rate = self.rate, "simulator started");
+        tracing::info!(%addr, sdkappid = ?self.app.sdkappid, rate = self.rate, "simulator started");
         simulator.serve(listener, shutdown_signal()).await?;
         tracing::info!("simulator stopped");
         Ok(ExitCode::SUCCESS)
@@ -72,8 +72,8 @@ impl SimulateArgs {
             );
         }
         let mut config = SimulatorConfig::new(
-            self.app.sdkappid,
-            self.app.identifier.clone(),
+            self.app.sdkappid()?,
+            self.app.identifier()?,
             self.app.secret.load()?,
         );
         config.rate = self.rate;

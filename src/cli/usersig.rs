@@ -64,8 +64,8 @@ fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .context("--userbuf-base64 is not base64")?;
     let claims = Claims {
-        identifier: args.app.identifier,
-        sdkappid: args.app.sdkappid,
+        identifier: args.app.identifier()?,
+        sdkappid: args.app.sdkappid()?,
         time: args.time.unwrap_or_else(usersig::unix_now),
         expire: args.expire,
         userbuf,
@@ -81,7 +81,13 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         _ => read_stdin()?,
     };
     let now = args.at.unwrap_or_else(usersig::unix_now);
-    match usersig::verify(&sig, &key, args.app.sdkappid, &args.app.identifier, now) {
+    match usersig::verify(
+        &sig,
+        &key,
+        args.app.sdkappid()?,
+        &args.app.identifier()?,
+        now,
+    ) {
         Ok(claims) => {
             let report = serde_json::json!({
                 "valid": true,

@@ -1,11 +1,13 @@
-//! What operators see of a running worker: its status, Prometheus metrics,
-//! `/healthz` and `/readyz` on one HTTP endpoint. The metric names live here, so README's
-//! table and the code cannot drift apart. No label ever carries a secret: labels
-//! are outcomes, reasons and ErrorCodes.
+//! What operators see of a running worker: each app's status, Prometheus
+//! metrics, `/healthz` and `/readyz` on one HTTP endpoint. The metric names
+//! live here, so README's table and the code cannot drift apart. No label
+//! ever carries a secret: labels are the SDKAppID, outcomes, reasons and
+//! ErrorCodes (so their number is bounded by the apps served).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -26,17 +28,24 @@ pub const CALL_JOBS: &str = "broadcast_call_jobs";
 pub const PERMIT_WAIT_SECONDS: &str = "broadcast_permit_wait_seconds";
 pub const RETRIES: &str = "broadcast_retries_total";
 pub const OLDEST_UNSETTLED_SECONDS: &str = "broadcast_oldest_unsettled_job_age_seconds";
-pub const ACTIVE: &str = "broadcast_consumer_active";
+pub const APP_ACTIVE: &str = "broadcast_app_active";
 pub const CONNECTED: &str = "broadcast_broker_connected";
 pub const HALTED: &str = "broadcast_halted";
 pub const LEDGER_DOWN: &str = "broadcast_ledger_down";
 pub const RATE: &str = "broadcast_rate_calls_per_second";
 
-/// What others (health checks, tests) can see of a running worker.
+/// The label every metric about one app carries.
+pub const SDKAPPID: &str = "sdkappid";
+
+/// What others (health checks, tests, the fleet) can see of one app's worker.
 #[derive(Debug, Default)]
 pub struct WorkerStatus {
+    /// The app, as the `sdkappid` label spells it.
+    pub app: String,
     /// Connected to the broker with the topology declared and a consumer.
     pub consuming: AtomicBool,
+    /// This replica is the app's sender: its session received the app's jobs.
+    pub active: AtomicBool,
     /// Stopped sending because of an app-wide fault.
     pub halted: AtomicBool,
     /// Stopped sending because the ledger cannot be read or written.
@@ -46,17 +55,45 @@ pub struct WorkerStatus {
 }
 
 impl WorkerStatus {
+    /// The status of one app's worker, its gauges at 0.
+    pub fn for_app(sdkappid: u64) -> Self {
+        let status = Self {
+            app: sdkappid.to_string(),
+            ..Self::default()
+        };
+        for gauge in [
+            APP_ACTIVE,
+            CONNECTED,
+            HALTED,
+            LEDGER_DOWN,
+            OLDEST_UNSETTLED_SECONDS,
+        ] {
+            metrics::gauge!(gauge, SDKAPPID => status.app.clone()).set(0.0);
+        }
+        status
+    }
+
     pub fn set_consuming(&self, on: bool) {
         self.consuming.store(on, Ordering::Relaxed);
-        metrics::gauge!(CONNECTED).set(f64::from(u8::from(on)));
+        metrics::gauge!(CONNECTED, SDKAPPID => self.app.clone()).set(f64::from(u8::from(on)));
         if !on {
-            metrics::gauge!(ACTIVE).set(0.0);
+            self.set_active(false);
         }
+    }
+
+    /// Sets whether this replica is the app's sender.
+    pub fn set_active(&self, on: bool) {
+        self.active.store(on, Ordering::Relaxed);
+        metrics::gauge!(APP_ACTIVE, SDKAPPID => self.app.clone()).set(f64::from(u8::from(on)));
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
     }
 
     /// Sets the halt flag; returns what it was.
     pub fn set_halted(&self, on: bool) -> bool {
-        metrics::gauge!(HALTED).set(f64::from(u8::from(on)));
+        metrics::gauge!(HALTED, SDKAPPID => self.app.clone()).set(f64::from(u8::from(on)));
         self.halted.swap(on, Ordering::Relaxed)
     }
 
@@ -64,7 +101,7 @@ impl WorkerStatus {
     /// up again); returns what the flag was.
     pub fn set_ledger_down(&self, error: Option<String>) -> bool {
         let on = error.is_some();
-        metrics::gauge!(LEDGER_DOWN).set(f64::from(u8::from(on)));
+        metrics::gauge!(LEDGER_DOWN, SDKAPPID => self.app.clone()).set(f64::from(u8::from(on)));
         *self
             .ledger_error
             .lock()
@@ -131,7 +168,10 @@ pub fn describe() {
         Unit::Seconds,
         "Age of the oldest job held and not yet settled"
     );
-    describe_gauge!(ACTIVE, "1 once this replica receives jobs in its session (the active consumer), 0 while standing by");
+    describe_gauge!(
+        APP_ACTIVE,
+        "1 on the replica sending for the app (its session received the app's jobs), 0 elsewhere"
+    );
     describe_gauge!(CONNECTED, "1 while connected to the broker and consuming");
     describe_gauge!(HALTED, "1 while sending is stopped by an app-wide fault");
     describe_gauge!(
@@ -139,24 +179,51 @@ pub fn describe() {
         "1 while sending is stopped because the ledger is unreachable"
     );
     describe_gauge!(RATE, "The rate the token bucket runs at now");
-    for gauge in [
-        ACTIVE,
-        CONNECTED,
-        HALTED,
-        LEDGER_DOWN,
-        OLDEST_UNSETTLED_SECONDS,
-    ] {
-        metrics::gauge!(gauge).set(0.0);
+}
+
+/// The apps this process serves and their statuses, as the ops endpoint
+/// reads them (a fleet adds and removes apps on reload).
+#[derive(Debug, Clone, Default)]
+pub struct StatusBoard(Arc<RwLock<BTreeMap<u64, Arc<WorkerStatus>>>>);
+
+impl StatusBoard {
+    pub fn of(sdkappid: u64, status: Arc<WorkerStatus>) -> Self {
+        let board = Self::default();
+        board.insert(sdkappid, status);
+        board
+    }
+
+    pub fn insert(&self, sdkappid: u64, status: Arc<WorkerStatus>) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sdkappid, status);
+    }
+
+    pub fn remove(&self, sdkappid: u64) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&sdkappid);
+    }
+
+    pub fn apps(&self) -> Vec<(u64, Arc<WorkerStatus>)> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(app, status)| (*app, status.clone()))
+            .collect()
     }
 }
 
 /// The ops endpoint: `/metrics`, `/healthz`, `/readyz`.
-pub fn router(handle: PrometheusHandle, status: Arc<WorkerStatus>) -> Router {
+pub fn router(handle: PrometheusHandle, board: StatusBoard) -> Router {
     Router::new()
         .route(
             "/metrics",
             get(
-                |State((handle, _)): State<(PrometheusHandle, Arc<WorkerStatus>)>| async move {
+                |State((handle, _)): State<(PrometheusHandle, StatusBoard)>| async move {
                     handle.run_upkeep();
                     handle.render()
                 },
@@ -166,18 +233,18 @@ pub fn router(handle: PrometheusHandle, status: Arc<WorkerStatus>) -> Router {
         .route(
             "/readyz",
             get(
-                |State((_, status)): State<(PrometheusHandle, Arc<WorkerStatus>)>| async move {
-                    readiness(&status)
+                |State((_, board)): State<(PrometheusHandle, StatusBoard)>| async move {
+                    readiness(&board)
                 },
             ),
         )
-        .with_state((handle, status))
+        .with_state((handle, board))
 }
 
-/// Ready: connected and consuming (active or standing by), not halted by an
-/// app-wide fault, the ledger reachable.
-fn readiness(status: &WorkerStatus) -> impl IntoResponse {
-    let body = readiness_body(status);
+/// Ready: every app connected and consuming (active or standing by), none
+/// halted by an app-wide fault, the ledger reachable.
+fn readiness(board: &StatusBoard) -> impl IntoResponse {
+    let body = readiness_body(board);
     let code = if body["ready"] == true {
         StatusCode::OK
     } else {
@@ -186,17 +253,41 @@ fn readiness(status: &WorkerStatus) -> impl IntoResponse {
     (code, Json(body))
 }
 
-/// `/readyz`'s JSON; `ledger_error` says why the ledger is down (null when up).
-fn readiness_body(status: &WorkerStatus) -> serde_json::Value {
+/// One app's readiness; `ledger_error` says why the ledger is down (null when up).
+fn app_readiness(status: &WorkerStatus) -> serde_json::Value {
     let consuming = status.consuming.load(Ordering::Relaxed);
     let halted = status.halted.load(Ordering::Relaxed);
     let ledger_down = status.ledger_down.load(Ordering::Relaxed);
     serde_json::json!({
         "ready": consuming && !halted && !ledger_down,
+        "active": status.is_active(),
         "consuming": consuming,
         "halted_by_app_fault": halted,
         "ledger_down": ledger_down,
         "ledger_error": status.ledger_error(),
+    })
+}
+
+/// `/readyz`'s JSON: each app under `apps`, and at the top what holds for
+/// them all (ready, consuming) or for any (halted, ledger down, its error).
+fn readiness_body(board: &StatusBoard) -> serde_json::Value {
+    let apps: serde_json::Map<String, serde_json::Value> = board
+        .apps()
+        .iter()
+        .map(|(app, status)| (app.to_string(), app_readiness(status)))
+        .collect();
+    let all = |key: &str| !apps.is_empty() && apps.values().all(|a| a[key] == true);
+    let any = |key: &str| apps.values().any(|a| a[key] == true);
+    let ledger_error = apps
+        .values()
+        .find_map(|a| a["ledger_error"].as_str().map(str::to_owned));
+    serde_json::json!({
+        "ready": all("ready"),
+        "consuming": all("consuming"),
+        "halted_by_app_fault": any("halted_by_app_fault"),
+        "ledger_down": any("ledger_down"),
+        "ledger_error": ledger_error,
+        "apps": apps,
     })
 }
 
@@ -205,12 +296,12 @@ fn readiness_body(status: &WorkerStatus) -> serde_json::Value {
 pub async fn serve(
     addr: SocketAddr,
     handle: PrometheusHandle,
-    status: Arc<WorkerStatus>,
+    board: StatusBoard,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router(handle, status)).await;
+        let _ = axum::serve(listener, router(handle, board)).await;
     });
     Ok(bound)
 }
@@ -221,24 +312,52 @@ mod tests {
 
     #[test]
     fn readyz_says_why_the_ledger_is_down() {
-        let status = WorkerStatus::default();
+        let status = Arc::new(WorkerStatus::for_app(1400000001));
+        let board = StatusBoard::of(1400000001, status.clone());
         status.set_consuming(true);
-        assert_eq!(readiness_body(&status)["ready"], true);
+        assert_eq!(readiness_body(&board)["ready"], true);
         assert_eq!(
-            readiness_body(&status)["ledger_error"],
+            readiness_body(&board)["ledger_error"],
             serde_json::Value::Null
         );
         assert!(!status.set_ledger_down(Some("refused: invalid byte sequence".into())));
-        let body = readiness_body(&status);
+        let body = readiness_body(&board);
         assert_eq!(
             (body["ready"].clone(), body["ledger_down"].clone()),
             (false.into(), true.into())
         );
         assert_eq!(body["ledger_error"], "refused: invalid byte sequence");
+        assert_eq!(
+            body["apps"]["1400000001"]["ledger_error"],
+            "refused: invalid byte sequence"
+        );
         assert!(status.set_ledger_down(None));
         assert_eq!(
-            readiness_body(&status)["ledger_error"],
+            readiness_body(&board)["ledger_error"],
             serde_json::Value::Null
         );
+    }
+
+    #[test]
+    fn readyz_reports_each_app() {
+        let (one, two) = (
+            Arc::new(WorkerStatus::for_app(1)),
+            Arc::new(WorkerStatus::for_app(2)),
+        );
+        let board = StatusBoard::of(1, one.clone());
+        board.insert(2, two.clone());
+        one.set_consuming(true);
+        two.set_consuming(true);
+        two.set_active(true);
+        two.set_halted(true);
+        let body = readiness_body(&board);
+        assert_eq!(body["ready"], false, "one app halted: {body}");
+        assert_eq!(body["halted_by_app_fault"], true);
+        assert_eq!(body["apps"]["1"]["ready"], true);
+        assert_eq!(body["apps"]["2"]["ready"], false);
+        assert_eq!(body["apps"]["2"]["active"], true);
+        assert_eq!(body["apps"]["1"]["active"], false);
+        board.remove(2);
+        assert_eq!(readiness_body(&board)["ready"], true);
     }
 }

@@ -75,7 +75,7 @@ impl Worker {
                 Known::New => holding.batcher.push(job, pending),
                 Known::Settled => {
                     info!(job = %job.id, "redelivered job already settled: acked without a call");
-                    metrics::counter!(telemetry::JOBS_ACKED_KNOWN).increment(1);
+                    metrics::counter!(telemetry::JOBS_ACKED_KNOWN, telemetry::SDKAPPID => self.app()).increment(1);
                     let fate = Fate::Ack {
                         call: None,
                         msg_seq: None,

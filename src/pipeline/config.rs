@@ -51,7 +51,8 @@ pub mod defaults {
 }
 
 /// What to do when the service says the app itself is misconfigured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AppFaultPolicy {
     /// Stop sending, keep every job, probe slowly until the fault is fixed.
     Halt,
@@ -133,7 +134,8 @@ impl Default for Policy {
 
 /// How custom jobs share a call, given that a message may hold only one
 /// `TIMCustomElem`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CustomMerge {
     /// One custom element per call; other elements fill around it.
     #[default]
@@ -167,7 +169,8 @@ impl Default for CallRules {
 
 /// What to do with a job whose call has been in flight for longer than the
 /// service's repeat window: resending it may broadcast it twice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum InDoubtPolicy {
     /// Dead-letter it as `in-doubt` for an operator to decide.
     DeadLetter,

@@ -32,6 +32,8 @@ pub struct Decoder {
     pub publish_channel: Channel,
     pub dlx: String,
     pub rules: CallRules,
+    /// The app, as the metrics' `sdkappid` label spells it.
+    pub app: String,
 }
 
 impl Decoder {
@@ -56,8 +58,8 @@ impl Decoder {
                     return;
                 }
             };
-            metrics::counter!(telemetry::JOBS_RECEIVED).increment(1);
-            metrics::gauge!(telemetry::ACTIVE).set(1.0);
+            metrics::counter!(telemetry::JOBS_RECEIVED, telemetry::SDKAPPID => this.app.clone())
+                .increment(1);
             let message_id = delivery
                 .properties
                 .message_id()
@@ -113,7 +115,7 @@ impl Decoder {
     ) -> Result<(), BrokerError> {
         let dead = pending.dead_letter_for(rejection.reason(), None, rejection.to_string());
         pending
-            .publish_dead_letter(&self.publish_channel, &self.dlx, body, &dead)
+            .publish_dead_letter(&self.publish_channel, &self.dlx, body, &dead, &self.app)
             .await?;
         warn!(job = %id, reason = %dead.reason, info = %dead.error_info, "dead-lettered on arrival");
         pending.ack(id).await

@@ -74,13 +74,14 @@ impl Pending {
         dlx: &str,
         body: &[u8],
         dead: &DeadLetter,
+        app: &str,
     ) -> Result<(), BrokerError> {
         broker::publish_confirmed(channel, dlx, "", body, dead.properties(&self.properties))
             .await?;
         let code = dead
             .error_code
             .map_or_else(|| "none".to_string(), |c| c.to_string());
-        metrics::counter!(telemetry::JOBS_DEAD_LETTERED, "reason" => dead.reason.as_str(), "code" => code)
+        metrics::counter!(telemetry::JOBS_DEAD_LETTERED, telemetry::SDKAPPID => app.to_owned(), "reason" => dead.reason.as_str(), "code" => code)
             .increment(1);
         Ok(())
     }

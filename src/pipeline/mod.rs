@@ -54,9 +54,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::broker::BrokerError;
 use crate::ledger::{LedgerError, LedgerSession, Ownership};
@@ -125,10 +126,16 @@ pub struct Worker {
     /// With a ledger: this session's token, drawn when it became the app's
     /// sender; the calls it records are fenced by it.
     ledger_session: Option<LedgerSession>,
+    /// Ends the current session as a shutdown would, and starts the next at
+    /// once: the app's queue moves to the next replica in line.
+    release: Arc<Notify>,
 }
 
 impl Worker {
     pub fn new(mut config: WorkerConfig) -> Result<Self, WorkerError> {
+        let status = Arc::new(WorkerStatus::for_app(config.api.sdkappid));
+        metrics::gauge!(crate::ops::telemetry::RATE, crate::ops::telemetry::SDKAPPID => status.app.clone())
+            .set(config.rate);
         // Every record the worker reads or writes is its app's and queue's.
         let scope = config.ledger_scope();
         config.ledger = config.ledger.map(|ledger| ledger.in_scope(scope));
@@ -146,16 +153,29 @@ impl Worker {
             client,
             limiter,
             signer,
-            status: Arc::new(WorkerStatus::default()),
+            status,
             // Set when a session becomes the app's sender (see session.rs).
             last_send: None,
             recent_randoms: randoms::RecentRandoms::default(),
             ledger_session: None,
+            release: Arc::new(Notify::new()),
         })
     }
 
     pub fn status(&self) -> Arc<WorkerStatus> {
         self.status.clone()
+    }
+
+    /// Releases the app to the next replica in line: the session in progress
+    /// winds down as on shutdown (the call in flight finished and settled,
+    /// every unsent job returned), then consumes again, standing by.
+    pub fn release_handle(&self) -> Arc<Notify> {
+        self.release.clone()
+    }
+
+    /// The app, as the metrics' `sdkappid` label spells it.
+    fn app(&self) -> String {
+        self.status.app.clone()
     }
 
     /// Runs sessions until `shutdown` is cancelled. Only a topology conflict
@@ -189,7 +209,12 @@ impl Worker {
             self.status.set_consuming(false);
             self.ledger_session = None;
             let why = match end {
-                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Shutdown if shutdown.is_cancelled() => return Ok(()),
+                SessionEnd::Shutdown => {
+                    info!("released the app: standing by behind the next replica");
+                    reconnect = self.reconnect_backoff();
+                    continue;
+                }
                 SessionEnd::Broker(why) => why,
                 SessionEnd::Superseded { call } => {
                     format!("a later session owns call {call}: this one is no longer the sender")

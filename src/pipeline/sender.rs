@@ -121,7 +121,8 @@ impl Worker {
                 }
                 Step::PauseSender { min_pause } => {
                     self.limiter.on_rate_limited(min_pause);
-                    metrics::gauge!(telemetry::RATE).set(self.limiter.current_rate());
+                    metrics::gauge!(telemetry::RATE, telemetry::SDKAPPID => self.app())
+                        .set(self.limiter.current_rate());
                 }
                 Step::Resign => self.signer.invalidate(),
                 Step::Split => {
@@ -195,10 +196,10 @@ impl Worker {
         }
         match previous {
             None => {
-                metrics::histogram!(telemetry::CALL_BYTES).record(call.batch.body.len() as f64);
-                metrics::histogram!(telemetry::CALL_JOBS).record(call.batch.jobs.len() as f64);
+                metrics::histogram!(telemetry::CALL_BYTES, telemetry::SDKAPPID => self.app()).record(call.batch.body.len() as f64);
+                metrics::histogram!(telemetry::CALL_JOBS, telemetry::SDKAPPID => self.app()).record(call.batch.jobs.len() as f64);
             }
-            Some(after) => metrics::counter!(telemetry::RETRIES, "after" => after).increment(1),
+            Some(after) => metrics::counter!(telemetry::RETRIES, telemetry::SDKAPPID => self.app(), "after" => after).increment(1),
         }
         self.last_send = Some(Instant::now());
         let sent = Instant::now();
@@ -206,9 +207,10 @@ impl Worker {
             .client
             .send_broadcast(&usersig, call.batch.body.clone())
             .await;
-        metrics::histogram!(telemetry::CALL_SECONDS).record(sent.elapsed().as_secs_f64());
+        metrics::histogram!(telemetry::CALL_SECONDS, telemetry::SDKAPPID => self.app())
+            .record(sent.elapsed().as_secs_f64());
         let outcome = self.config.classifier.classify(&result);
-        metrics::counter!(telemetry::CALLS, "outcome" => outcome_label(&outcome), "code" => code_label(&result))
+        metrics::counter!(telemetry::CALLS, telemetry::SDKAPPID => self.app(), "outcome" => outcome_label(&outcome), "code" => code_label(&result))
             .increment(1);
         let (code, info) = describe(&result);
         Attempt {
@@ -221,7 +223,8 @@ impl Worker {
 
     fn delivered(&mut self, call: Call, msg_seq: Option<u64>) -> CallEnd {
         self.crash.reached(CrashPoint::AfterCall);
-        metrics::counter!(telemetry::JOBS_DELIVERED).increment(call.batch.jobs.len() as u64);
+        metrics::counter!(telemetry::JOBS_DELIVERED, telemetry::SDKAPPID => self.app())
+            .increment(call.batch.jobs.len() as u64);
         let ledger_call = call.ledger_id;
         let fate = || Fate::Ack {
             call: ledger_call,

@@ -42,7 +42,18 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, BrokerError> {
         let connection = broker::connect(&self.config.amqp_url, "broadcast-worker run").await?;
-        let result = self.consume(&connection, shutdown).await;
+        // This session stops on shutdown, or when the app is released.
+        let stop = shutdown.child_token();
+        let release = self.release.clone();
+        let releasing = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                release.notified().await;
+                stop.cancel();
+            })
+        };
+        let result = self.consume(&connection, &stop).await;
+        releasing.abort();
         // Bounded: a connection cut off without a word may never answer.
         let closing = connection.close(200, "worker session over".into());
         let _ = tokio::time::timeout(WIND_DOWN, closing).await;
@@ -60,6 +71,7 @@ impl Worker {
             publish_channel: channels.publish.clone(),
             dlx: self.config.topology.names.dlx.clone(),
             rules: self.config.call,
+            app: self.app(),
         };
         let consumer_task = tokio::spawn(decoder.run(consumer, tx));
 
@@ -188,6 +200,7 @@ impl Worker {
     async fn become_sender(&mut self, shutdown: &CancellationToken) -> Result<(), SessionEnd> {
         let now = Instant::now();
         self.last_send = Some(self.last_send.map_or(now, |last| last.max(now)));
+        self.status.set_active(true);
         if let Some(ledger) = self.config.ledger.clone() {
             let session = with_ledger(&self.status, shutdown, || ledger.open_session()).await?;
             info!(token = session.token(), "this session is the app's sender");
@@ -204,8 +217,10 @@ impl Worker {
         rx: &mut mpsc::UnboundedReceiver<Incoming>,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
-        metrics::gauge!(telemetry::OLDEST_UNSETTLED_SECONDS).set(holding.oldest_age_secs());
+        metrics::gauge!(telemetry::OLDEST_UNSETTLED_SECONDS, telemetry::SDKAPPID => self.app())
+            .set(holding.oldest_age_secs());
         let waiting = Instant::now();
+        let app = self.app();
         let permit = self.limiter.acquire();
         tokio::pin!(permit);
         loop {
@@ -216,7 +231,8 @@ impl Worker {
                 incoming = rx.recv() => holding.arrive(incoming)?,
             }
         }
-        metrics::histogram!(telemetry::PERMIT_WAIT_SECONDS).record(waiting.elapsed().as_secs_f64());
+        metrics::histogram!(telemetry::PERMIT_WAIT_SECONDS, telemetry::SDKAPPID => app)
+            .record(waiting.elapsed().as_secs_f64());
         Ok(())
     }
 }

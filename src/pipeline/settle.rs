@@ -167,7 +167,7 @@ impl Worker {
         for (job, pending, fate) in &group {
             if let Fate::DeadLetter { dead, .. } = fate {
                 pending
-                    .publish_dead_letter(publish_channel, dlx, &job.body, dead)
+                    .publish_dead_letter(publish_channel, dlx, &job.body, dead, &self.status.app)
                     .await?;
             }
         }

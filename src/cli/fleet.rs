@@ -1,0 +1,192 @@
+//! `run --apps-file`: a fleet's settings (the command line's, with each app's
+//! entry over them, and each app's queues under `{prefix}.{sdkappid}`) and
+//! its life: migrate the ledger once, serve one ops endpoint for every app,
+//! read the file again on SIGHUP, and on SIGINT or SIGTERM let every app
+//! finish its call in flight.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::cli::app::SecretArgs;
+use crate::cli::run::{migrate_until_done, RunArgs};
+use crate::cli::shutdown_signal;
+use crate::fleet::apps::{read_apps_file, AppEntry};
+use crate::fleet::balance::Presence;
+use crate::fleet::{Fleet, Loader};
+use crate::ledger::Ledger;
+use crate::ops::telemetry;
+use crate::pipeline::WorkerConfig;
+
+/// Ledger connections a fleet's apps share.
+const LEDGER_CONNECTIONS: u32 = 16;
+
+impl RunArgs {
+    /// One app's worker settings: this command line's, with the app's entry
+    /// over them; the ledger is the fleet's.
+    fn app_config(
+        &self,
+        entry: &AppEntry,
+        ledger: Option<&Ledger>,
+    ) -> anyhow::Result<WorkerConfig> {
+        let mut args = self.clone();
+        args.apps_file = None;
+        args.database_url = None;
+        args.broker.queue_prefix = format!("{}.{}", self.broker.queue_prefix, entry.sdkappid);
+        args.app.sdkappid = Some(entry.sdkappid);
+        args.app.identifier = Some(entry.identifier.clone());
+        args.app.secret = SecretArgs {
+            secret_key: None,
+            secret_key_file: Some(entry.secret_key_file.clone()),
+        };
+        let e = entry.clone();
+        macro_rules! over {
+            ($($field:ident),*) => { $( if let Some(v) = e.$field { args.$field = v; } )* };
+        }
+        over!(
+            base_url,
+            rate,
+            rate_guard_ms,
+            max_batch_bytes,
+            custom_merge,
+            class_overrides,
+            on_app_fault,
+            app_fault_probe_secs,
+            max_attempts,
+            max_retry_age_secs,
+            backoff_min_ms,
+            backoff_max_ms,
+            request_timeout_ms,
+            connect_timeout_ms,
+            usersig_ttl_secs,
+            resend_window_secs,
+            in_doubt
+        );
+        if e.max_jobs_per_call.is_some() {
+            args.max_jobs_per_call = e.max_jobs_per_call;
+        }
+        let mut config = args.worker_config()?;
+        config.ledger = ledger.cloned();
+        Ok(config)
+    }
+
+    /// Every app of the file with its settings, or every mistake found.
+    fn fleet_configs(
+        &self,
+        path: &Path,
+        ledger: Option<&Ledger>,
+    ) -> Result<Vec<(AppEntry, WorkerConfig)>, String> {
+        let entries = read_apps_file(path).map_err(|e| e.to_string())?;
+        let mut apps = Vec::with_capacity(entries.len());
+        let mut mistakes = Vec::new();
+        for entry in entries {
+            match self.app_config(&entry, ledger) {
+                Ok(config) => apps.push((entry, config)),
+                Err(e) => mistakes.push(format!("app {}: {e:#}", entry.sdkappid)),
+            }
+        }
+        if mistakes.is_empty() {
+            Ok(apps)
+        } else {
+            Err(format!(
+                "the apps file {} has {} mistake(s):\n{}",
+                path.display(),
+                mistakes.len(),
+                mistakes.join("\n")
+            ))
+        }
+    }
+
+    /// Runs every app of the file until a signal asks the process to stop.
+    pub(super) async fn run_fleet(self, path: PathBuf) -> anyhow::Result<ExitCode> {
+        let ledger = self
+            .database_url
+            .as_deref()
+            .map(|url| Ledger::connect_lazy_pooled(url, LEDGER_CONNECTIONS))
+            .transpose()?;
+        let apps = self
+            .fleet_configs(&path, ledger.as_ref())
+            .map_err(anyhow::Error::msg)?;
+        info!(apps = apps.len(), file = %path.display(), prefix = %self.broker.queue_prefix, "starting the fleet");
+        match &ledger {
+            None => tracing::warn!(
+                "no DATABASE_URL: running without a ledger, delivery is at least once"
+            ),
+            Some(ledger) if !self.no_migrate => {
+                tokio::select! {
+                    result = migrate_until_done(ledger) => result?,
+                    _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
+                }
+            }
+            Some(_) => info!("ledger in use (migrations skipped)"),
+        }
+        let metrics = telemetry::install_recorder()?;
+        telemetry::describe();
+        let board = telemetry::StatusBoard::default();
+        let ops = telemetry::serve(self.metrics_addr, metrics, board.clone())
+            .await
+            .with_context(|| format!("cannot listen on {} for metrics", self.metrics_addr))?;
+        println!("ops endpoint listening on http://{ops}");
+        info!(%ops, "ops endpoint: /metrics, /healthz, /readyz");
+
+        let reload = Arc::new(Notify::new());
+        tokio::spawn(forward_sighup(reload.clone()));
+        let presence = Presence::new(self.broker.amqp_url.clone(), &self.broker.queue_prefix);
+        let load: Loader = {
+            let (args, path, ledger) = (self.clone(), path.clone(), ledger.clone());
+            Box::new(move || args.fleet_configs(&path, ledger.as_ref()))
+        };
+        let shutdown = CancellationToken::new();
+        let fleet = Fleet::new(board, presence);
+        let task = tokio::spawn(fleet.run(apps, load, reload, shutdown.clone()));
+        tokio::pin!(task);
+        tokio::select! {
+            result = &mut task => {
+                result?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = shutdown_signal() => {}
+        }
+        info!(
+            timeout_secs = self.shutdown_timeout_secs,
+            "shutting down: every app finishes its call in flight"
+        );
+        shutdown.cancel();
+        let timeout = Duration::from_secs(self.shutdown_timeout_secs);
+        match tokio::time::timeout(timeout, &mut task).await {
+            Ok(result) => {
+                result?;
+                info!("stopped");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(_) => {
+                tracing::error!("shutdown timed out; unsettled jobs return to their queues when the connections close");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+/// Each SIGHUP asks the fleet to read its apps file again.
+async fn forward_sighup(reload: Arc<Notify>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the apps file is read at start only");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            info!("SIGHUP: reading the apps file again");
+            reload.notify_one();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reload;
+}

@@ -1,0 +1,272 @@
+//! The apps file: one `[[app]]` table per app a fleet serves, read and
+//! checked whole, every mistake reported at once with where it is. Which
+//! settings an app may set is this struct's fields; anything else is an
+//! unknown key.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::pipeline::{AppFaultPolicy, CustomMerge, InDoubtPolicy};
+use crate::tencent::body::MAX_BODY_BYTES;
+use crate::tencent::usersig::SecretKey;
+
+/// The fastest rate an app may be given, in calls per second.
+pub const MAX_RATE: f64 = 100.0;
+
+/// Why an apps file cannot be used; each line says one mistake.
+#[derive(Debug, thiserror::Error)]
+pub enum AppsFileError {
+    #[error("cannot read the apps file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the apps file {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("the apps file {path} has {} mistake(s):\n{}", mistakes.len(), mistakes.join("\n"))]
+    Mistakes {
+        path: PathBuf,
+        mistakes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppsFile {
+    #[serde(default)]
+    app: Vec<AppEntry>,
+}
+
+/// One app, as the file gives it. Settings left out take the value of the
+/// command line (or its environment variable, or its default).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppEntry {
+    pub sdkappid: u64,
+    pub identifier: String,
+    pub secret_key_file: PathBuf,
+    pub base_url: Option<String>,
+    pub rate: Option<f64>,
+    pub rate_guard_ms: Option<u64>,
+    pub max_batch_bytes: Option<usize>,
+    pub max_jobs_per_call: Option<usize>,
+    pub custom_merge: Option<CustomMerge>,
+    pub class_overrides: Option<String>,
+    pub on_app_fault: Option<AppFaultPolicy>,
+    pub app_fault_probe_secs: Option<f64>,
+    pub max_attempts: Option<u32>,
+    pub max_retry_age_secs: Option<u64>,
+    pub backoff_min_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub usersig_ttl_secs: Option<u64>,
+    pub resend_window_secs: Option<u64>,
+    pub in_doubt: Option<InDoubtPolicy>,
+}
+
+impl AppEntry {
+    /// The app's secret key, read from its file.
+    pub fn secret_key(&self) -> Result<SecretKey, String> {
+        let text = std::fs::read_to_string(&self.secret_key_file).map_err(|e| {
+            format!(
+                "cannot read secret_key_file {}: {e}",
+                self.secret_key_file.display()
+            )
+        })?;
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(format!(
+                "secret_key_file {} is empty",
+                self.secret_key_file.display()
+            ));
+        }
+        Ok(SecretKey::new(key))
+    }
+
+    /// The mistakes in this entry's own values (not the ones it shares
+    /// with the others, such as a duplicate SDKAppID).
+    fn mistakes(&self) -> Vec<String> {
+        let mut mistakes = Vec::new();
+        let mut check = |ok: bool, what: String| {
+            if !ok {
+                mistakes.push(what);
+            }
+        };
+        check(
+            self.sdkappid > 0,
+            "sdkappid must be a positive number".into(),
+        );
+        check(
+            !self.identifier.trim().is_empty(),
+            "identifier must not be empty".into(),
+        );
+        if let Err(e) = self.secret_key() {
+            check(false, e);
+        }
+        if let Some(url) = &self.base_url {
+            match url::Url::parse(url) {
+                Ok(u) => check(
+                    matches!(u.scheme(), "http" | "https"),
+                    format!("base_url must be http or https, not {:?}", u.scheme()),
+                ),
+                Err(e) => check(false, format!("base_url {url:?} is not a URL: {e}")),
+            }
+        }
+        if let Some(rate) = self.rate {
+            check(
+                rate.is_finite() && rate > 0.0 && rate <= MAX_RATE,
+                format!(
+                    "rate {rate} is out of range: more than 0, at most {MAX_RATE} calls per second"
+                ),
+            );
+        }
+        if let Some(bytes) = self.max_batch_bytes {
+            check(
+                (256..=MAX_BODY_BYTES).contains(&bytes),
+                format!("max_batch_bytes {bytes} is out of range: 256 to {MAX_BODY_BYTES}"),
+            );
+        }
+        check(
+            self.max_jobs_per_call != Some(0),
+            "max_jobs_per_call must be at least 1".into(),
+        );
+        check(
+            self.max_attempts != Some(0),
+            "max_attempts must be at least 1".into(),
+        );
+        if let Some(secs) = self.app_fault_probe_secs {
+            check(
+                secs.is_finite() && secs > 0.0,
+                format!("app_fault_probe_secs {secs} must be positive"),
+            );
+        }
+        mistakes
+    }
+}
+
+/// Reads and checks an apps file: TOML, one `[[app]]` table per app, no
+/// unknown key, no SDKAppID twice, every key file readable, every value in
+/// range. Every mistake is reported, each with its app.
+pub fn read_apps_file(path: &Path) -> Result<Vec<AppEntry>, AppsFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AppsFileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_apps(&text).map_err(|e| match e {
+        Parse::Invalid(message) => AppsFileError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        },
+        Parse::Mistakes(mistakes) => AppsFileError::Mistakes {
+            path: path.to_path_buf(),
+            mistakes,
+        },
+    })
+}
+
+enum Parse {
+    Invalid(String),
+    Mistakes(Vec<String>),
+}
+
+fn parse_apps(text: &str) -> Result<Vec<AppEntry>, Parse> {
+    let file: AppsFile = toml::from_str(text).map_err(|e| Parse::Invalid(e.to_string()))?;
+    if file.app.is_empty() {
+        return Err(Parse::Invalid(
+            "it names no app: add one [[app]] table per app".into(),
+        ));
+    }
+    let mut mistakes = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, entry) in file.app.iter().enumerate() {
+        let at = format!("[[app]] #{} (sdkappid {})", i + 1, entry.sdkappid);
+        if !seen.insert(entry.sdkappid) {
+            mistakes.push(format!("{at}: sdkappid {} is given twice", entry.sdkappid));
+        }
+        mistakes.extend(entry.mistakes().into_iter().map(|m| format!("{at}: {m}")));
+    }
+    if mistakes.is_empty() {
+        Ok(file.app)
+    } else {
+        Err(Parse::Mistakes(mistakes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_file(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("bw-apps-{}-{name}", std::process::id()));
+        std::fs::write(&path, "k3y\n").unwrap();
+        path
+    }
+
+    fn app(sdkappid: u64, key: &Path, extra: &str) -> String {
+        format!(
+            "[[app]]\nsdkappid = {sdkappid}\nidentifier = \"admin\"\nsecret_key_file = {:?}\n{extra}\n",
+            key.display().to_string()
+        )
+    }
+
+    fn mistakes(text: &str) -> Vec<String> {
+        match parse_apps(text) {
+            Err(Parse::Mistakes(m)) => m,
+            Err(Parse::Invalid(m)) => vec![format!("invalid: {m}")],
+            Ok(apps) => panic!("accepted: {apps:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_file_gives_every_app_with_its_settings() {
+        let key = key_file("good");
+        let text = app(
+            1400000001,
+            &key,
+            "rate = 5\nbase_url = \"https://adminapisgp.im.qcloud.com\"",
+        ) + &app(
+            1400000002,
+            &key,
+            "custom_merge = \"envelope\"\non_app_fault = \"dead-letter\"\nmax_batch_bytes = 6000",
+        );
+        let apps = parse_apps(&text).ok().unwrap();
+        assert_eq!(apps.len(), 2);
+        assert_eq!(apps[0].rate, Some(5.0));
+        assert_eq!(apps[1].custom_merge, Some(CustomMerge::Envelope));
+        assert_eq!(apps[1].on_app_fault, Some(AppFaultPolicy::DeadLetter));
+        assert_eq!(apps[1].max_batch_bytes, Some(6000));
+        assert!(!format!("{:?}", apps[0].secret_key().unwrap()).contains("k3y"));
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_app() {
+        let key = key_file("bad");
+        let missing = std::env::temp_dir().join("bw-apps-no-such-key");
+        let text = app(1400000001, &key, "rate = 0")
+            + &app(1400000001, &key, "")
+            + &app(1400000003, &missing, "max_batch_bytes = 20000");
+        let found = mistakes(&text);
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(
+            found[0].contains("#1 (sdkappid 1400000001): rate 0 is out of range"),
+            "{found:#?}"
+        );
+        assert!(found[1].contains("#2 (sdkappid 1400000001): sdkappid 1400000001 is given twice"));
+        assert!(found[2].contains("#3") && found[2].contains("cannot read secret_key_file"));
+        assert!(found[3].contains("max_batch_bytes 20000 is out of range"));
+    }
+
+    #[test]
+    fn an_unknown_key_or_an_empty_file_is_refused_by_name() {
+        let key = key_file("unknown");
+        let found = mistakes(&app(1400000001, &key, "rates = 5"));
+        assert!(found[0].contains("unknown field `rates`"), "{found:#?}");
+        let found = mistakes("");
+        assert!(found[0].contains("names no app"), "{found:#?}");
+        let found = mistakes(&app(1400000001, &key, "custom_merge = \"sometimes\""));
+        assert!(found[0].contains("sometimes"), "{found:#?}");
+    }
+}
