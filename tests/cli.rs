@@ -19,6 +19,7 @@ fn cmd() -> Command {
         "TIM_IDENTIFIER",
         "TIM_SECRET_KEY",
         "TIM_SECRET_KEY_FILE",
+        "BROADCAST_APPS_FILE",
     ] {
         c.env_remove(var);
     }
@@ -155,7 +156,8 @@ fn simulate(rate: &str) -> (Simulate, String) {
 
 /// `simulate` with extra flags.
 fn simulate_with(rate: &str, extra: &[&str]) -> (Simulate, String) {
-    let mut child = cmd()
+    let mut command = cmd();
+    command
         .args([
             "simulate",
             "--listen",
@@ -165,7 +167,13 @@ fn simulate_with(rate: &str, extra: &[&str]) -> (Simulate, String) {
         ])
         .args(["--identifier", "administrator", "--rate", rate])
         .args(extra)
-        .env("TIM_SECRET_KEY", "cli-sim-key")
+        .env("TIM_SECRET_KEY", "cli-sim-key");
+    listening(command)
+}
+
+/// Starts `simulate` and reads the address it prints first.
+fn listening(mut command: Command) -> (Simulate, String) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -299,6 +307,131 @@ fn simulate_refuses_an_unknown_repeat_reading() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("content-and-random") && stderr.contains("random"),
+        "{stderr}"
+    );
+}
+
+/// An apps file of `[[app]]` tables in a directory of its own, each app's
+/// key in a file beside it: (sdkappid, identifier, key, extra lines).
+fn apps_file(test: &str, apps: &[(u64, &str, &str, &str)]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bw-cli-apps-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut text = String::new();
+    for (sdkappid, identifier, key, extra) in apps {
+        let key_file = dir.join(format!("{sdkappid}.key"));
+        std::fs::write(&key_file, format!("{key}\n")).unwrap();
+        text += &format!(
+            "[[app]]\nsdkappid = {sdkappid}\nidentifier = {identifier:?}\nsecret_key_file = {:?}\n{extra}\n",
+            key_file.display().to_string()
+        );
+    }
+    let path = dir.join("apps.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn sig(key: &str, sdkappid: u64, identifier: &str) -> usersig::UserSig {
+    usersig::sign(
+        &SecretKey::new(key),
+        &Claims {
+            identifier: identifier.into(),
+            sdkappid,
+            time: unix_now(),
+            expire: 3600,
+            userbuf: None,
+        },
+    )
+}
+
+#[tokio::test]
+async fn simulate_hosts_every_app_of_an_apps_file() {
+    // B's entry gives no rate: it takes --rate 2.
+    let file = apps_file(
+        "hosts",
+        &[
+            (1400000001, "admin-a", "key-a", "rate = 1"),
+            (1400000002, "admin-b", "key-b", ""),
+        ],
+    );
+    let mut command = cmd();
+    command
+        .args(["simulate", "--listen", "127.0.0.1:0", "--rate", "2"])
+        .env("BROADCAST_APPS_FILE", &file);
+    let (_sim, url) = listening(command);
+    let client = |sdkappid, identifier| {
+        ApiClient::new(&ApiConfig::new(url.parse().unwrap(), sdkappid, identifier)).unwrap()
+    };
+    let (a, b) = (client(1400000001, "admin-a"), client(1400000002, "admin-b"));
+    let code = |answer: Result<broadcast_worker::tencent::client::ApiResponse, _>| {
+        answer.unwrap().error_code
+    };
+    let sig_a = sig("key-a", 1400000001, "admin-a");
+    let sig_b = sig("key-b", 1400000002, "admin-b");
+    assert_eq!(code(a.send_broadcast(&sig_a, body("a", 1)).await), 0);
+    assert_eq!(code(a.send_broadcast(&sig_a, body("a", 2)).await), 10023);
+    assert_eq!(code(b.send_broadcast(&sig_b, body("b", 1)).await), 0);
+    assert_eq!(code(b.send_broadcast(&sig_b, body("b", 2)).await), 0);
+    // B's key does not sign for A.
+    let wrong = sig("key-b", 1400000001, "admin-a");
+    assert_eq!(code(a.send_broadcast(&wrong, body("a", 3)).await), 70009);
+    let nobody = client(1400000003, "admin-a");
+    let sig_c = sig("key-a", 1400000003, "admin-a");
+    assert_eq!(
+        code(nobody.send_broadcast(&sig_c, body("c", 1)).await),
+        70020
+    );
+
+    let stats: Value = reqwest::get(format!("{url}/simulator/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["1400000001"]["deliveries"], 1);
+    assert_eq!(stats["1400000001"]["frequency_violations"], 1);
+    assert_eq!(stats["1400000002"]["deliveries"], 2);
+    let refused = reqwest::get(format!("{url}/simulator/deliveries"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+}
+
+#[test]
+fn simulate_names_each_mistake_of_a_bad_apps_file() {
+    let file = apps_file(
+        "bad",
+        &[
+            (1400000001, "admin", "secret-in-the-file", "rate = 0"),
+            (1400000001, "admin", "secret-in-the-file", ""),
+        ],
+    );
+    // No TIM_SDKAPPID, TIM_IDENTIFIER or secret: the file stands in for them.
+    let out = cmd()
+        .args(["simulate", "--listen", "127.0.0.1:0", "--apps-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has 2 mistake(s)"), "{stderr}");
+    assert!(
+        stderr.contains("#1 (sdkappid 1400000001): rate 0 is out of range"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sdkappid 1400000001 is given twice"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret-in-the-file"), "{stderr}");
+
+    let missing = cmd()
+        .args(["simulate", "--apps-file", "/no/such/apps.toml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("cannot read the apps file /no/such/apps.toml"),
         "{stderr}"
     );
 }

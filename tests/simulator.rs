@@ -5,7 +5,8 @@ use std::time::Duration;
 use broadcast_worker::tencent::body::BroadcastBody;
 use broadcast_worker::tencent::client::{ApiClient, ApiConfig, ApiResponse, TransportError};
 use broadcast_worker::tencent::simulator::{
-    DropPoint, Fault, FaultPlan, RepeatBy, Simulator, SimulatorConfig, SpawnedSimulator,
+    DropPoint, Fault, FaultPlan, RepeatBy, Simulator, SimulatorConfig, SimulatorSet,
+    SpawnedSimulator, SpawnedSimulatorSet,
 };
 use broadcast_worker::tencent::usersig::unix_now;
 use broadcast_worker::tencent::usersig::{self, Claims, SecretKey, UserSig};
@@ -516,4 +517,206 @@ async fn stats_and_deliveries_are_served_over_http() {
         .await
         .unwrap();
     assert_eq!(sim.simulator.stats().deliveries, 0);
+}
+
+// Two apps on one listener, each with its own key, admin and rate.
+const APP_B: u64 = 1400000002;
+const ADMIN_B: &str = "ops-admin";
+const KEY_B: &str = "simulator-test-key-b";
+
+async fn start_two(rate_a: f64, rate_b: f64) -> SpawnedSimulatorSet {
+    let mut a = SimulatorConfig::new(APP, ADMIN, SecretKey::new(KEY));
+    a.rate = rate_a;
+    let mut b = SimulatorConfig::new(APP_B, ADMIN_B, SecretKey::new(KEY_B));
+    b.rate = rate_b;
+    SimulatorSet::new([a, b])
+        .expect("two apps make a set")
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator binds a loopback port")
+}
+
+fn app_client(sims: &SpawnedSimulatorSet, sdkappid: u64, identifier: &str) -> ApiClient {
+    ApiClient::new(&ApiConfig::new(sims.base_url(), sdkappid, identifier)).unwrap()
+}
+
+async fn get_json(sims: &SpawnedSimulatorSet, path: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("http://{}{path}", sims.addr))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn two_apps_each_take_their_own_calls_at_their_own_rate() {
+    let sims = start_two(1.0, 1.0).await;
+    let a = app_client(&sims, APP, ADMIN);
+    let b = app_client(&sims, APP_B, ADMIN_B);
+    let sig_b = sig_for(KEY_B, APP_B, ADMIN_B, unix_now(), 3600);
+    // One call each within the same second: each app has its own window.
+    let sent_a = send(&a, &good_sig(), text_body("for a", 1)).await;
+    let sent_b = send(&b, &sig_b, text_body("for b", 1)).await;
+    assert_eq!((sent_a.error_code, sent_b.error_code), (0, 0));
+    // Each app numbers its own deliveries.
+    assert_eq!((sent_a.msg_seq, sent_b.msg_seq), (Some(1), Some(1)));
+    // The second call in that second is over A's limit, and A's alone.
+    assert_eq!(
+        send(&a, &good_sig(), text_body("again", 2))
+            .await
+            .error_code,
+        10023
+    );
+
+    let (stats_a, stats_b) = (sims.app(APP).stats(), sims.app(APP_B).stats());
+    assert_eq!((stats_a.calls, stats_a.deliveries), (2, 1));
+    assert_eq!(stats_a.frequency_violations, 1);
+    assert_eq!((stats_b.calls, stats_b.deliveries), (1, 1));
+    assert_eq!(stats_b.frequency_violations, 0);
+    let text = |sdkappid| {
+        sims.app(sdkappid).deliveries(0, 10)[0]
+            .body
+            .as_ref()
+            .unwrap()["MsgBody"][0]["MsgContent"]["Text"]
+            .clone()
+    };
+    assert_eq!((text(APP), text(APP_B)), (json!("for a"), json!("for b")));
+
+    // Over HTTP: every app's counters by SDKAppID, or one app's.
+    let (status, every) = get_json(&sims, "/simulator/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(every[APP.to_string()]["deliveries"], 1);
+    assert_eq!(every[APP.to_string()]["frequency_violations"], 1);
+    assert_eq!(every[APP_B.to_string()]["deliveries"], 1);
+    assert_eq!(every.as_object().unwrap().len(), 2);
+    let (_, one) = get_json(&sims, &format!("/simulator/stats?sdkappid={APP_B}")).await;
+    assert_eq!(
+        (one["calls"].as_u64(), one["deliveries"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_call_is_checked_against_the_app_its_sdkappid_names() {
+    let sims = start_two(1000.0, 1000.0).await;
+    let b = app_client(&sims, APP_B, ADMIN_B);
+    let now = unix_now();
+    // Signed with A's key for B: B's key does not verify it.
+    let a_key_for_b = sig_for(KEY, APP_B, ADMIN_B, now, 3600);
+    assert_eq!(
+        send(&b, &a_key_for_b, text_body("x", 1)).await.error_code,
+        70009
+    );
+    // A's own UserSig presented to B is for another app.
+    assert_eq!(
+        send(&b, &good_sig(), text_body("x", 2)).await.error_code,
+        70014
+    );
+    // B's key for A's admin: B's admin is someone else.
+    let b_for_other_admin = sig_for(KEY_B, APP_B, ADMIN, now, 3600);
+    let b_as_a_admin = app_client(&sims, APP_B, ADMIN);
+    assert_eq!(
+        send(&b_as_a_admin, &b_for_other_admin, text_body("x", 3))
+            .await
+            .error_code,
+        10007
+    );
+
+    // An SDKAppID no app has, signed with a key the service knows.
+    let unknown = app_client(&sims, 1400000999, ADMIN);
+    let sig = sig_for(KEY, 1400000999, ADMIN, now, 3600);
+    assert_eq!(
+        send(&unknown, &sig, text_body("x", 4)).await.error_code,
+        70020
+    );
+    // No SDKAppID at all, and one that is not a number.
+    let http = reqwest::Client::new();
+    let url = b.request_url(&sig_for(KEY_B, APP_B, ADMIN_B, now, 3600));
+    for (sdkappid, want) in [(None, 60012), (Some("b"), 60006)] {
+        let mut changed = url.clone();
+        let mut kept: Vec<(String, String)> = url
+            .query_pairs()
+            .into_owned()
+            .filter(|(k, _)| k != "sdkappid")
+            .collect();
+        if let Some(v) = sdkappid {
+            kept.push(("sdkappid".into(), v.into()));
+        }
+        changed.query_pairs_mut().clear().extend_pairs(kept);
+        let answer: ApiResponse = http
+            .post(changed)
+            .body(text_body("x", 5))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer.error_code, want, "sdkappid {sdkappid:?}");
+    }
+
+    // Nothing was delivered; the calls B was named in are B's, the rest no app's.
+    let (stats_a, stats_b) = (sims.app(APP).stats(), sims.app(APP_B).stats());
+    assert_eq!((stats_a.calls, stats_a.deliveries), (0, 0));
+    assert_eq!((stats_b.calls, stats_b.deliveries), (3, 0));
+    assert_eq!(stats_b.answers_by_code.get(&70009), Some(&1));
+}
+
+#[tokio::test]
+async fn with_several_apps_the_simulator_endpoints_need_one_named() {
+    let sims = start_two(1000.0, 1000.0).await;
+    let http = reqwest::Client::new();
+    let at = |path: &str| format!("http://{}{path}", sims.addr);
+    let plan = json!({"always": {"code": 10002}});
+    let unnamed = [
+        http.get(at("/simulator/deliveries?after=0")),
+        http.get(at("/simulator/calls")),
+        http.post(at("/simulator/faults")).json(&plan),
+        http.delete(at("/simulator/faults")),
+        http.post(at("/simulator/reset")),
+    ];
+    for request in unnamed {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            body["error"],
+            format!("several apps are simulated here ({APP}, {APP_B}): say which with ?sdkappid=")
+        );
+    }
+    let (status, body) = get_json(&sims, "/simulator/calls?sdkappid=7").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "no app with sdkappid 7 is simulated here");
+
+    // A fault plan for B touches B alone; a reset of A forgets A's alone.
+    let status = http
+        .post(at(&format!("/simulator/faults?sdkappid={APP_B}")))
+        .json(&plan)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    let a = app_client(&sims, APP, ADMIN);
+    let b = app_client(&sims, APP_B, ADMIN_B);
+    let sig_b = sig_for(KEY_B, APP_B, ADMIN_B, unix_now(), 3600);
+    assert_eq!(send(&a, &good_sig(), text_body("a", 1)).await.error_code, 0);
+    assert_eq!(send(&b, &sig_b, text_body("b", 1)).await.error_code, 10002);
+    let (_, calls_b) = get_json(&sims, &format!("/simulator/calls?sdkappid={APP_B}")).await;
+    assert_eq!(calls_b.as_array().unwrap().len(), 1);
+    assert_eq!(calls_b[0]["error_code"], 10002);
+    let (_, deliveries_a) = get_json(
+        &sims,
+        &format!("/simulator/deliveries?sdkappid={APP}&after=0"),
+    )
+    .await;
+    assert_eq!(
+        deliveries_a[0]["body"]["MsgBody"][0]["MsgContent"]["Text"],
+        "a"
+    );
+    http.post(at(&format!("/simulator/reset?sdkappid={APP}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sims.app(APP).stats().calls, 0);
+    assert_eq!(sims.app(APP_B).stats().calls, 1);
 }

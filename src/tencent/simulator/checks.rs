@@ -14,6 +14,7 @@ use crate::tencent::elements::{check_one_custom, parse_body, BodyError, ParsedBo
 use crate::tencent::usersig::{self, unix_now, VerifyError};
 
 /// The service's answer to one call.
+#[derive(Debug)]
 pub(super) struct Answer {
     pub(super) code: i64,
     pub(super) info: String,
@@ -126,10 +127,10 @@ fn repeat_key(by: RepeatBy, parsed: &ParsedBody, random: u32) -> [u8; 32] {
 
 /// The URL's query parameters: the first of a repeated name wins, and an
 /// empty value counts as missing.
-struct UrlParams(HashMap<String, String>);
+pub(super) struct UrlParams(HashMap<String, String>);
 
 impl UrlParams {
-    fn parse(query: Option<&str>) -> Self {
+    pub(super) fn parse(query: Option<&str>) -> Self {
         let params = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .into_owned()
             .fold(HashMap::new(), |mut map, (k, v)| {
@@ -139,7 +140,7 @@ impl UrlParams {
         Self(params)
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .get(name)
             .map(String::as_str)
@@ -154,16 +155,27 @@ struct Caller<'a> {
     usersig: &'a str,
 }
 
-/// The URL parameters: present, well formed, and for this app.
-fn check_url<'a>(config: &SimulatorConfig, params: &'a UrlParams) -> Result<Caller<'a>, Answer> {
-    let sdkappid = match params.get("sdkappid") {
-        None => return Err(Answer::fail(60012, "sdkappid is missing from the URL")),
+/// The URL's `sdkappid`: present and a number. Whether it names an app is
+/// for the caller to say, with [`unknown_app`].
+pub(super) fn url_sdkappid(params: &UrlParams) -> Result<u64, Answer> {
+    match params.get("sdkappid") {
+        None => Err(Answer::fail(60012, "sdkappid is missing from the URL")),
         Some(v) => v
             .parse::<u64>()
-            .map_err(|_| Answer::fail(60006, "sdkappid is not a valid SDKAppID"))?,
-    };
+            .map_err(|_| Answer::fail(60006, "sdkappid is not a valid SDKAppID")),
+    }
+}
+
+/// The answer to a call for an SDKAppID the service does not host.
+pub(super) fn unknown_app() -> Answer {
+    Answer::fail(70020, "SDKAppID not found")
+}
+
+/// The URL parameters: present, well formed, and for this app.
+fn check_url<'a>(config: &SimulatorConfig, params: &'a UrlParams) -> Result<Caller<'a>, Answer> {
+    let sdkappid = url_sdkappid(params)?;
     if sdkappid != config.sdkappid {
-        return Err(Answer::fail(70020, "SDKAppID not found"));
+        return Err(unknown_app());
     }
     let Some(identifier) = params.get("identifier") else {
         return Err(Answer::fail(60002, "identifier is missing from the URL"));

@@ -7,12 +7,18 @@
 //! Its own endpoints live under `/simulator/`:
 //! - `GET /simulator/stats`: counters (see [`Stats`]).
 //! - `GET /simulator/deliveries?after=SEQ&limit=N`: delivered bodies, by `MsgSeq`.
+//! - `GET /simulator/calls`: the most recent calls (see [`CallRecord`]).
 //! - `POST /simulator/faults` with a [`FaultPlan`]; `DELETE /simulator/faults` clears it.
 //! - `POST /simulator/reset`: forget deliveries, repeats and counters.
 //!
-//! This module owns the [`Simulator`] handle, its configuration and serving;
-//! `checks` holds the service's checks for one call, `state` what it
-//! remembers, `faults` fault injection, and `routes` the HTTP side.
+//! Several apps can share one listener ([`SimulatorSet`]): calls go to the
+//! app their `sdkappid` names, and the endpoints above take `?sdkappid=` to
+//! say which app they are about.
+//!
+//! This module owns the [`Simulator`] handle (one app), its configuration
+//! and serving; `set` holds several apps and picks the one a request is for,
+//! `checks` the service's checks for one call, `state` what it remembers,
+//! `faults` fault injection, and `routes` the HTTP side.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -29,9 +35,11 @@ use crate::tencent::usersig::SecretKey;
 mod checks;
 mod faults;
 mod routes;
+mod set;
 mod state;
 
 pub use faults::{DropPoint, Fault, FaultPlan, FaultRule};
+pub use set::{SimulatorSet, SimulatorSetError, SpawnedSimulatorSet};
 pub use state::{CallRecord, Delivery, Stats, CALL_LOG_LEN};
 
 use state::ServiceState;
@@ -100,6 +108,11 @@ impl Simulator {
         }
     }
 
+    /// The SDKAppID of the app this simulator hosts.
+    pub fn sdkappid(&self) -> u64 {
+        self.config.sdkappid
+    }
+
     fn lock(&self) -> MutexGuard<'_, ServiceState> {
         // A panic while holding the lock leaves plain counters behind; keep going.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -138,7 +151,7 @@ impl Simulator {
 
     /// The HTTP routes: the API path, other `/v4/` paths, and `/simulator/*`.
     pub fn router(&self) -> Router {
-        routes::router(self.clone())
+        SimulatorSet::from(self.clone()).router()
     }
 
     /// Serves until `shutdown` completes.
@@ -147,46 +160,53 @@ impl Simulator {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        SimulatorSet::from(self).serve(listener, shutdown).await
     }
 
     /// Binds `addr` (port 0 for any) and serves in the background until the
     /// returned handle is dropped. For tests and benchmarks: it runs on a
-    /// thread and runtime of its own, as a separate server would, so its
-    /// clock (the frequency limit) does not wait on the caller's tasks.
+    /// thread and runtime of its own (see `spawn_router`).
     pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<SpawnedSimulator> {
-        let listener = std::net::TcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let sim = self.clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("simulator")
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("simulator".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let Ok(listener) = TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    let _ = sim
-                        .serve(listener, async move {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-            })?;
+        let (addr, stop) = spawn_router(self.router(), addr)?;
         Ok(SpawnedSimulator {
             simulator: self,
             addr,
             _stop: stop,
         })
     }
+}
+
+/// Binds `addr` and serves `router` until the returned sender is dropped. It
+/// runs on a thread and runtime of its own, as a separate server would, so
+/// its clock (the frequency limit) does not wait on the caller's tasks.
+fn spawn_router(
+    router: Router,
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Sender<()>)> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("simulator")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("simulator".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        })?;
+    Ok((addr, stop))
 }
 
 /// A simulator serving in the background; stops when dropped.
