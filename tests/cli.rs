@@ -1,14 +1,23 @@
-//! The binary as operators run it: `usersig sign|verify` and `simulate`.
+//! The binary as operators run it: `usersig sign|verify`, `simulate`, and
+//! the operator commands' `--app`, which picks one app of a fleet's apps
+//! file (its queues, its settings, its ledger records).
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use broadcast_worker::broker::{self, QueueNames, Topology};
+use broadcast_worker::ledger::{CallJob, Ledger, Scope};
 use broadcast_worker::tencent::body::BroadcastBody;
 use broadcast_worker::tencent::client::{ApiClient, ApiConfig};
 use broadcast_worker::tencent::usersig::unix_now;
 use broadcast_worker::tencent::usersig::{self, Claims, SecretKey};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
 use serde_json::{json, Value};
+use testkit::{connect, delete_topology, unique_prefix, TestDatabase, AMQP_URL};
 
 const BIN: &str = env!("CARGO_BIN_EXE_broadcast-worker");
 
@@ -434,4 +443,363 @@ fn simulate_names_each_mistake_of_a_bad_apps_file() {
         stderr.contains("cannot read the apps file /no/such/apps.toml"),
         "{stderr}"
     );
+}
+
+/// Two apps of a fleet's apps file under a queue prefix of the test's own:
+/// A checks bodies against 256 bytes, B takes the default. Their queues
+/// (and the single app's, under the bare prefix) and the key files are
+/// removed when dropped, pass or fail.
+struct TwoApps {
+    prefix: String,
+    dir: PathBuf,
+    apps_file: PathBuf,
+}
+
+const APP_A: u64 = 1400000101;
+const APP_B: u64 = 1400000102;
+/// Both apps' secret key; it must never appear in what a command prints.
+const FLEET_KEY: &str = "fleet-cli-secret-key";
+
+impl TwoApps {
+    fn new(test: &str) -> TwoApps {
+        let prefix = unique_prefix(test);
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap();
+        let entry = |app: u64, extra: &str| {
+            let key_file = dir.join(format!("{app}.key"));
+            std::fs::write(&key_file, format!("{FLEET_KEY}\n")).unwrap();
+            format!(
+                "[[app]]\nsdkappid = {app}\nidentifier = \"administrator\"\nsecret_key_file = {:?}\n{extra}\n",
+                key_file.display().to_string()
+            )
+        };
+        let apps_file = dir.join("apps.toml");
+        let text = entry(APP_A, "max_batch_bytes = 256") + &entry(APP_B, "");
+        std::fs::write(&apps_file, text).unwrap();
+        TwoApps {
+            prefix,
+            dir,
+            apps_file,
+        }
+    }
+
+    /// An app's queue as `run --apps-file` names it: `{prefix}.{app}.{kind}`.
+    fn queue(&self, app: u64, kind: &str) -> String {
+        format!("{}.{app}.{kind}", self.prefix)
+    }
+
+    /// Declares both apps' queues, as a fleet's `run` would.
+    async fn declare(&self, connection: &lapin::Connection) {
+        for app in [APP_A, APP_B] {
+            let topology = Topology {
+                names: QueueNames::new(&format!("{}.{app}", self.prefix)),
+                delivery_limit: 20,
+            };
+            topology.declare(connection).await.unwrap();
+        }
+    }
+
+    /// The binary with this fleet's broker, prefix and apps file.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = cmd();
+        command
+            .args(args)
+            .env("AMQP_URL", AMQP_URL)
+            .env("BROADCAST_QUEUE_PREFIX", &self.prefix)
+            .env("BROADCAST_APPS_FILE", &self.apps_file)
+            .env_remove("BROADCAST_MAX_BATCH_BYTES")
+            .env_remove("BROADCAST_CUSTOM_MERGE")
+            .env_remove("BROADCAST_TEST_CRASH_AT");
+        command
+    }
+
+    /// Runs the command; its exit code, standard output and standard error,
+    /// none of which may hold the secret key.
+    fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = self.command(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !stdout.contains(FLEET_KEY) && !stderr.contains(FLEET_KEY),
+            "the secret key printed by {args:?}"
+        );
+        (out.status.code(), stdout, stderr)
+    }
+}
+
+impl Drop for TwoApps {
+    fn drop(&mut self) {
+        for app in [APP_A, APP_B] {
+            delete_topology(&format!("{}.{app}", self.prefix));
+        }
+        delete_topology(&self.prefix);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Messages ready in a queue, polled until it holds `n` (a quorum queue
+/// counts asynchronously); the last count if it never does.
+async fn len_becomes(connection: &lapin::Connection, queue: &str, n: u32) -> u32 {
+    let channel = connection.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let mut len = u32::MAX;
+    for _ in 0..40 {
+        len = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("{queue} is declared: {e}"))
+            .message_count();
+        if len == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = channel.close(200, "".into()).await;
+    len
+}
+
+#[tokio::test]
+async fn enqueue_app_publishes_to_that_apps_queue_checked_with_its_settings() {
+    let fleet = TwoApps::new("cli-enqueue-app");
+    let connection = connect().await;
+    fleet.declare(&connection).await;
+    let a = APP_A.to_string();
+    let b = APP_B.to_string();
+
+    let (code, stdout, stderr) = fleet.run(&["enqueue", "--app", &a, "--text", "for A"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("published 1, invalid 0"), "{stdout}");
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_A, "jobs"), 1).await,
+        1
+    );
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_B, "jobs"), 0).await,
+        0
+    );
+
+    // A's entry limits its calls to 256 bytes; B's takes the flag's default.
+    let long = "x".repeat(400);
+    let (code, _, stderr) = fleet.run(&["enqueue", "--app", &a, "--text", &long]);
+    assert_eq!(code, Some(1), "refused by A's max_batch_bytes: {stderr}");
+    assert!(stderr.contains("line 1: not published"), "{stderr}");
+    let (code, _, stderr) = fleet.run(&["enqueue", "--app", &b, "--text", &long]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_B, "jobs"), 1).await,
+        1
+    );
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_A, "jobs"), 1).await,
+        1
+    );
+
+    // Without --app, the single app's queue, as before (the file unread).
+    let (code, _, stderr) = fleet.run(&["enqueue", "--text", "for the single app"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let single = format!("{}.jobs", fleet.prefix);
+    assert_eq!(len_becomes(&connection, &single, 1).await, 1);
+}
+
+/// A dead letter as the worker writes it, with id `id`.
+fn dead_letter(id: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("x-reason".into(), AMQPValue::LongString("rejected".into()));
+    headers.insert("x-error-code".into(), AMQPValue::LongLongInt(80001));
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(id.into())
+        .with_headers(headers)
+}
+
+#[tokio::test]
+async fn dlq_app_reads_and_replays_that_apps_dead_letters() {
+    let fleet = TwoApps::new("cli-dlq-app");
+    let connection = connect().await;
+    fleet.declare(&connection).await;
+    let channel = broker::confirm_channel(&connection).await.unwrap();
+    for (app, id) in [
+        (APP_A, "a-dead-1"),
+        (APP_B, "b-dead-1"),
+        (APP_B, "b-dead-2"),
+    ] {
+        let dlx = fleet.queue(app, "dlx");
+        broker::publish_confirmed(&channel, &dlx, "", b"{}", dead_letter(id))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_B, "dead"), 2).await,
+        2
+    );
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_A, "dead"), 1).await,
+        1
+    );
+    let a = APP_A.to_string();
+    let b = APP_B.to_string();
+
+    let (code, stdout, stderr) = fleet.run(&["dlq", "list", "--app", &b, "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let listed: Value = serde_json::from_str(&stdout).unwrap();
+    let ids: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (listed["total"].as_u64(), ids),
+        (Some(2), vec!["b-dead-1", "b-dead-2"])
+    );
+
+    let (code, _, stderr) = fleet.run(&["dlq", "show", "a-dead-1", "--app", &b]);
+    assert_eq!(code, Some(1), "A's dead letter is not B's");
+    assert!(stderr.contains(&fleet.queue(APP_B, "dead")), "{stderr}");
+    let (code, stdout, stderr) = fleet.run(&["dlq", "show", "a-dead-1", "--app", &a]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("a-dead-1"), "{stdout}");
+
+    // Replayed to A's jobs queue, and nowhere else.
+    let (code, stdout, stderr) = fleet.run(&["dlq", "replay", "--app", &a, "--all"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "replayed 1 job(s) to {}",
+            fleet.queue(APP_A, "jobs")
+        )),
+        "{stdout}"
+    );
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_A, "jobs"), 1).await,
+        1
+    );
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_A, "dead"), 0).await,
+        0
+    );
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_B, "jobs"), 0).await,
+        0
+    );
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_B, "dead"), 2).await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn jobs_show_app_finds_that_apps_record_of_a_shared_id() {
+    let fleet = TwoApps::new("cli-jobs-app");
+    let db = TestDatabase::create("cli-jobs-app").await;
+    let ledger = Ledger::connect_lazy(&db.url()).unwrap();
+    ledger.migrate().await.unwrap();
+    // Each app recorded a call of its own job "shared-7".
+    for (random, app) in [(1, APP_A), (2, APP_B)] {
+        let session = Ledger::connect_lazy(&db.url())
+            .unwrap()
+            .in_scope(Scope::new(app, fleet.queue(app, "jobs")))
+            .open_session()
+            .await
+            .unwrap();
+        let job = CallJob {
+            id: "shared-7".into(),
+            replays: 0,
+            digest: None,
+        };
+        let begun = session
+            .begin_call(b"{}", random, &[random as u8; 32], &[job], None)
+            .await
+            .unwrap();
+        assert!(begun.recorded().is_some(), "{app}'s call is recorded");
+    }
+    let show = |extra: &[&str], unset: &[&str]| {
+        let mut args = vec!["jobs", "show", "shared-7", "--json"];
+        args.extend_from_slice(extra);
+        let mut command = fleet.command(&args);
+        command.env("DATABASE_URL", db.url());
+        for var in unset {
+            command.env_remove(var);
+        }
+        let out = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    for app in [APP_A, APP_B] {
+        let (code, stdout, stderr) = show(&["--app", &app.to_string()], &[]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["app"].as_u64(), Some(app), "{report}");
+        assert_eq!(
+            report["queue"].as_str(),
+            Some(fleet.queue(app, "jobs").as_str())
+        );
+    }
+    // Without --app, as before: the prefix names the single app's queue,
+    // where neither is; with no prefix the id names both.
+    let (code, _, stderr) = show(&[], &[]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("knows no job"), "{stderr}");
+    let (code, _, stderr) = show(&[], &["BROADCAST_QUEUE_PREFIX"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("names 2 jobs"), "{stderr}");
+}
+
+#[test]
+fn app_needs_the_apps_file_and_one_of_its_apps() {
+    let fleet = TwoApps::new("cli-app-errors");
+    // A's entry with a mistake of its own.
+    let broken = fleet.dir.join("broken.toml");
+    let text = std::fs::read_to_string(&fleet.apps_file).unwrap();
+    std::fs::write(&broken, text.replace("max_batch_bytes = 256", "rate = 0")).unwrap();
+    let broken = broken.display().to_string();
+    let (a, missing) = (APP_A.to_string(), "1400000999".to_string());
+    let commands: [&[&str]; 3] = [
+        &["enqueue", "--text", "hi"],
+        &["dlq", "list"],
+        &[
+            "jobs",
+            "show",
+            "j1",
+            "--database-url",
+            "postgres://127.0.0.1:1/none",
+        ],
+    ];
+    for args in commands {
+        let not_in_file = [args, &["--app", &missing]].concat();
+        let (code, _, stderr) = fleet.run(&not_in_file);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        let expected = format!(
+            "app 1400000999 is not in the apps file {}; it has {APP_A}, {APP_B}",
+            fleet.apps_file.display()
+        );
+        assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+
+        let no_file = [args, &["--app", &a]].concat();
+        let out = fleet
+            .command(&no_file)
+            .env_remove("BROADCAST_APPS_FILE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--app needs the apps file: set BROADCAST_APPS_FILE or --apps-file"),
+            "{args:?}: {stderr}"
+        );
+
+        // The file's own mistakes, as `run` reports them.
+        let broken_file = [args, &["--app", &a, "--apps-file", &broken]].concat();
+        let (code, _, stderr) = fleet.run(&broken_file);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("the apps file {broken} has 1 mistake(s)"))
+                && stderr.contains("(sdkappid 1400000101): rate 0 is out of range"),
+            "{args:?}: {stderr}"
+        );
+    }
 }

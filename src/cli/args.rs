@@ -1,12 +1,19 @@
 //! The argument groups several commands share: where the queues are
-//! ([`BrokerArgs`], checked into a [`Topology`]) and where the ledger is
-//! ([`LedgerArgs`]).
+//! ([`BrokerArgs`], checked into a [`Topology`]), where the ledger is
+//! ([`LedgerArgs`]), and which app of a fleet's apps file an operator
+//! command acts on ([`AppChoice`], resolved into a [`ChosenApp`]).
+
+use std::path::PathBuf;
 
 use anyhow::bail;
 
 use crate::broker::{QueueNames, Topology};
-use crate::ledger::Ledger;
+use crate::fleet::apps::{read_apps_file, AppEntry};
+use crate::ledger::{Ledger, ScopeFilter};
 use crate::pipeline::config::defaults;
+
+/// The queue prefix when none is given, as `run` uses it.
+pub const DEFAULT_QUEUE_PREFIX: &str = "broadcast";
 
 /// Where the queues are.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,7 +27,7 @@ pub struct BrokerArgs {
     )]
     pub amqp_url: String,
     /// Names `{prefix}.jobs`, `{prefix}.dead` and the exchange `{prefix}.dlx`.
-    #[arg(long, env = "BROADCAST_QUEUE_PREFIX", default_value = "broadcast")]
+    #[arg(long, env = "BROADCAST_QUEUE_PREFIX", default_value = DEFAULT_QUEUE_PREFIX)]
     pub queue_prefix: String,
     /// Deliveries of one job before the broker dead-letters it by itself.
     #[arg(long, env = "BROADCAST_DELIVERY_LIMIT", default_value_t = defaults::DELIVERY_LIMIT)]
@@ -57,5 +64,139 @@ pub struct LedgerArgs {
 impl LedgerArgs {
     pub fn ledger(&self) -> anyhow::Result<Ledger> {
         Ok(Ledger::connect_lazy(&self.database_url)?)
+    }
+}
+
+/// Which app of a fleet an operator command acts on. Without `--app` the
+/// command acts on the single app's queues and records, as it always has,
+/// and the apps file is not read (a fleet's environment may name it).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AppChoice {
+    /// Act on this app of the apps file (its SDKAppID): its queues
+    /// `{prefix}.{app}.jobs` and `{prefix}.{app}.dead`, its settings and its
+    /// ledger records.
+    #[arg(long = "app", value_name = "SDKAPPID")]
+    pub app: Option<u64>,
+    /// The fleet's apps file (TOML), where --app is looked up.
+    #[arg(long, env = "BROADCAST_APPS_FILE", value_name = "PATH")]
+    pub apps_file: Option<PathBuf>,
+}
+
+impl AppChoice {
+    /// The app `--app` names, read from the apps file (checked whole, as
+    /// `run` checks it), or the single app without `--app`.
+    pub fn resolve(&self) -> anyhow::Result<ChosenApp> {
+        let Some(sdkappid) = self.app else {
+            return Ok(ChosenApp(None));
+        };
+        let Some(path) = &self.apps_file else {
+            bail!("--app needs the apps file: set BROADCAST_APPS_FILE or --apps-file");
+        };
+        let entries = read_apps_file(path)?;
+        match entries.iter().find(|entry| entry.sdkappid == sdkappid) {
+            Some(entry) => Ok(ChosenApp(Some(entry.clone()))),
+            None => {
+                let known: Vec<String> = entries.iter().map(|e| e.sdkappid.to_string()).collect();
+                bail!(
+                    "app {sdkappid} is not in the apps file {}; it has {}",
+                    path.display(),
+                    known.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// What [`AppChoice`] resolved to: an app of the apps file, or (`None`) the
+/// single app of a deployment without one.
+#[derive(Debug, Clone)]
+pub struct ChosenApp(Option<AppEntry>);
+
+impl ChosenApp {
+    /// The app's entry in the apps file, for its settings.
+    pub fn entry(&self) -> Option<&AppEntry> {
+        self.0.as_ref()
+    }
+
+    /// The prefix the app's queues are named with: under `prefix` as `run`
+    /// names a fleet's apps, or `prefix` itself for the single app.
+    pub fn queue_prefix(&self, prefix: &str) -> String {
+        match &self.0 {
+            Some(entry) => entry.queue_prefix(prefix),
+            None => prefix.to_string(),
+        }
+    }
+
+    /// The app's queues, checked.
+    pub fn topology(&self, broker: &BrokerArgs) -> anyhow::Result<Topology> {
+        BrokerArgs {
+            queue_prefix: self.queue_prefix(&broker.queue_prefix),
+            ..broker.clone()
+        }
+        .check()
+    }
+
+    /// Where `jobs show` looks: the app's scope (its SDKAppID and jobs
+    /// queue, under `prefix` or the default prefix) or, for the single app,
+    /// whatever `sdkappid` and `prefix` narrow it to.
+    pub fn scope_filter(&self, sdkappid: Option<u64>, prefix: Option<&str>) -> ScopeFilter {
+        let jobs_queue = |prefix: &str| QueueNames::new(prefix).jobs;
+        match &self.0 {
+            Some(entry) => ScopeFilter {
+                app: Some(entry.sdkappid),
+                queue: Some(jobs_queue(
+                    &entry.queue_prefix(prefix.unwrap_or(DEFAULT_QUEUE_PREFIX)),
+                )),
+            },
+            None => ScopeFilter {
+                app: sdkappid,
+                queue: prefix.map(jobs_queue),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chosen(sdkappid: u64) -> ChosenApp {
+        let entry = format!(
+            "sdkappid = {sdkappid}\nidentifier = \"admin\"\nsecret_key_file = \"/dev/null\""
+        );
+        ChosenApp(Some(toml::from_str(&entry).unwrap()))
+    }
+
+    #[test]
+    fn an_apps_records_are_in_its_scope_under_the_fleets_prefix() {
+        let app = chosen(1400000001);
+        assert_eq!(app.queue_prefix("fleet"), "fleet.1400000001");
+        let scope = |prefix| app.scope_filter(Some(7), prefix);
+        assert_eq!(
+            scope(Some("fleet")),
+            ScopeFilter {
+                app: Some(1400000001),
+                queue: Some("fleet.1400000001.jobs".into()),
+            }
+        );
+        // `run` names a fleet's queues under the default prefix when none is given.
+        assert_eq!(
+            scope(None).queue.as_deref(),
+            Some("broadcast.1400000001.jobs")
+        );
+    }
+
+    #[test]
+    fn without_app_the_scope_is_what_the_flags_say() {
+        let single = ChosenApp(None);
+        assert_eq!(single.queue_prefix("p"), "p");
+        assert_eq!(single.scope_filter(None, None), ScopeFilter::default());
+        assert_eq!(
+            single.scope_filter(Some(5), Some("p")),
+            ScopeFilter {
+                app: Some(5),
+                queue: Some("p.jobs".into()),
+            }
+        );
     }
 }

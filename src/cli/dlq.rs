@@ -9,7 +9,7 @@ use indicatif::ProgressBar;
 use lapin::{Channel, Connection};
 
 use crate::broker::{self, QueueNames};
-use crate::cli::args::BrokerArgs;
+use crate::cli::args::{AppChoice, BrokerArgs};
 use crate::ops::dlq::{self, DeadJob, Listing, Selection};
 
 #[derive(Debug, Subcommand)]
@@ -18,6 +18,8 @@ pub enum DlqCommand {
     List {
         #[command(flatten)]
         broker: BrokerArgs,
+        #[command(flatten)]
+        app: AppChoice,
         #[command(flatten)]
         filter: FilterArgs,
         /// Newest first (default: oldest first, the queue's order).
@@ -34,12 +36,16 @@ pub enum DlqCommand {
     Show {
         #[command(flatten)]
         broker: BrokerArgs,
+        #[command(flatten)]
+        app: AppChoice,
         job_id: String,
     },
     /// Move selected jobs back to `{prefix}.jobs` (each removed here only after its publish is confirmed).
     Replay {
         #[command(flatten)]
         broker: BrokerArgs,
+        #[command(flatten)]
+        app: AppChoice,
         #[command(flatten)]
         select: SelectArgs,
         /// Say what would move, move nothing.
@@ -53,6 +59,8 @@ pub enum DlqCommand {
     Purge {
         #[command(flatten)]
         broker: BrokerArgs,
+        #[command(flatten)]
+        app: AppChoice,
         #[command(flatten)]
         select: SelectArgs,
         /// Really remove them.
@@ -120,12 +128,13 @@ impl SelectArgs {
 }
 
 impl DlqCommand {
-    fn broker(&self) -> &BrokerArgs {
+    /// The broker and the app whose dead letters the command reads.
+    fn target(&self) -> (&BrokerArgs, &AppChoice) {
         match self {
-            Self::List { broker, .. }
-            | Self::Show { broker, .. }
-            | Self::Replay { broker, .. }
-            | Self::Purge { broker, .. } => broker,
+            Self::List { broker, app, .. }
+            | Self::Show { broker, app, .. }
+            | Self::Replay { broker, app, .. }
+            | Self::Purge { broker, app, .. } => (broker, app),
         }
     }
 
@@ -133,8 +142,8 @@ impl DlqCommand {
     /// acts on, acts, and closes the channel, which gives back whatever was
     /// not replayed or removed.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let broker_args = self.broker();
-        let names = broker_args.check()?.names;
+        let (broker_args, app) = self.target();
+        let names = app.resolve()?.topology(broker_args)?.names;
         let connection = broker::connect(&broker_args.amqp_url, "broadcast-worker dlq").await?;
         let channel = broker::confirm_channel(&connection).await?;
         declare_existing(&channel, &names.dead).await?;

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::broker;
-use crate::cli::args::BrokerArgs;
+use crate::cli::args::{AppChoice, BrokerArgs, ChosenApp};
 use crate::ops::enqueue::{publish_lines, text_job, LineResult, PublishOptions};
 use crate::pipeline::{CallRules, CustomMerge};
 use crate::tencent::body::MAX_BODY_BYTES;
@@ -23,6 +23,8 @@ const CONFIRM_WINDOW: usize = 512;
 pub struct EnqueueArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub app: AppChoice,
     /// A file of jobs, one JSON body per line (`-` or absent: standard input).
     #[arg(long, conflicts_with = "text")]
     pub file: Option<PathBuf>,
@@ -41,10 +43,12 @@ pub struct EnqueueArgs {
     /// Let the broker dead-letter the job (`broker:expired`) if not consumed within this many seconds.
     #[arg(long)]
     pub expiration_secs: Option<f64>,
-    /// The worker's largest call body, for the size check.
+    /// The worker's largest call body, for the size check (with --app: the
+    /// app's max_batch_bytes when its entry has one).
     #[arg(long, env = "BROADCAST_MAX_BATCH_BYTES", default_value_t = MAX_BODY_BYTES)]
     pub max_batch_bytes: usize,
-    /// The worker's custom merge mode, for the size check (an envelope costs more).
+    /// The worker's custom merge mode, for the size check (an envelope costs
+    /// more; with --app: the app's custom_merge when its entry has one).
     #[arg(long, env = "BROADCAST_CUSTOM_MERGE", value_enum, default_value_t = CustomMerge::Separate)]
     pub custom_merge: CustomMerge,
 }
@@ -52,8 +56,9 @@ pub struct EnqueueArgs {
 impl EnqueueArgs {
     /// Publishes every valid line; fails if any line was not published.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let topology = self.broker.check()?;
-        let options = self.options()?;
+        let chosen = self.app.resolve()?;
+        let topology = chosen.topology(&self.broker)?;
+        let options = self.options(&chosen)?;
         let input = self.input()?;
         let connection = broker::connect(&self.broker.amqp_url, "broadcast-worker enqueue").await?;
         topology.declare(&connection).await?;
@@ -86,13 +91,22 @@ impl EnqueueArgs {
         })
     }
 
-    fn options(&self) -> anyhow::Result<PublishOptions> {
+    /// The publishing options; lines are checked with the chosen app's
+    /// settings from the apps file, which go over the flags as in `run`.
+    fn options(&self, chosen: &ChosenApp) -> anyhow::Result<PublishOptions> {
+        let entry = chosen.entry();
+        let max_batch_bytes = entry
+            .and_then(|e| e.max_batch_bytes)
+            .unwrap_or(self.max_batch_bytes);
+        let custom_merge = entry
+            .and_then(|e| e.custom_merge)
+            .unwrap_or(self.custom_merge);
         Ok(PublishOptions {
             deadline_in: positive_secs("--deadline-secs", self.deadline_secs)?,
             expiration: positive_secs("--expiration-secs", self.expiration_secs)?,
             rules: CallRules {
-                max_bytes: self.max_batch_bytes.min(MAX_BODY_BYTES),
-                custom_merge: self.custom_merge,
+                max_bytes: max_batch_bytes.min(MAX_BODY_BYTES),
+                custom_merge,
                 ..CallRules::default()
             },
         })

@@ -38,7 +38,7 @@ impl RunArgs {
         let mut args = self.clone();
         args.apps_file = None;
         args.database_url = None;
-        args.broker.queue_prefix = format!("{}.{}", self.broker.queue_prefix, entry.sdkappid);
+        args.broker.queue_prefix = entry.queue_prefix(&self.broker.queue_prefix);
         args.app.sdkappid = Some(entry.sdkappid);
         args.app.identifier = Some(entry.identifier.clone());
         args.app.secret = SecretArgs {

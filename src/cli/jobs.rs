@@ -4,9 +4,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use crate::broker::QueueNames;
-use crate::cli::args::LedgerArgs;
-use crate::ledger::ScopeFilter;
+use crate::cli::args::{AppChoice, LedgerArgs};
 use crate::ops::jobs::{self, Answer};
 
 #[derive(Debug, Subcommand)]
@@ -22,12 +20,16 @@ pub struct ShowArgs {
     /// The job's id: its AMQP message_id, or for a job without one the id of
     /// its arrival (`sha256:...~...`) or its body's digest (`sha256:...`).
     job_id: String,
-    /// The app whose job it is, when several apps share the ledger.
+    /// The app whose job it is, when several apps share the ledger (--app
+    /// goes over it).
     #[arg(long, env = "TIM_SDKAPPID")]
     sdkappid: Option<u64>,
-    /// The queue prefix whose job it is, when several deployments share the ledger.
+    /// The queue prefix whose job it is, when several deployments share the
+    /// ledger (with --app: the fleet's prefix, `broadcast` if not given).
     #[arg(long, env = "BROADCAST_QUEUE_PREFIX")]
     queue_prefix: Option<String>,
+    #[command(flatten)]
+    app: AppChoice,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -42,13 +44,10 @@ impl JobsCommand {
 }
 
 async fn show(args: &ShowArgs) -> anyhow::Result<ExitCode> {
-    let filter = ScopeFilter {
-        app: args.sdkappid,
-        queue: args
-            .queue_prefix
-            .as_deref()
-            .map(|prefix| QueueNames::new(prefix).jobs),
-    };
+    let filter = args
+        .app
+        .resolve()?
+        .scope_filter(args.sdkappid, args.queue_prefix.as_deref());
     let job_id = &args.job_id;
     let reports = args.ledger.ledger()?.find(job_id, &filter).await?;
     let report = match jobs::resolve(reports) {

@@ -3,7 +3,9 @@
 //! builds what it needs, and returns an exit code.
 //!
 //! - this file: [`Cli`], the [`Command`] dispatch, logging, [`shutdown_signal`].
-//! - [`args`]: the broker and ledger flags several commands share.
+//! - [`args`]: the broker and ledger flags several commands share, and
+//!   `--app`, which points `enqueue`, `dlq` and `jobs show` at one app of a
+//!   fleet's apps file.
 //! - [`app`]: the app's identity and secret key (`run`, `simulate`, `usersig`).
 //! - [`run`]: `run`, the worker's settings checked into a worker configuration.
 //! - [`enqueue`]: `enqueue`, publishing jobs from lines or `--text`.

@@ -68,6 +68,13 @@ pub struct AppEntry {
 }
 
 impl AppEntry {
+    /// The prefix this app's queues are named with in a fleet whose prefix is
+    /// `fleet_prefix`: `{fleet_prefix}.{sdkappid}`, so its jobs are on
+    /// `{fleet_prefix}.{sdkappid}.jobs`.
+    pub fn queue_prefix(&self, fleet_prefix: &str) -> String {
+        format!("{fleet_prefix}.{}", self.sdkappid)
+    }
+
     /// The app's secret key, read from its file.
     pub fn secret_key(&self) -> Result<SecretKey, String> {
         let text = std::fs::read_to_string(&self.secret_key_file).map_err(|e| {
