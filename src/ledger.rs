@@ -29,6 +29,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+use crate::ops::telemetry;
+
 use records::{CopyRow, RecordRow};
 
 /// A handle on the ledger, working in one scope; cheap to clone. Its
@@ -79,6 +81,15 @@ impl Ledger {
         &self.scope
     }
 
+    /// Counts an operation's round trips and time, by app.
+    fn spent(&self, started: std::time::Instant, round_trips: u64) {
+        let app = self.scope.app.to_string();
+        metrics::counter!(telemetry::LEDGER_ROUND_TRIPS, telemetry::SDKAPPID => app.clone())
+            .increment(round_trips);
+        metrics::histogram!(telemetry::LEDGER_SECONDS, telemetry::SDKAPPID => app)
+            .record(started.elapsed().as_secs_f64());
+    }
+
     pub async fn migrate(&self) -> Result<(), LedgerError> {
         sqlx::migrate!("./migrations").run(&self.pool).await?;
         Ok(())
@@ -90,6 +101,7 @@ impl Ledger {
         &self,
         jobs: &[(String, u32)],
     ) -> Result<HashMap<String, Known>, LedgerError> {
+        let started = std::time::Instant::now();
         let job_ids: Vec<&str> = jobs.iter().map(|(id, _)| id.as_str()).collect();
         let arriving: HashMap<&str, u32> = jobs.iter().map(|(id, r)| (id.as_str(), *r)).collect();
         let rows: Vec<RecordRow> = sqlx::query_as(
@@ -108,6 +120,7 @@ impl Ledger {
         .bind(&self.scope.queue)
         .fetch_all(&self.pool)
         .await?;
+        self.spent(started, 1);
         let mut known = HashMap::with_capacity(rows.len());
         for row in rows {
             let replays = arriving.get(row.job_id.as_str()).copied().unwrap_or(0);
@@ -126,6 +139,7 @@ impl Ledger {
         &self,
         copies: &[(String, u32)],
     ) -> Result<HashMap<String, (String, Known)>, LedgerError> {
+        let started = std::time::Instant::now();
         let digests: Vec<&str> = copies.iter().map(|(d, _)| d.as_str()).collect();
         let arriving: HashMap<&str, u32> = copies.iter().map(|(d, r)| (d.as_str(), *r)).collect();
         let rows: Vec<CopyRow> = sqlx::query_as(
@@ -145,6 +159,7 @@ impl Ledger {
         .bind(&self.scope.queue)
         .fetch_all(&self.pool)
         .await?;
+        self.spent(started, 1);
         let mut matched = HashMap::with_capacity(rows.len());
         for CopyRow { digest, record } in rows {
             let replays = arriving.get(digest.as_str()).copied().unwrap_or(0);
@@ -157,6 +172,7 @@ impl Ledger {
     /// Arrivals of jobs without `message_id` whose deliveries were acked:
     /// no later copy of their bodies can be them.
     pub async fn jobs_acked(&self, job_ids: &[String]) -> Result<(), LedgerError> {
+        let started = std::time::Instant::now();
         sqlx::query(
             "UPDATE jobs SET acked = true WHERE job_id = ANY($1) \
                AND ((app = $2 AND queue = $3) OR (app = 0 AND queue = ''))",
@@ -166,6 +182,7 @@ impl Ledger {
         .bind(&self.scope.queue)
         .execute(&self.pool)
         .await?;
+        self.spent(started, 1);
         Ok(())
     }
 

@@ -53,8 +53,14 @@ async fn get(url: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-/// The value of one sample line, e.g. `name{labels} 3`.
+/// The value of one sample line of the test app, e.g. `name{labels} 3`
+/// (given without the `sdkappid` label every line of an app carries).
 fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    let app = format!("sdkappid=\"{APP}\"");
+    let name_and_labels = &match name_and_labels.split_once('{') {
+        Some((name, labels)) => format!("{name}{{{app},{labels}"),
+        None => format!("{name_and_labels}{{{app}}}"),
+    };
     metrics
         .lines()
         .find(|line| {
@@ -150,7 +156,7 @@ async fn metrics_reflect_a_known_run() {
     );
     assert!(sample(&metrics, "broadcast_call_bytes_sum").unwrap() > 0.0);
     assert!(sample(&metrics, "broadcast_permit_wait_seconds_count").unwrap() >= 1.0);
-    assert_eq!(sample(&metrics, "broadcast_consumer_active"), Some(1.0));
+    assert_eq!(sample(&metrics, "broadcast_app_active"), Some(1.0));
     assert_eq!(sample(&metrics, "broadcast_broker_connected"), Some(1.0));
     assert_eq!(sample(&metrics, "broadcast_halted"), Some(0.0));
     assert_eq!(sample(&metrics, "broadcast_ledger_down"), Some(0.0));

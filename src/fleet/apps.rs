@@ -162,7 +162,8 @@ pub fn read_apps_file(path: &Path) -> Result<Vec<AppEntry>, AppsFileError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_apps(&text).map_err(|e| match e {
+    let beside = path.parent().unwrap_or(Path::new("."));
+    parse_apps(&text, beside).map_err(|e| match e {
         Parse::Invalid(message) => AppsFileError::Invalid {
             path: path.to_path_buf(),
             message,
@@ -179,8 +180,15 @@ enum Parse {
     Mistakes(Vec<String>),
 }
 
-fn parse_apps(text: &str) -> Result<Vec<AppEntry>, Parse> {
-    let file: AppsFile = toml::from_str(text).map_err(|e| Parse::Invalid(e.to_string()))?;
+/// `beside` is the apps file's directory: a relative `secret_key_file` is
+/// read from there, wherever the process runs.
+fn parse_apps(text: &str, beside: &Path) -> Result<Vec<AppEntry>, Parse> {
+    let mut file: AppsFile = toml::from_str(text).map_err(|e| Parse::Invalid(e.to_string()))?;
+    for entry in &mut file.app {
+        if entry.secret_key_file.is_relative() {
+            entry.secret_key_file = beside.join(&entry.secret_key_file);
+        }
+    }
     if file.app.is_empty() {
         return Err(Parse::Invalid(
             "it names no app: add one [[app]] table per app".into(),
@@ -220,7 +228,7 @@ mod tests {
     }
 
     fn mistakes(text: &str) -> Vec<String> {
-        match parse_apps(text) {
+        match parse_apps(text, Path::new("/")) {
             Err(Parse::Mistakes(m)) => m,
             Err(Parse::Invalid(m)) => vec![format!("invalid: {m}")],
             Ok(apps) => panic!("accepted: {apps:?}"),
@@ -239,13 +247,32 @@ mod tests {
             &key,
             "custom_merge = \"envelope\"\non_app_fault = \"dead-letter\"\nmax_batch_bytes = 6000",
         );
-        let apps = parse_apps(&text).ok().unwrap();
+        let apps = parse_apps(&text, Path::new("/")).ok().unwrap();
         assert_eq!(apps.len(), 2);
         assert_eq!(apps[0].rate, Some(5.0));
         assert_eq!(apps[1].custom_merge, Some(CustomMerge::Envelope));
         assert_eq!(apps[1].on_app_fault, Some(AppFaultPolicy::DeadLetter));
         assert_eq!(apps[1].max_batch_bytes, Some(6000));
         assert!(!format!("{:?}", apps[0].secret_key().unwrap()).contains("k3y"));
+    }
+
+    #[test]
+    fn a_relative_key_file_is_read_beside_the_apps_file() {
+        let key = key_file("relative");
+        let name = key.file_name().unwrap().to_str().unwrap().to_string();
+        let text =
+            format!("[[app]]\nsdkappid = 1\nidentifier = \"admin\"\nsecret_key_file = {name:?}\n");
+        let apps = parse_apps(&text, &std::env::temp_dir()).ok().unwrap();
+        assert_eq!(apps[0].secret_key_file, key);
+        assert!(mistakes_in(&text, Path::new("/nowhere"))[0]
+            .contains("cannot read secret_key_file /nowhere/"));
+    }
+
+    fn mistakes_in(text: &str, beside: &Path) -> Vec<String> {
+        match parse_apps(text, beside) {
+            Err(Parse::Mistakes(m)) => m,
+            _ => panic!("accepted"),
+        }
     }
 
     #[test]

@@ -72,9 +72,11 @@ impl Ledger {
     /// A token for a session that has just become its app's sender, larger
     /// than every earlier session's.
     pub async fn open_session(&self) -> Result<LedgerSession, LedgerError> {
+        let started = std::time::Instant::now();
         let token: i64 = sqlx::query_scalar("SELECT nextval('ledger_sessions')")
             .fetch_one(&self.pool)
             .await?;
+        self.spent(started, 1);
         Ok(LedgerSession {
             ledger: self.clone(),
             token,
@@ -94,12 +96,15 @@ impl LedgerSession {
     /// Records a call as in flight, owned by this session, before its first
     /// attempt. A split call's halves name their parent, closed as `split`.
     ///
-    /// In the same transaction: the `Random` is claimed (no call of other
-    /// content used it within the service's repeat window, for this app or
-    /// before scopes), and each job is bound only if it is free: new, in a
-    /// call that was split, abandoned or dead-lettered, replayed since its
-    /// last record, or in the parent. A job in another call in flight, or
-    /// settled, is never overwritten.
+    /// One statement, so one round trip: the `Random` is claimed (no call of
+    /// other content used it within the service's repeat window, for this
+    /// app or before scopes), the parent must still be this session's, and
+    /// each job is bound only if it is free: new, in a call that was split,
+    /// abandoned or dead-lettered, replayed since its last record, or in the
+    /// parent. A job in another call in flight, or settled, is never
+    /// overwritten; when one was not free (two senders racing for it), the
+    /// call just recorded is closed as abandoned at once, which frees the
+    /// jobs it took, and the answer is [`Begun::JobsHeld`].
     pub async fn begin_call(
         &self,
         body: &[u8],
@@ -108,62 +113,7 @@ impl LedgerSession {
         jobs: &[CallJob],
         parent: Option<i64>,
     ) -> Result<Begun, LedgerError> {
-        let mut tx = self.ledger.pool.begin().await?;
-        let call_id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO calls (app, queue, body, random, job_count, state, content_digest, owner) \
-             SELECT $7, $8, $1, $2, $3, $4, $5, $9 WHERE NOT EXISTS ( \
-                 SELECT 1 FROM calls WHERE random = $2 AND app IN ($7, 0) \
-                   AND content_digest IS DISTINCT FROM $5 \
-                   AND created_at > now() - make_interval(secs => $6)) \
-             RETURNING id",
-        )
-        .bind(body)
-        .bind(i64::from(random))
-        .bind(i32::try_from(jobs.len()).unwrap_or(i32::MAX))
-        .bind(CallState::InFlight)
-        .bind(&content_digest[..])
-        .bind(REPEAT_WINDOW.as_secs_f64())
-        .bind(self.ledger.scope.app_column())
-        .bind(&self.ledger.scope.queue)
-        .bind(self.token)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(call_id) = call_id else {
-            return Ok(Begun::RandomTaken);
-        };
-        if self.bind_free_jobs(&mut tx, call_id, jobs, parent).await? < jobs.len() {
-            return Ok(Begun::JobsHeld);
-        }
-        if let Some(parent) = parent {
-            // Closed as split by the first half; still this session's.
-            let closed = sqlx::query(
-                "UPDATE calls SET state = $2, settled_at = COALESCE(settled_at, now()) \
-                 WHERE id = $1 AND owner = $3 AND state IN ($2, $4)",
-            )
-            .bind(parent)
-            .bind(CallState::Split)
-            .bind(self.token)
-            .bind(CallState::InFlight)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if closed != 1 {
-                return Ok(Begun::Superseded);
-            }
-        }
-        tx.commit().await?;
-        Ok(Begun::Recorded(call_id))
-    }
-
-    /// Binds each free job's row in this scope to `call_id`, in flight;
-    /// returns how many were bound (fewer than `jobs` when one was not free).
-    async fn bind_free_jobs(
-        &self,
-        tx: &mut Tx<'_>,
-        call_id: i64,
-        jobs: &[CallJob],
-        parent: Option<i64>,
-    ) -> Result<usize, LedgerError> {
+        let started = std::time::Instant::now();
         let job_ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
         let replays: Vec<i32> = jobs
             .iter()
@@ -171,38 +121,92 @@ impl LedgerSession {
             .collect();
         let digests: Vec<Option<&str>> = jobs.iter().map(|j| j.digest.as_deref()).collect();
         // The states are spelled as JobState and CallState spell them.
-        let bound: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO jobs (app, queue, job_id, digest, call_id, state, replays) \
-             SELECT $5, $6, id, digest, $2, $4, replays \
-             FROM unnest($1::text[], $3::int[], $7::text[]) AS t (id, replays, digest) \
-             ON CONFLICT (job_id, app, queue) DO UPDATE SET call_id = EXCLUDED.call_id, state = $4, \
-                 replays = EXCLUDED.replays, digest = EXCLUDED.digest, acked = false, \
-                 reason = NULL, error_code = NULL, error_info = NULL, updated_at = now(), \
-                 interruptions = CASE WHEN EXCLUDED.replays > jobs.replays THEN 0 \
-                                      ELSE jobs.interruptions END \
-             WHERE EXCLUDED.replays > jobs.replays \
-                OR jobs.call_id = $8 \
-                OR (jobs.state = 'in_flight' AND EXISTS (SELECT 1 FROM calls c \
-                      WHERE c.id = jobs.call_id AND c.state IN ('split', 'abandoned', 'dead_lettered'))) \
-             RETURNING job_id",
+        let (call_id, bound, parent_held): (Option<i64>, i64, bool) = sqlx::query_as(
+            "WITH parent_held AS ( \
+                 SELECT $3::bigint IS NULL OR EXISTS (SELECT 1 FROM calls \
+                     WHERE id = $3 AND owner = $8 AND state IN ('in_flight', 'split')) AS held), \
+             new_call AS ( \
+                 INSERT INTO calls (app, queue, body, random, job_count, state, content_digest, owner) \
+                 SELECT $1, $2, $4, $5, $6, 'in_flight', $7, $8 \
+                 WHERE (SELECT held FROM parent_held) AND NOT EXISTS ( \
+                     SELECT 1 FROM calls WHERE random = $5 AND app IN ($1, 0) \
+                       AND content_digest IS DISTINCT FROM $7 \
+                       AND created_at > now() - make_interval(secs => $9)) \
+                 RETURNING id), \
+             bound AS ( \
+                 INSERT INTO jobs (app, queue, job_id, digest, call_id, state, replays) \
+                 SELECT $1, $2, t.id, t.digest, n.id, 'in_flight', t.replays \
+                 FROM unnest($10::text[], $11::int[], $12::text[]) AS t (id, replays, digest), new_call n \
+                 ON CONFLICT (job_id, app, queue) DO UPDATE SET call_id = EXCLUDED.call_id, \
+                     state = 'in_flight', replays = EXCLUDED.replays, digest = EXCLUDED.digest, \
+                     acked = false, reason = NULL, error_code = NULL, error_info = NULL, \
+                     updated_at = now(), \
+                     interruptions = CASE WHEN EXCLUDED.replays > jobs.replays THEN 0 \
+                                          ELSE jobs.interruptions END \
+                 WHERE EXCLUDED.replays > jobs.replays \
+                    OR jobs.call_id = $3 \
+                    OR (jobs.state = 'in_flight' AND EXISTS (SELECT 1 FROM calls c \
+                          WHERE c.id = jobs.call_id AND c.state IN ('split', 'abandoned', 'dead_lettered'))) \
+                 RETURNING job_id), \
+             split AS ( \
+                 UPDATE calls SET state = 'split', settled_at = now() \
+                 WHERE id = $3 AND state = 'in_flight' AND EXISTS (SELECT 1 FROM new_call) \
+                 RETURNING id) \
+             SELECT (SELECT id FROM new_call), (SELECT count(*) FROM bound), \
+                    (SELECT held FROM parent_held) \
+             FROM (SELECT count(*) FROM split) AS closing",
         )
-        .bind(&job_ids)
-        .bind(call_id)
-        .bind(&replays)
-        .bind(JobState::InFlight)
         .bind(self.ledger.scope.app_column())
         .bind(&self.ledger.scope.queue)
-        .bind(&digests)
         .bind(parent)
-        .fetch_all(&mut **tx)
+        .bind(body)
+        .bind(i64::from(random))
+        .bind(i32::try_from(jobs.len()).unwrap_or(i32::MAX))
+        .bind(&content_digest[..])
+        .bind(self.token)
+        .bind(REPEAT_WINDOW.as_secs_f64())
+        .bind(&job_ids)
+        .bind(&replays)
+        .bind(&digests)
+        .fetch_one(&self.ledger.pool)
         .await?;
-        Ok(bound.len())
+        self.ledger.spent(started, 1);
+        let Some(call_id) = call_id else {
+            return Ok(if parent_held {
+                Begun::RandomTaken
+            } else {
+                Begun::Superseded
+            });
+        };
+        if usize::try_from(bound).unwrap_or(0) < jobs.len() {
+            self.abandon_race(call_id).await?;
+            return Ok(Begun::JobsHeld);
+        }
+        Ok(Begun::Recorded(call_id))
+    }
+
+    /// A call recorded while another sender took one of its jobs: closed
+    /// before it is ever sent, so the jobs it took are free again.
+    async fn abandon_race(&self, call_id: i64) -> Result<(), LedgerError> {
+        let started = std::time::Instant::now();
+        sqlx::query(
+            "UPDATE calls SET state = $2, settled_at = now(), \
+                 error_info = 'a job was taken by another call as this one was recorded' \
+             WHERE id = $1",
+        )
+        .bind(call_id)
+        .bind(CallState::Abandoned)
+        .execute(&self.ledger.pool)
+        .await?;
+        self.ledger.spent(started, 1);
+        Ok(())
     }
 
     /// Takes over a call in flight that an earlier session recorded (or
     /// released), to resend it. Taking it from a session that did not
     /// release it counts an interruption for each of its jobs in flight.
     pub async fn take_over(&self, call_id: i64) -> Result<TakeOver, LedgerError> {
+        let started = std::time::Instant::now();
         let mut tx = self.ledger.pool.begin().await?;
         let row: Option<(Option<i64>, CallState)> =
             sqlx::query_as("SELECT owner, state FROM calls WHERE id = $1 FOR UPDATE")
@@ -235,6 +239,7 @@ impl LedgerSession {
         .bind(i32::from(interrupted))
         .fetch_one(&mut *tx)
         .await?;
+        self.ledger.spent(started, 5);
         tx.commit().await?;
         Ok(TakeOver::Owned {
             interruptions: u32::try_from(interruptions.unwrap_or(0)).unwrap_or(0),
@@ -243,6 +248,7 @@ impl LedgerSession {
 
     /// Whether the call is still this session's to send (before a retry).
     pub async fn still_owner(&self, call_id: i64) -> Result<Ownership, LedgerError> {
+        let started = std::time::Instant::now();
         let held: Option<bool> =
             sqlx::query_scalar("SELECT owner = $2 AND state IN ($3, $4) FROM calls WHERE id = $1")
                 .bind(call_id)
@@ -251,6 +257,7 @@ impl LedgerSession {
                 .bind(CallState::DeadLettering)
                 .fetch_optional(&self.ledger.pool)
                 .await?;
+        self.ledger.spent(started, 1);
         Ok(if held == Some(true) {
             Ownership::Held
         } else {
@@ -261,39 +268,52 @@ impl LedgerSession {
     /// Gives a call in flight up without settling it (a clean stop): the
     /// next session takes it over without counting an interruption.
     pub async fn release(&self, call_id: i64) -> Result<(), LedgerError> {
+        let started = std::time::Instant::now();
         sqlx::query("UPDATE calls SET owner = NULL WHERE id = $1 AND owner = $2 AND state = $3")
             .bind(call_id)
             .bind(self.token)
             .bind(CallState::InFlight)
             .execute(&self.ledger.pool)
             .await?;
+        self.ledger.spent(started, 1);
         Ok(())
     }
 
-    /// The call reached the service: it and every job still bound to it are delivered.
+    /// The call reached the service: it and every job still bound to it are
+    /// delivered. One statement, so one round trip.
     pub async fn call_delivered(
         &self,
         call_id: i64,
         msg_seq: Option<u64>,
     ) -> Result<Ownership, LedgerError> {
-        let mut tx = self.ledger.pool.begin().await?;
+        let started = std::time::Instant::now();
         let msg_seq = msg_seq.and_then(|s| i64::try_from(s).ok());
-        let closed = self
-            .close_call(&mut tx, call_id, CallState::Delivered, msg_seq, None, None)
-            .await?;
-        if closed == Ownership::Lost {
-            return Ok(Ownership::Lost);
-        }
-        sqlx::query(
-            "UPDATE jobs SET state = $2, updated_at = now() WHERE call_id = $1 AND state = $3",
+        let closed: i64 = sqlx::query_scalar(
+            "WITH closed AS ( \
+                 UPDATE calls SET state = $3, msg_seq = COALESCE($4, msg_seq), error_code = NULL, \
+                     error_info = NULL, settled_at = now() \
+                 WHERE id = $1 AND owner = $2 AND state IN ($5, $6) RETURNING id), \
+             delivered AS ( \
+                 UPDATE jobs SET state = $7, updated_at = now() \
+                 WHERE call_id IN (SELECT id FROM closed) AND state = $8) \
+             SELECT count(*) FROM closed",
         )
         .bind(call_id)
+        .bind(self.token)
+        .bind(CallState::Delivered)
+        .bind(msg_seq)
+        .bind(CallState::InFlight)
+        .bind(CallState::DeadLettering)
         .bind(JobState::Delivered)
         .bind(JobState::InFlight)
-        .execute(&mut *tx)
+        .fetch_one(&self.ledger.pool)
         .await?;
-        tx.commit().await?;
-        Ok(Ownership::Held)
+        self.ledger.spent(started, 1);
+        Ok(if closed == 1 {
+            Ownership::Held
+        } else {
+            Ownership::Lost
+        })
     }
 
     /// A call that will not be resent as it was (a recovered call the service
@@ -304,25 +324,34 @@ impl LedgerSession {
         code: Option<i64>,
         info: &str,
     ) -> Result<Ownership, LedgerError> {
-        let mut tx = self.ledger.pool.begin().await?;
-        let closed = self
-            .close_call(
-                &mut tx,
-                call_id,
-                CallState::Abandoned,
-                None,
-                code,
-                Some(info),
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(closed)
+        let started = std::time::Instant::now();
+        let closed = sqlx::query(
+            "UPDATE calls SET state = $2, error_code = $3, error_info = $4, settled_at = now() \
+             WHERE id = $1 AND owner = $5 AND state IN ($6, $7)",
+        )
+        .bind(call_id)
+        .bind(CallState::Abandoned)
+        .bind(code)
+        .bind(db_text(info))
+        .bind(self.token)
+        .bind(CallState::InFlight)
+        .bind(CallState::DeadLettering)
+        .execute(&self.ledger.pool)
+        .await?
+        .rows_affected();
+        self.ledger.spent(started, 1);
+        Ok(if closed == 1 {
+            Ownership::Held
+        } else {
+            Ownership::Lost
+        })
     }
 
     /// A call that may have been delivered is about to have its jobs
     /// dead-lettered: until they all are, its jobs that come back are in
     /// doubt, not new.
     pub async fn call_dead_lettering(&self, call_id: i64) -> Result<Ownership, LedgerError> {
+        let started = std::time::Instant::now();
         let marked = sqlx::query(
             "UPDATE calls SET state = $2 WHERE id = $1 AND owner = $4 AND state IN ($2, $3)",
         )
@@ -333,6 +362,7 @@ impl LedgerSession {
         .execute(&self.ledger.pool)
         .await?
         .rows_affected();
+        self.ledger.spent(started, 1);
         Ok(if marked == 1 {
             Ownership::Held
         } else {
@@ -354,6 +384,7 @@ impl LedgerSession {
         code: Option<i64>,
         info: &str,
     ) -> Result<Ownership, LedgerError> {
+        let started = std::time::Instant::now();
         let mut tx = self.ledger.pool.begin().await?;
         if let Some(call_id) = call_id {
             let held: Option<i64> = sqlx::query_scalar(
@@ -409,6 +440,7 @@ impl LedgerSession {
                 debug_assert_eq!(closed, Ownership::Held, "the call is locked");
             }
         }
+        self.ledger.spent(started, 6);
         tx.commit().await?;
         Ok(Ownership::Held)
     }

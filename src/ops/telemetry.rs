@@ -33,6 +33,8 @@ pub const CONNECTED: &str = "broadcast_broker_connected";
 pub const HALTED: &str = "broadcast_halted";
 pub const LEDGER_DOWN: &str = "broadcast_ledger_down";
 pub const RATE: &str = "broadcast_rate_calls_per_second";
+pub const LEDGER_ROUND_TRIPS: &str = "broadcast_ledger_round_trips_total";
+pub const LEDGER_SECONDS: &str = "broadcast_ledger_seconds";
 
 /// The label every metric about one app carries.
 pub const SDKAPPID: &str = "sdkappid";
@@ -128,6 +130,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheu
     let jobs = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 150.0, 200.0];
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(CALL_SECONDS.into()), &seconds)?
+        .set_buckets_for_metric(Matcher::Full(LEDGER_SECONDS.into()), &seconds)?
         .set_buckets_for_metric(Matcher::Full(PERMIT_WAIT_SECONDS.into()), &seconds)?
         .set_buckets_for_metric(Matcher::Full(CALL_BYTES.into()), &bytes)?
         .set_buckets_for_metric(Matcher::Full(CALL_JOBS.into()), &jobs)?
@@ -179,6 +182,15 @@ pub fn describe() {
         "1 while sending is stopped because the ledger is unreachable"
     );
     describe_gauge!(RATE, "The rate the token bucket runs at now");
+    describe_counter!(
+        LEDGER_ROUND_TRIPS,
+        "Statements sent to the ledger database, each a round trip"
+    );
+    describe_histogram!(
+        LEDGER_SECONDS,
+        Unit::Seconds,
+        "Time of each ledger operation, its round trips together"
+    );
 }
 
 /// The apps this process serves and their statuses, as the ops endpoint

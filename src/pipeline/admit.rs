@@ -1,9 +1,13 @@
 //! Admission: arrived jobs sorted by what the ledger knows of them. Settled
 //! ones are acked at once, jobs of a call in flight join that call's resend
 //! (or are dead-lettered as in doubt past the repeat window), the rest wait
-//! in the batcher. Without a ledger every job is new. A redelivered job
-//! without `message_id` is matched by its body's digest to the arrival it
-//! repeats, and takes that arrival's id; a fresh one is always new.
+//! in the batcher. Without a ledger every job is new. Only redeliveries are
+//! looked up: a fresh delivery is taken as new, and should the ledger know
+//! its id (a producer's second publish, a replay run twice), recording its
+//! call finds the job taken and it is looked up then (see
+//! [`crate::ledger::Begun::JobsHeld`]). A redelivered job without
+//! `message_id` is matched by its body's digest to the arrival it repeats,
+//! and takes that arrival's id; a fresh one is always new.
 
 use std::collections::HashMap;
 
@@ -109,7 +113,7 @@ impl Worker {
     ) -> Result<Lookup, SessionEnd> {
         let ids: Vec<(String, u32)> = arrived
             .iter()
-            .filter(|(job, _)| job.digest.is_none())
+            .filter(|(job, _)| job.digest.is_none() && (job.redelivered || job.recheck))
             .map(|(job, _)| (job.id.clone(), job.replays))
             .collect();
         let copies: Vec<(String, u32)> = arrived

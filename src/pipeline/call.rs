@@ -76,7 +76,10 @@ pub fn look_again(call: Call) -> CallEnd {
         call.batch
             .jobs
             .into_iter()
-            .map(|q| (q.job, q.tag))
+            .map(|mut q| {
+                q.job.recheck = true;
+                (q.job, q.tag)
+            })
             .collect(),
     )
 }

@@ -35,6 +35,10 @@ pub struct Job {
     /// The broker delivered this message before (to a worker that died or
     /// lost its connection).
     pub redelivered: bool,
+    /// Recording its call found it taken: the ledger knows it after all
+    /// (a producer's second publish, a replay run twice), so it is looked
+    /// up though its delivery was fresh.
+    pub recheck: bool,
     pub key: MergeKey,
     /// The `MsgBody` elements exactly as the producer wrote them, less
     /// insignificant whitespace.
@@ -171,6 +175,7 @@ pub fn decode(
         id,
         digest,
         redelivered: false,
+        recheck: false,
         key: MergeKey {
             from_account: parsed.from_account,
             cloud_custom_data: parsed.cloud_custom_data,

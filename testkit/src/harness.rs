@@ -73,16 +73,27 @@ pub async fn spawn_app_with(
     rate: f64,
     configure: impl FnOnce(&mut SimulatorConfig),
 ) -> TestApp {
-    let prefix = unique_prefix(test);
-    let mut sim_config = SimulatorConfig::new(APP, ADMIN, SecretKey::new(KEY));
+    spawn_app_named(unique_prefix(test), APP, KEY, rate, configure).await
+}
+
+/// A test app with queues under `prefix` (`{prefix}.jobs`, ...) for the app
+/// `sdkappid` whose secret key is `key`: a fleet's app, for example.
+pub async fn spawn_app_named(
+    prefix: String,
+    sdkappid: u64,
+    key: &str,
+    rate: f64,
+    configure: impl FnOnce(&mut SimulatorConfig),
+) -> TestApp {
+    let mut sim_config = SimulatorConfig::new(sdkappid, ADMIN, SecretKey::new(key));
     sim_config.rate = rate;
     configure(&mut sim_config);
     let sim = Simulator::new(sim_config)
         .spawn("127.0.0.1:0".parse().unwrap())
         .await
         .expect("simulator binds");
-    let api = ApiConfig::new(sim.base_url(), APP, ADMIN);
-    let mut config = WorkerConfig::new(AMQP_URL.into(), &prefix, api, SecretKey::new(KEY));
+    let api = ApiConfig::new(sim.base_url(), sdkappid, ADMIN);
+    let mut config = WorkerConfig::new(AMQP_URL.into(), &prefix, api, SecretKey::new(key));
     config.rate = rate;
     config.policy.backoff_min = Duration::from_millis(50);
     config.policy.backoff_max = Duration::from_millis(400);
@@ -486,6 +497,23 @@ pub fn delete_topology(prefix: &str) {
             }
             let _ = channel
                 .exchange_delete(names.dlx.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = connection.close(200, "".into()).await;
+    });
+}
+
+/// Deletes one queue, from any context (Drop included).
+pub fn delete_queue(queue: &str) {
+    let queue = queue.to_string();
+    run_detached(async move {
+        let Ok(connection) = broker::connect(AMQP_URL, "broadcast-worker test cleanup").await
+        else {
+            return;
+        };
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
         let _ = connection.close(200, "".into()).await;

@@ -3,6 +3,8 @@
 //!
 //! - [`harness`]: a test app (its own queues and simulator, a worker to start
 //!   and stop), publishing, waiting, and reading dead letters.
+//! - [`fleet`]: several apps under one prefix, an apps file, and replicas
+//!   running `run --apps-file`.
 //! - [`proxy`]: a TCP proxy that cuts, refuses, stalls or slows connections.
 //! - [`database`]: a PostgreSQL database of the test's own.
 //! - [`process`]: the worker binary as a child process, signals, and its
@@ -14,12 +16,14 @@
 //! a message saying so when it is unreachable.
 
 pub mod database;
+pub mod fleet;
 pub mod harness;
 pub mod process;
 pub mod proxy;
 pub mod report;
 
 pub use database::*;
+pub use fleet::*;
 pub use harness::*;
 pub use process::*;
 pub use proxy::*;
