@@ -60,9 +60,14 @@ async fn a_new_call_never_takes_a_job_in_another_call_in_flight_or_settled() {
     // Both looked "a" up as new; the old sender recorded it first.
     assert_eq!(begin(&new, 2, &["a", "b"]).await, Begun::JobsHeld);
     assert_eq!(state_of(&ledger, "a").await, (JobState::InFlight, first));
+    // The refused call took nothing for good: "b" is as free as before.
+    let known = ledger.lookup(&[("b".to_string(), 0)]).await.unwrap();
     assert!(
-        ledger.show("b").await.unwrap().is_none(),
-        "a refused call records nothing"
+        matches!(
+            known.get("b"),
+            None | Some(broadcast_worker::ledger::Known::New)
+        ),
+        "{known:?}"
     );
 
     // Settled: still not free, for anyone.

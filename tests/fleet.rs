@@ -151,7 +151,8 @@ async fn a_halted_app_holds_up_no_other() {
         }),
         ..FaultPlan::default()
     });
-    fleet.write_apps_file(&[0, 1, 2], "max_jobs_per_call = 2");
+    // The same guard as FOR_A_LOADED_MACHINE: 5 calls in 1.06 s, 4.7 a second.
+    fleet.write_apps_file(&[0, 1, 2], "max_jobs_per_call = 2\nrate_guard_ms = 60");
     let jobs = jobs_per_app(3, 100);
     for (app, jobs) in fleet.apps.iter().zip(&jobs) {
         app.publish_many(jobs).await;

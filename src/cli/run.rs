@@ -289,10 +289,11 @@ impl RunArgs {
             }
             Some(_) => info!("ledger in use (migrations skipped): each job is delivered once"),
         }
-        let sdkappid = config.api.sdkappid;
-        let worker = Worker::new(config)?;
+        // The recorder first: the worker's status sets its gauges as it is made.
         let metrics = telemetry::install_recorder()?;
         telemetry::describe();
+        let sdkappid = config.api.sdkappid;
+        let worker = Worker::new(config)?;
         let board = telemetry::StatusBoard::of(sdkappid, worker.status());
         let ops = telemetry::serve(self.metrics_addr, metrics, board)
             .await
