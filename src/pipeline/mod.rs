@@ -129,6 +129,9 @@ pub struct Worker {
     /// Ends the current session as a shutdown would, and starts the next at
     /// once: the app's queue moves to the next replica in line.
     release: Arc<Notify>,
+    /// How long the last claim took: the next starts that much before its
+    /// turn, so the ledger's round trip does not lengthen every period.
+    claim_lead: Duration,
 }
 
 impl Worker {
@@ -159,6 +162,7 @@ impl Worker {
             recent_randoms: randoms::RecentRandoms::default(),
             ledger_session: None,
             release: Arc::new(Notify::new()),
+            claim_lead: Duration::ZERO,
         })
     }
 

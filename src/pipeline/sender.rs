@@ -26,6 +26,10 @@ use super::ledger_retry::with_ledger;
 use super::settle::Fate;
 use super::{still_held, SessionEnd, Worker};
 
+/// The longest a claim may start before the gap's end: a ledger slower
+/// than this makes the call wait for it rather than take its turn early.
+const MAX_CLAIM_LEAD: Duration = Duration::from_millis(100);
+
 /// One attempt's answer, as the logs, metrics and dead letters tell it.
 struct Attempt {
     /// Calls attempted with these jobs so far, this one included.
@@ -88,12 +92,20 @@ impl Worker {
             if !std::mem::take(has_permit) && !self.wait_for_permit(shutdown).await {
                 return Ok(self.leave(call).await);
             }
-            // The gap comes before the claim, so that a call is taken (and
-            // ownership checked) the moment before it is sent.
-            if !self.wait_for_gap(shutdown).await {
+            // The claim comes at the end of the gap, so that a call is taken
+            // (and ownership checked) the moment before it is sent: it starts
+            // as long before the gap's end as the last claim took, and the
+            // rest of the gap is kept after it.
+            if !self.wait_for_gap(self.claim_lead, shutdown).await {
                 return Ok(self.leave(call).await);
             }
-            match self.claim(&mut call, shutdown).await {
+            let claiming = Instant::now();
+            let claimed = self.claim(&mut call, shutdown).await;
+            self.claim_lead = claiming.elapsed().min(MAX_CLAIM_LEAD);
+            if !self.wait_for_gap(Duration::ZERO, shutdown).await {
+                return Ok(self.leave(call).await);
+            }
+            match claimed {
                 Ok(Claim::Ready) => {}
                 Ok(Claim::LookAgain) => return Ok(look_again(call)),
                 Ok(Claim::CrashLoop { interruptions }) => {
@@ -166,15 +178,18 @@ impl Worker {
     }
 
     /// Keeps the limiter's gap since the last send (or since this session
-    /// became the sender); false on shutdown.
-    async fn wait_for_gap(&mut self, shutdown: &CancellationToken) -> bool {
+    /// became the sender), less `lead`; false on shutdown.
+    async fn wait_for_gap(&mut self, lead: Duration, shutdown: &CancellationToken) -> bool {
         let Some(last) = self.last_send else {
             return true;
         };
+        let until = (last + self.limiter.min_gap())
+            .checked_sub(lead)
+            .unwrap_or(last);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep_until(last + self.limiter.min_gap()) => true,
+            _ = tokio::time::sleep_until(until) => true,
         }
     }
 
