@@ -34,20 +34,28 @@ pub enum BrokerError {
 /// Connects, naming the connection so operators see who it is.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    let mut uri: lapin::uri::AMQPUri = url
-        .parse()
-        .map_err(BrokerError::Url)?;
-    uri.query.frame_max = uri.query.frame_max.or(Some(FRAME_MAX));
+    Connection::connect(url, properties)
+        .await
+        .map_err(BrokerError::Connect)
+}
+
+/// The same, for a long-lived connection that carries little at a time (an
+/// app's consumer and its dead letters, the fleet's presence): it asks for
+/// [`SMALL_FRAME_MAX`] unless the URL sets `?frame_max=`. The client keeps
+/// two buffers of 32 frames per connection, so the broker's 128 KiB would
+/// cost 8 MiB a connection, and a fleet has one per app. Bulk publishers
+/// (`enqueue`, `dlq replay`) keep the broker's size.
+pub async fn connect_lean(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let mut uri: lapin::uri::AMQPUri = url.parse().map_err(BrokerError::Url)?;
+    uri.query.frame_max = uri.query.frame_max.or(Some(SMALL_FRAME_MAX));
     Connection::connect_uri(uri, properties)
         .await
         .map_err(BrokerError::Connect)
 }
 
-/// The largest AMQP frame asked for, unless the URL says (`?frame_max=`).
-/// The client keeps two buffers of 32 frames per connection, so the
-/// broker's 128 KiB would cost 8 MiB a connection, and a fleet has one per
-/// app; a whole call body (12,000 bytes) still fits in one frame.
-pub const FRAME_MAX: u32 = 16_384;
+/// A whole call body (12,000 bytes) and its dead letter still fit in one frame.
+pub const SMALL_FRAME_MAX: u32 = 16_384;
 
 /// A channel in confirm mode.
 pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {

@@ -41,7 +41,8 @@ impl Worker {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, BrokerError> {
-        let connection = broker::connect(&self.config.amqp_url, "broadcast-worker run").await?;
+        let connection =
+            broker::connect_lean(&self.config.amqp_url, "broadcast-worker run").await?;
         // This session stops on shutdown, or when the app is released.
         let stop = shutdown.child_token();
         let release = self.release.clone();
