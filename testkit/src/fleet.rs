@@ -10,6 +10,7 @@ use broadcast_worker::tencent::simulator::SimulatorConfig;
 use serde_json::Value;
 
 use crate::harness::{spawn_app_named, unique_prefix, TestApp, ADMIN, AMQP_URL};
+use crate::process::worker_logs;
 
 pub struct TestFleet {
     pub prefix: String,
@@ -146,12 +147,4 @@ pub async fn active_apps(ops_port: u16) -> Vec<u64> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn worker_logs() -> Stdio {
-    if std::env::var_os("BWTEST_WORKER_LOGS").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    }
 }

@@ -41,7 +41,7 @@ pub fn worker_process(bin: &str, app: &TestApp, extra: &[(&str, String)]) -> Chi
 
 /// The workers' logs go nowhere, unless `BWTEST_WORKER_LOGS` is set (to
 /// read them while debugging a test).
-fn worker_logs() -> Stdio {
+pub(crate) fn worker_logs() -> Stdio {
     if std::env::var_os("BWTEST_WORKER_LOGS").is_some() {
         Stdio::inherit()
     } else {
