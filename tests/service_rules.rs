@@ -266,11 +266,20 @@ async fn with_the_ledger_a_random_stays_claimed_across_a_restart() {
     assert_eq!(app.delivered_texts().len(), 2);
     let calls = app.sim.simulator.calls();
     assert_ne!(calls[0].random, calls[1].random);
-    // A retry of the second call keeps the Random it was given.
-    assert_eq!(
-        ledger.show(&b).await.unwrap().unwrap().state,
-        JobState::Delivered
-    );
+    // A retry of the second call keeps the Random it was given. The ledger
+    // records the delivery just after the service answers: wait for it.
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let state = ledger.show(&b).await.unwrap().map(|r| r.state);
+        if state == Some(JobState::Delivered) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ledger never recorded the delivery: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.stop_worker().await.unwrap();
 }
 
