@@ -4,7 +4,10 @@
 //! and time per call), and how long an app takes to move to the other
 //! replica after a kill. Run with `cargo bench --bench fleet` (RabbitMQ and
 //! PostgreSQL on 127.0.0.1). Prints a Markdown table and, run whole, writes
-//! it into BENCHMARKS.md.
+//! it into BENCHMARKS.md. `BENCH_FLEET_APPS` changes the number of apps of
+//! the throughput run; `BENCH_FLEET_EXTRA` adds lines to every app's table
+//! (e.g. `rate_guard_ms = 0`). Where the quota went (calls per app, the
+//! gaps between arrivals) is printed on standard error.
 
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -136,6 +139,36 @@ impl BenchFleet {
         self.sims.app(app).stats().calls
     }
 
+    /// On standard error, where the quota went in the last `window`: calls
+    /// per app, and the gaps between each app's consecutive arrivals.
+    fn explain_gaps(&self, window: Duration) {
+        let now_ms = broadcast_worker::broker::unix_ms(std::time::SystemTime::now());
+        let since = now_ms - window.as_millis() as u64;
+        let (mut per_app, mut gaps) = (Vec::new(), Vec::new());
+        for app in &self.apps {
+            let arrivals: Vec<u64> = self
+                .sims
+                .app(*app)
+                .calls()
+                .iter()
+                .map(|c| c.received_at_ms)
+                .filter(|&at| at >= since)
+                .collect();
+            per_app.push(arrivals.len());
+            gaps.extend(arrivals.windows(2).map(|w| w[1] - w[0]));
+        }
+        per_app.sort_unstable();
+        gaps.sort_unstable();
+        let at = |v: &[u64], q: f64| v.get(((v.len() as f64 - 1.0) * q) as usize).copied();
+        let late = gaps.iter().filter(|&&g| g > 215).count();
+        eprintln!(
+            "calls per app in the window: min {:?} median {:?} max {:?}; gaps ms: p10 {:?} p50 {:?} p90 {:?} p99 {:?} max {:?}; over 215 ms: {late} of {}; lost to them: {} ms",
+            per_app.first(), per_app.get(per_app.len() / 2), per_app.last(),
+            at(&gaps, 0.1), at(&gaps, 0.5), at(&gaps, 0.9), at(&gaps, 0.99), gaps.last(), gaps.len(),
+            gaps.iter().map(|&g| g.saturating_sub(202)).sum::<u64>(),
+        );
+    }
+
     fn frequency_violations(&self) -> u64 {
         self.sims
             .set
@@ -184,7 +217,11 @@ struct Throughput {
 
 async fn throughput(apps: usize, rate: f64, window: Duration) -> Throughput {
     let db = TestDatabase::create("bench-fleet").await;
-    let fleet = BenchFleet::new("bench-fleet", apps, rate, "max_jobs_per_call = 10").await;
+    let extra = format!(
+        "max_jobs_per_call = 10\n{}",
+        std::env::var("BENCH_FLEET_EXTRA").unwrap_or_default()
+    );
+    let fleet = BenchFleet::new("bench-fleet", apps, rate, &extra).await;
     // Enough for warm-up, the window and a margin, 10 jobs a call.
     let per_app = (rate * (window.as_secs_f64() + 25.0) * 10.0) as usize;
     fleet.publish(per_app).await;
@@ -203,6 +240,12 @@ async fn throughput(apps: usize, rate: f64, window: Duration) -> Throughput {
     let ledger1 = metric_sum(&ports, "broadcast_ledger_seconds_sum").await;
     let elapsed = started.elapsed().as_secs_f64();
     let calls = (calls1 - calls0) as f64;
+    fleet.explain_gaps(window);
+    eprintln!(
+        "mean call round trip (worker's clock, whole run): {:.1} ms",
+        metric_sum(&ports, "broadcast_call_duration_seconds_sum").await * 1000.0
+            / metric_sum(&ports, "broadcast_call_duration_seconds_count").await
+    );
     let peak_rss_mib = replicas
         .iter()
         .map(|r| peak_rss_kib(r.id()).unwrap_or(0) as f64 / 1024.0)
@@ -268,9 +311,13 @@ async fn main() {
     let run = |name: &str| only.is_none_or(|o| name.contains(o.as_str()));
     let mut rows: Vec<(String, String)> = Vec::new();
     if run("throughput") {
-        let t = throughput(100, 5.0, Duration::from_secs(20)).await;
-        rows.push(("100 apps at 5 calls/s over 2 replicas, ledger, 10 jobs of ~100 bytes a call: aggregate calls per second (500 allowed)".into(),
-            format!("{:.1} ({:.1}%)", t.calls_per_sec, t.calls_per_sec / 5.0)));
+        let apps = std::env::var("BENCH_FLEET_APPS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(100);
+        let t = throughput(apps, 5.0, Duration::from_secs(20)).await;
+        rows.push((format!("{apps} apps at 5 calls/s over 2 replicas, ledger, 10 jobs of ~100 bytes a call: aggregate calls per second ({} allowed)", apps * 5),
+            format!("{:.1} ({:.1}%)", t.calls_per_sec, t.calls_per_sec / apps as f64 * 20.0)));
         rows.push((
             "frequency-limit answers, whole run".into(),
             t.frequency_limited.to_string(),

@@ -137,8 +137,7 @@ impl Worker {
                 }
                 Step::PauseSender { min_pause } => {
                     self.limiter.on_rate_limited(min_pause);
-                    metrics::gauge!(telemetry::RATE, telemetry::SDKAPPID => self.app())
-                        .set(self.limiter.current_rate());
+                    self.show_rate();
                 }
                 Step::Resign => self.signer.invalidate(),
                 Step::Split => {
@@ -203,11 +202,20 @@ impl Worker {
 
     /// Waits for the limiter's permit; false on shutdown.
     async fn wait_for_permit(&mut self, shutdown: &CancellationToken) -> bool {
-        tokio::select! {
+        let permitted = tokio::select! {
             biased;
             _ = shutdown.cancelled() => false,
             _ = self.limiter.acquire() => true,
-        }
+        };
+        self.show_rate();
+        permitted
+    }
+
+    /// The rate in force on its gauge: it changes on a frequency-limit
+    /// answer, and back when a permit is taken after the slow-down's hold.
+    pub(super) fn show_rate(&self) {
+        metrics::gauge!(telemetry::RATE, telemetry::SDKAPPID => self.app())
+            .set(self.limiter.current_rate());
     }
 
     /// Signs, sends, and classifies. The call in flight is always finished,

@@ -222,18 +222,21 @@ impl Worker {
             .set(holding.oldest_age_secs());
         let waiting = Instant::now();
         let app = self.app();
-        let permit = self.limiter.acquire();
-        tokio::pin!(permit);
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
-                _ = &mut permit => break,
-                incoming = rx.recv() => holding.arrive(incoming)?,
+        {
+            let permit = self.limiter.acquire();
+            tokio::pin!(permit);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                    _ = &mut permit => break,
+                    incoming = rx.recv() => holding.arrive(incoming)?,
+                }
             }
         }
         metrics::histogram!(telemetry::PERMIT_WAIT_SECONDS, telemetry::SDKAPPID => app)
             .record(waiting.elapsed().as_secs_f64());
+        self.show_rate();
         Ok(())
     }
 }
