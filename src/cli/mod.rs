@@ -8,6 +8,7 @@
 //!   fleet's apps file.
 //! - [`app`]: the app's identity and secret key (`run`, `simulate`, `usersig`).
 //! - [`run`]: `run`, the worker's settings checked into a worker configuration.
+//! - [`demo`]: `demo`, the simulator, a worker and a sample burst in one process.
 //! - [`enqueue`]: `enqueue`, publishing jobs from lines or `--text`.
 //! - [`dlq`]: `dlq list|show|replay|purge`.
 //! - [`jobs`]: `jobs show` and `migrate`, the ledger's commands.
@@ -16,6 +17,7 @@
 
 pub mod app;
 pub mod args;
+pub mod demo;
 pub mod dlq;
 pub mod enqueue;
 mod fleet;
@@ -29,6 +31,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use self::args::LedgerArgs;
+use self::demo::DemoArgs;
 use self::dlq::DlqCommand;
 use self::enqueue::EnqueueArgs;
 use self::jobs::JobsCommand;
@@ -60,6 +63,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Consume broadcast jobs and send them, merged and rate-limited.
     Run(Box<RunArgs>),
+    /// See it work: the simulator and a worker in one process, a sample burst with
+    /// a few bad jobs, progress, then the console's address and token.
+    Demo(DemoArgs),
     /// Publish jobs: one JSON body per line from a file or standard input, or --text.
     Enqueue(EnqueueArgs),
     /// Inspect, replay and purge the dead-letter queue.
@@ -79,8 +85,14 @@ pub enum Command {
 
 impl Cli {
     pub fn init_logging(&self) {
+        // The demo's terminal shows its progress line; the worker's info
+        // lines would bury it (RUST_LOG still turns them on).
+        let default = match self.command {
+            Command::Demo(_) => "warn",
+            _ => "info",
+        };
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);
@@ -93,6 +105,7 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Run(args) => args.run().await,
+            Command::Demo(args) => args.run().await,
             Command::Enqueue(args) => args.run().await,
             Command::Dlq(command) => command.run().await,
             Command::Migrate(args) => jobs::migrate(&args).await,
