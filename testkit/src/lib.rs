@@ -6,6 +6,7 @@
 //! - [`fleet`]: several apps under one prefix, an apps file, and replicas
 //!   running `run --apps-file`.
 //! - [`proxy`]: a TCP proxy that cuts, refuses, stalls or slows connections.
+//! - [`browser`]: a headless Chromium (chromedriver) and screenshots.
 //! - [`database`]: a PostgreSQL database of the test's own.
 //! - [`process`]: the worker binary as a child process, signals, and its
 //!   resource use.
@@ -15,6 +16,7 @@
 //! user postgres, trust auth) are expected; a test that needs one panics with
 //! a message saying so when it is unreachable.
 
+pub mod browser;
 pub mod database;
 pub mod fleet;
 pub mod harness;
@@ -22,6 +24,7 @@ pub mod process;
 pub mod proxy;
 pub mod report;
 
+pub use browser::*;
 pub use database::*;
 pub use fleet::*;
 pub use harness::*;
