@@ -1,0 +1,402 @@
+//! The console's HTML outside the dead letters: the layout every page
+//! shares, the login form (all an unauthenticated visitor ever sees), the
+//! list of apps, an app's page, and error pages. Rendered with `maud`, which
+//! escapes every value it inserts.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::header::{LOCATION, SET_COOKIE};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use maud::{html, Markup, DOCTYPE};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use tracing::{info, warn};
+
+use super::auth::{self, Authed, SESSION_SECS};
+use super::chart::chart;
+use super::dead::{SummaryRow, View};
+use super::filter::{human_age, query, Params};
+use super::view::{AppView, FILL_MINUTES};
+use super::{Ctx, Problem};
+use crate::ops::dlq::Selection;
+use crate::ops::status::now_ms;
+
+/// A problem, as a page.
+pub struct PageError(pub Problem);
+
+impl From<Problem> for PageError {
+    fn from(p: Problem) -> Self {
+        Self(p)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let Problem { status, message } = self.0;
+        let body = html! {
+            div.card.error-card {
+                h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+                p #error-message data-test="error-message" { (message) }
+                p { a href="/" { "Back to the apps" } }
+            }
+        };
+        (status, layout("Error", None, body)).into_response()
+    }
+}
+
+/// Every page: the stylesheet, the script, the top bar with the way home
+/// and (for a browser session) the logout form.
+pub(super) fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · broadcast-worker" }
+                link rel="stylesheet" href="/static/console.css";
+                link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
+                script src="/static/console.js" defer {}
+            }
+            body {
+                header.topbar {
+                    a.brand href="/" { "broadcast-worker" span.brand-sub { "console" } }
+                    @if let Some(csrf) = csrf {
+                        form #logout-form method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button #logout.link-button type="submit" data-test="logout" { "Log out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// The login form, with what went wrong if anything; `next` is where to go after.
+pub(super) fn login_page(next: &str, error: Option<&str>) -> Markup {
+    let body = html! {
+        div.card.login-card {
+            h1 { "Log in" }
+            @if let Some(error) = error {
+                p #login-error.flash.flash-error data-test="login-error" { (error) }
+            }
+            form #login-form data-test="login-form" method="post" action="/login" {
+                input type="hidden" name="next" value=(next);
+                label for="token" { "Console token" }
+                input #token type="password" name="token" autocomplete="current-password" required autofocus;
+                button #login-submit.primary type="submit" data-test="login-submit" { "Log in" }
+            }
+        }
+    };
+    layout("Log in", None, body)
+}
+
+/// `GET /login`.
+pub(super) async fn login_form() -> Markup {
+    login_page("/", None)
+}
+
+/// Where to go after logging in: a path of this site, nothing else.
+fn local_path(next: Option<&str>) -> &str {
+    match next {
+        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p,
+        _ => "/",
+    }
+}
+
+/// `POST /login`: the right token gets the session cookie and goes on; a
+/// wrong one gets the form again, a moment later.
+pub(super) async fn login(State(ctx): State<Ctx>, body: Bytes) -> Response {
+    let form = Params::parse(&body);
+    let next = local_path(form.get("next")).to_string();
+    let presented = form.get("token").unwrap_or("");
+    if !ctx.console.auth().token_matches(presented) {
+        warn!("console: a login with a wrong token");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let page = login_page(&next, Some("That is not the console's token."));
+        return (StatusCode::UNAUTHORIZED, page).into_response();
+    }
+    info!("console: logged in");
+    let session = ctx
+        .console
+        .auth()
+        .session_value(auth::unix_now() + SESSION_SECS);
+    (
+        StatusCode::SEE_OTHER,
+        [(LOCATION, next), (SET_COOKIE, auth::login_cookie(&session))],
+    )
+        .into_response()
+}
+
+/// `POST /logout`: clears the cookie (with the session's CSRF token).
+pub(super) async fn logout(
+    State(ctx): State<Ctx>,
+    Extension(authed): Extension<Authed>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let form = Params::parse(&body);
+    super::actions::check_csrf(&ctx, &authed, form.get("csrf"))?;
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (LOCATION, "/login".to_string()),
+            (SET_COOKIE, auth::logout_cookie()),
+        ],
+    )
+        .into_response())
+}
+
+/// An id as one segment of a path.
+pub(super) fn segment(id: &str) -> String {
+    utf8_percent_encode(id, NON_ALPHANUMERIC).to_string()
+}
+
+pub(super) fn percent(share: f64) -> String {
+    format!("{:.0}%", share * 100.0)
+}
+
+/// Unix milliseconds as a UTC date and time.
+pub(super) fn when(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// The app's state as a badge, and its problems as more.
+fn badges(app: &AppView) -> Markup {
+    html! {
+        span.badge class=(format!("badge-{}", app.state)) data-test="app-state" { (app.state) }
+        @if app.halted { " " span.badge.badge-halted data-test="app-halted-badge" { "halted" } }
+        @if app.ledger_down { " " span.badge.badge-halted data-test="app-ledger-down-badge" { "ledger down" } }
+    }
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// `GET /`: every app this process serves.
+pub(super) async fn apps(State(ctx): State<Ctx>, Extension(authed): Extension<Authed>) -> Markup {
+    let now = now_ms();
+    let apps: Vec<AppView> = ctx
+        .board
+        .apps()
+        .iter()
+        .map(|(app, status)| AppView::of(*app, status, now, false))
+        .collect();
+    let body = html! {
+        h1 { "Apps" }
+        p.muted { (apps.len()) " app(s) served by this process. Counts are this replica's view; the queues are counted every few seconds." }
+        table #apps.data {
+            thead { tr {
+                th { "App" } th { "State" } th { "Sender" } th.num { "Rate" }
+                th.num { "Quota used (1 min)" } th.num { "Fill (" (FILL_MINUTES) " min)" }
+                th.num { "Backlog" } th.num { "Oldest unsettled" } th.num { "Dead letters" }
+            } }
+            tbody {
+                @for app in &apps {
+                    tr data-test="app-row" data-sdkappid=(app.sdkappid) {
+                        td { a href=(format!("/apps/{}", app.sdkappid)) { (app.sdkappid) } }
+                        td { (badges(app)) }
+                        td { (app.sender) }
+                        td.num { (format!("{:.2}/s", app.rate)) }
+                        td.num { (percent(app.quota_used)) }
+                        td.num { (app.fill_recent.map_or("-".into(), percent)) }
+                        td.num data-test="app-backlog" { (or_dash(app.backlog)) }
+                        td.num { (human_age(app.oldest_unsettled_secs as i64)) }
+                        td.num { a href=(format!("/apps/{}/dead", app.sdkappid)) data-test="app-dead-count" { (or_dash(app.dead_letters)) } }
+                    }
+                }
+            }
+        }
+    };
+    layout("Apps", ctx.csrf(&authed).as_deref(), body)
+}
+
+/// One figure of the app page.
+fn stat(id: &str, label: &str, value: Markup, note: Option<String>) -> Markup {
+    html! {
+        div.stat {
+            div.stat-label { (label) }
+            div.stat-value #(id) data-test=(id) { (value) }
+            @if let Some(note) = note { div.stat-note { (note) } }
+        }
+    }
+}
+
+/// The app's figures.
+fn figures(app: &AppView) -> Markup {
+    let counted = app.counted_at_ms.map(|at| {
+        format!(
+            "counted {} ago",
+            human_age((now_ms().saturating_sub(at) / 1000) as i64)
+        )
+    });
+    html! {
+        div.stats {
+            (stat("app-state", "State", badges(app), Some(format!("sender: {}", app.sender))))
+            (stat("app-rate", "Rate in force", html! { (format!("{:.2}", app.rate)) " /s" },
+                Some(format!("configured {:.2}/s", app.configured_rate))))
+            (stat("app-quota-used", "Quota used, last minute", html! {
+                (percent(app.quota_used))
+                meter min="0" max="1" value=(format!("{:.3}", app.quota_used.min(1.0))) {}
+            }, Some(format!("{} call(s) of {:.0}", app.calls_last_minute, app.rate * 60.0))))
+            (stat("app-fill", "Mean fill", html! { (app.fill_recent.map_or("-".into(), percent)) },
+                Some(format!("calls of the last {FILL_MINUTES} min, of 12,000 bytes"))))
+            (stat("app-backlog", "Backlog", html! { (or_dash(app.backlog)) }, counted.clone()))
+            (stat("app-oldest", "Oldest unsettled job", html! { (human_age(app.oldest_unsettled_secs as i64)) }, None))
+            (stat("app-dead-count", "Dead letters", html! { (or_dash(app.dead_letters)) }, counted))
+        }
+    }
+}
+
+/// What stops or troubled the app.
+fn problems(app: &AppView) -> Markup {
+    let failure = app.last_failure.as_ref().map(|f| {
+        format!(
+            "{} at {}: {}",
+            f.code
+                .map_or("transport failure".into(), |c| format!("ErrorCode {c}")),
+            when(f.at_ms as i64),
+            f.info
+        )
+    });
+    html! {
+        @if app.halted {
+            div #app-halted.alert.alert-error data-test="app-halted" {
+                strong { "Halted by an app-wide fault. " }
+                "Sending is stopped, every job kept; probing. Last answer: " (failure.clone().unwrap_or_else(|| "-".into()))
+            }
+        }
+        @if app.ledger_down {
+            div #app-ledger-down.alert.alert-error data-test="app-ledger-down" {
+                strong { "The ledger is down. " }
+                "Sending is stopped until it answers: " (app.ledger_error.clone().unwrap_or_default())
+            }
+        }
+        @if let (false, Some(failure)) = (app.halted, failure) {
+            p #app-last-failure.muted data-test="app-last-failure" { "Last failed attempt: " (failure) }
+        }
+    }
+}
+
+/// The dead letters by reason and code, each a link to them.
+pub(super) fn summary_table(sdkappid: u64, view: &View) -> Markup {
+    html! {
+        p.muted { span #dead-total data-test="dead-total" { (view.total) } " dead letter(s) in the queue." }
+        @if !view.summary.is_empty() {
+            table #dead-summary.data.compact {
+                thead { tr { th { "Reason" } th.num { "Code" } th.num { "Jobs" } } }
+                tbody {
+                    @for row in &view.summary {
+                        tr data-test="summary-row" data-reason=(row.reason) data-code=(row.code) {
+                            td { a href=(summary_link(sdkappid, row)) { (row.reason) } }
+                            td.num { (row.code) }
+                            td.num data-test="summary-count" { (row.count) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The dead letters of one row of the summary.
+fn summary_link(sdkappid: u64, row: &SummaryRow) -> String {
+    let mut pairs = vec![("reason", row.reason.clone())];
+    if row.code != "-" {
+        pairs.push(("code", row.code.clone()));
+    }
+    format!("/apps/{sdkappid}/dead?{}", query(&pairs))
+}
+
+/// `GET /apps/{sdkappid}`: the app's figures, its last hour and its dead letters.
+pub(super) async fn app(
+    State(ctx): State<Ctx>,
+    Extension(authed): Extension<Authed>,
+    Path(app): Path<String>,
+) -> Result<Markup, PageError> {
+    let app = ctx.app(&app)?;
+    let view = AppView::of(app.sdkappid, &app.status, now_ms(), true);
+    let dead = ctx
+        .console
+        .dead()
+        .view(&app.queues.dead, &Selection::default(), 1, 0)
+        .await;
+    let id = app.sdkappid;
+    let body = html! {
+        p.crumbs { a href="/" { "Apps" } " / " (id) }
+        h1 { "App " (id) }
+        (problems(&view))
+        (figures(&view))
+        section.card {
+            h2 { "Last hour" }
+            (chart(view.history.as_deref().unwrap_or(&[]), view.rate))
+            p.legend { span.key.key-bar {} "calls per minute" span.key.key-quota {} "quota (rate x 60)" span.key.key-fill {} "mean fill" }
+        }
+        section.card {
+            h2 { "Dead letters" }
+            @match &dead {
+                Ok(dead) => (summary_table(id, dead)),
+                Err(e) => p.alert.alert-error { (e) },
+            }
+            p { a #dead-link.button href=(format!("/apps/{id}/dead")) data-test="dead-link" { "Browse dead letters" } }
+        }
+    };
+    Ok(layout(
+        &format!("App {id}"),
+        ctx.csrf(&authed).as_deref(),
+        body,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_utc() {
+        assert_eq!(when(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(when(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(when(1_700_000_000_123), "2023-11-14 22:13:20 UTC");
+    }
+
+    #[test]
+    fn only_local_paths_are_followed_after_login() {
+        assert_eq!(local_path(Some("/apps/1?x=1")), "/apps/1?x=1");
+        for bad in ["//evil.example", "https://evil.example", "/\\evil", ""] {
+            assert_eq!(local_path(Some(bad)), "/", "{bad}");
+        }
+        assert_eq!(local_path(None), "/");
+    }
+
+    #[test]
+    fn pages_escape_what_they_show() {
+        let page = login_page("/\"><script>alert(1)</script>", Some("<b>no</b>")).into_string();
+        assert!(!page.contains("<script>alert(1)"), "{page}");
+        assert!(page.contains("&lt;b&gt;no&lt;/b&gt;"));
+        assert!(
+            !page.contains("style="),
+            "no inline style: the CSP forbids it"
+        );
+        assert_eq!(segment("a/b c?"), "a%2Fb%20c%3F");
+    }
+}
