@@ -99,6 +99,11 @@ pub fn chart(points: &[MinutePoint], rate: f64) -> Markup {
             @for segment in fill_segments(points) {
                 polyline class="fill-line" points=(segment) {}
             }
+            @for (i, point) in points.iter().enumerate() {
+                @if let Some(fill) = point.fill {
+                    circle class="fill-dot" r="2.5" cx=(r1(x_of(i, n) + step / 2.0)) cy=(r1(y_of(fill, 1.0))) {}
+                }
+            }
             text class="tick" x=(LEFT) y=(HEIGHT - 6.0) { "60 min ago" }
             text class="tick" x=(r1(LEFT + plot_width() / 2.0)) y=(HEIGHT - 6.0) text-anchor="middle" { "30 min ago" }
             text class="tick" x=(WIDTH - RIGHT) y=(HEIGHT - 6.0) text-anchor="end" { "now" }
@@ -160,6 +165,7 @@ mod tests {
         );
         // The minute without calls splits the fill line in two.
         assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("class=\"fill-dot\"").count(), 3);
         assert!(svg.contains("0 min ago: 60 call(s), fill 100%"));
         assert!(svg.contains("1 min ago: 30 call(s), fill 50%"));
         assert!(base > TOP);

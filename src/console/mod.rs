@@ -10,8 +10,8 @@
 //! - [`history`], [`chart`]: the last hour of calls, and its SVG.
 //! - [`view`]: an app's state as the pages and the API show it.
 //! - [`dead`]: the dead letters over the console's own broker connection.
-//! - `pages`, `dead_pages`: the HTML; `api`: the JSON; `actions`: replay and
-//!   purge, shared by both.
+//! - `login`, `pages`, `dead_pages`, `action_pages`: the HTML; `api`: the JSON;
+//!   `actions`: replay and purge, shared by both.
 //!
 //! Every response carries a strict Content-Security-Policy (no inline
 //! script or style; the stylesheet and script are files of this binary),
@@ -19,6 +19,7 @@
 //!
 //! [`WorkerStatus`]: crate::ops::status::WorkerStatus
 
+mod action_pages;
 mod actions;
 mod api;
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod dead;
 mod dead_pages;
 pub mod filter;
 pub mod history;
+mod login;
 mod pages;
 pub mod view;
 
@@ -194,13 +196,13 @@ pub fn router(console: Console, board: StatusBoard) -> Router {
     let ctx = Ctx { console, board };
     let gated = Router::new()
         .route("/", get(pages::apps))
-        .route("/logout", post(pages::logout))
+        .route("/logout", post(login::logout))
         .route("/apps/{app}", get(pages::app))
         .route("/apps/{app}/dead", get(dead_pages::list))
         .route("/apps/{app}/dead/{id}", get(dead_pages::job))
-        .route("/apps/{app}/confirm", post(dead_pages::confirm))
-        .route("/apps/{app}/replay", post(dead_pages::replay))
-        .route("/apps/{app}/purge", post(dead_pages::purge))
+        .route("/apps/{app}/confirm", post(action_pages::confirm))
+        .route("/apps/{app}/replay", post(action_pages::replay))
+        .route("/apps/{app}/purge", post(action_pages::purge))
         .route("/api/apps", get(api::apps))
         .route("/api/apps/{app}", get(api::app))
         .route("/api/apps/{app}/dead", get(api::dead))
@@ -210,7 +212,7 @@ pub fn router(console: Console, board: StatusBoard) -> Router {
         .route("/api/apps/{app}/purge", post(api::purge))
         .route_layer(middleware::from_fn_with_state(ctx.clone(), auth::require));
     Router::new()
-        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/login", get(login::login_form).post(login::login))
         .route("/static/{file}", get(static_file))
         .merge(gated)
         .layer(middleware::from_fn(safe_headers))
@@ -252,7 +254,7 @@ fn unauthorized(uri: &Uri) -> Response {
         return response;
     }
     let next = uri.path_and_query().map_or("/", |p| p.as_str());
-    (StatusCode::UNAUTHORIZED, pages::login_page(next, None)).into_response()
+    (StatusCode::UNAUTHORIZED, login::login_page(next, None)).into_response()
 }
 
 const CSS: &str = include_str!("static/console.css");

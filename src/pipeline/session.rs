@@ -174,6 +174,10 @@ impl Worker {
         let mut active = false;
         loop {
             holding.readmit_duplicates();
+            if holding.is_empty() {
+                // Nothing held: nothing waits unsettled.
+                self.status.set_oldest_unsettled(0.0);
+            }
             while holding.is_empty() {
                 tokio::select! {
                     biased;

@@ -3,6 +3,8 @@
 //!
 //! - [`harness`]: a test app (its own queues and simulator, a worker to start
 //!   and stop), publishing, waiting, and reading dead letters.
+//! - [`console`]: an app with dead letters of several reasons, and the
+//!   worker binary serving it with the console on.
 //! - [`fleet`]: several apps under one prefix, an apps file, and replicas
 //!   running `run --apps-file`.
 //! - [`proxy`]: a TCP proxy that cuts, refuses, stalls or slows connections.
@@ -15,6 +17,7 @@
 //! user postgres, trust auth) are expected; a test that needs one panics with
 //! a message saying so when it is unreachable.
 
+pub mod console;
 pub mod database;
 pub mod fleet;
 pub mod harness;
@@ -22,6 +25,7 @@ pub mod process;
 pub mod proxy;
 pub mod report;
 
+pub use console::*;
 pub use database::*;
 pub use fleet::*;
 pub use harness::*;
