@@ -568,3 +568,52 @@ async fn a_halted_app_shows_its_last_error_in_a_fleet() {
     signal(&replica, "-TERM");
     wait_exit(&mut replica, Duration::from_secs(20)).await;
 }
+
+#[tokio::test]
+async fn a_job_page_says_what_the_ledger_knows() {
+    let db = TestDatabase::create("console-ledger").await;
+    let ledger = broadcast_worker::ledger::Ledger::connect_lazy(&db.url()).unwrap();
+    ledger.migrate().await.unwrap();
+    let mut app = spawn_app("console-ledger", 100.0).await;
+    app.config.ledger = Some(ledger);
+    app.sim
+        .simulator
+        .set_faults(refuse_bodies_containing("POISON", 10004));
+    app.publish("refused/1 ?#", &text_job("POISON-x")).await;
+    app.start_worker();
+    app.wait_for_dead(1, LONG).await;
+    app.stop_worker().await.unwrap();
+    let url = db.url();
+    let worker = console_worker(
+        BIN,
+        &app,
+        &[
+            ("BROADCAST_CONSOLE_TOKEN", CONSOLE_TOKEN),
+            ("DATABASE_URL", &url),
+        ],
+    );
+    let client = console_client();
+    let cookie = console_login(&client, &worker.url, CONSOLE_TOKEN).await;
+    // The id, odd as it is, is one segment of the link the table gives.
+    let (_, list) = get(
+        &client,
+        &format!("{}/apps/{APP}/dead", worker.url),
+        Some(&cookie),
+    )
+    .await;
+    let href = format!("href=\"/apps/{APP}/dead/refused%2F1%20%3F%23\"");
+    assert!(list.contains(&href), "{list}");
+    let link = format!("{}/apps/{APP}/dead/refused%2F1%20%3F%23", worker.url);
+    let (status, page) = get(&client, &link, Some(&cookie)).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("data-state=\"known\""), "{page}");
+    assert!(page.contains("dead-lettered at"), "{page}");
+    let (_, job) = api(
+        &client,
+        &format!("{}/api/apps/{APP}/dead/refused%2F1%20%3F%23", worker.url),
+    )
+    .await;
+    assert_eq!(job["ledger"]["report"]["reason"], "rejected", "{job}");
+    let logs = worker.stop().await;
+    assert!(!logs.contains(CONSOLE_TOKEN), "the token was logged");
+}
