@@ -104,7 +104,7 @@ pub(super) fn when(ms: i64) -> String {
 /// The app's state as a badge, and its problems as more.
 fn badges(app: &AppView) -> Markup {
     html! {
-        span class=(format!("badge badge-{}", app.state)) data-test="app-state" { (app.state) }
+        span class=(format!("badge badge-{}", app.state)) data-test="state-badge" { (app.state) }
         @if app.halted { " " span.badge.badge-halted data-test="app-halted-badge" { "halted" } }
         @if app.ledger_down { " " span.badge.badge-halted data-test="app-ledger-down-badge" { "ledger down" } }
     }
