@@ -1,7 +1,10 @@
-//! The token bucket every call attempt draws from, retries included, and its
-//! reaction to the service's frequency-limit answers: pause the whole sender,
-//! then run slower for a while (someone else may be spending the app's quota).
+//! The token bucket every call attempt draws from, retries included; the
+//! window of answered calls that keeps sends clear of the service's window
+//! whatever the network's jitter; and the reaction to the service's
+//! frequency-limit answers: pause the whole sender, then run slower for a
+//! while (someone else may be spending the app's quota).
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -43,6 +46,9 @@ pub struct Limiter {
     current_rate: f64,
     paused_until: Option<Instant>,
     slowed_until: Option<Instant>,
+    /// When the latest attempts' answers (or failures) came back, newest
+    /// last: each call reached the service no later than that.
+    answered: VecDeque<Instant>,
 }
 
 impl Limiter {
@@ -56,7 +62,36 @@ impl Limiter {
             current_rate: rate,
             paused_until: None,
             slowed_until: None,
+            answered: VecDeque::new(),
         }
+    }
+
+    /// The service's window at the rate in force: at most `calls` in any
+    /// `span` (5 in a second at 5 calls/s; 1 in two seconds at 0.5).
+    fn window(&self) -> (usize, Duration) {
+        let calls = self.current_rate.floor().max(1.0);
+        (
+            calls as usize,
+            Duration::from_secs_f64(calls / self.current_rate),
+        )
+    }
+
+    /// An attempt's answer (or failure) came back at `at`.
+    pub fn answered(&mut self, at: Instant) {
+        self.answered.push_back(at);
+        let (calls, _) = self.window();
+        while self.answered.len() > calls {
+            self.answered.pop_front();
+        }
+    }
+
+    /// The earliest moment the next call may be sent so that the service
+    /// can never see one window too many, however late the earlier calls
+    /// reached it: a window after the answer of the call `calls` back. The
+    /// bucket spaces sends by our clock; this bounds them by the service's.
+    pub fn window_opens(&self) -> Option<Instant> {
+        let (calls, span) = self.window();
+        (self.answered.len() >= calls).then(|| self.answered[self.answered.len() - calls] + span)
     }
 
     /// The rate in force now.
@@ -125,6 +160,33 @@ fn bucket(rate: f64, guard: Duration) -> DefaultDirectRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_opens_a_span_after_the_answer_rate_calls_back() {
+        let mut limiter = Limiter::new(5.0, Duration::from_millis(10), SlowDown::default());
+        let t0 = Instant::now();
+        for i in 0..4 {
+            limiter.answered(t0 + Duration::from_millis(200 * i));
+            assert_eq!(limiter.window_opens(), None, "fewer than 5 answered");
+        }
+        // The fifth answer arrives late: the window is anchored on the first.
+        limiter.answered(t0 + Duration::from_millis(900));
+        assert_eq!(limiter.window_opens(), Some(t0 + Duration::from_secs(1)));
+        limiter.answered(t0 + Duration::from_millis(1_000));
+        assert_eq!(
+            limiter.window_opens(),
+            Some(t0 + Duration::from_millis(1_200))
+        );
+        // Slowed to 2.5 calls/s: 2 calls in 0.8 s, from the answer 2 back.
+        limiter.on_rate_limited(Duration::ZERO);
+        assert_eq!(
+            limiter.window_opens(),
+            Some(t0 + Duration::from_millis(900 + 800))
+        );
+        let mut slow = Limiter::new(0.5, Duration::ZERO, SlowDown::default());
+        slow.answered(t0);
+        assert_eq!(slow.window_opens(), Some(t0 + Duration::from_secs(2)));
+    }
 
     #[tokio::test]
     async fn spaces_permits_and_slows_after_a_limit_answer() {

@@ -101,7 +101,11 @@ impl Worker {
             }
             let claiming = Instant::now();
             let claimed = self.claim(&mut call, shutdown).await;
-            self.claim_lead = claiming.elapsed().min(MAX_CLAIM_LEAD);
+            // A decaying peak: one slow claim must not make the next send late.
+            self.claim_lead = claiming
+                .elapsed()
+                .max(self.claim_lead.mul_f64(0.9))
+                .min(MAX_CLAIM_LEAD);
             if !self.wait_for_gap(Duration::ZERO, shutdown).await {
                 return Ok(self.leave(call).await);
             }
@@ -178,14 +182,18 @@ impl Worker {
     }
 
     /// Keeps the limiter's gap since the last send (or since this session
-    /// became the sender), less `lead`; false on shutdown.
+    /// became the sender) and its window since the answers before, less
+    /// `lead`; false on shutdown.
     async fn wait_for_gap(&mut self, lead: Duration, shutdown: &CancellationToken) -> bool {
         let Some(last) = self.last_send else {
             return true;
         };
-        let until = (last + self.limiter.min_gap())
-            .checked_sub(lead)
-            .unwrap_or(last);
+        let gap_ends = last + self.limiter.min_gap();
+        let turn = self
+            .limiter
+            .window_opens()
+            .map_or(gap_ends, |w| w.max(gap_ends));
+        let until = turn.checked_sub(lead).unwrap_or(last);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => false,
@@ -222,6 +230,7 @@ impl Worker {
             .client
             .send_broadcast(&usersig, call.batch.body.clone())
             .await;
+        self.limiter.answered(Instant::now());
         metrics::histogram!(telemetry::CALL_SECONDS, telemetry::SDKAPPID => self.app())
             .record(sent.elapsed().as_secs_f64());
         let outcome = self.config.classifier.classify(&result);
