@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::broker::{self, QueueNames};
 use crate::console::history::History;
 use crate::ops::telemetry::{
-    APP_ACTIVE, BACKLOG, CONNECTED, HALTED, LEDGER_DOWN, OLDEST_UNSETTLED_SECONDS, SDKAPPID,
+    APP_ACTIVE, BACKLOG_JOBS, CONNECTED, HALTED, LEDGER_DOWN, OLDEST_UNSETTLED_SECONDS, SDKAPPID,
 };
 
 /// How often the replica counts each app's queues.
@@ -98,7 +98,7 @@ impl WorkerStatus {
             HALTED,
             LEDGER_DOWN,
             OLDEST_UNSETTLED_SECONDS,
-            BACKLOG,
+            BACKLOG_JOBS,
         ] {
             metrics::gauge!(gauge, SDKAPPID => status.app.clone()).set(0.0);
         }
@@ -187,7 +187,7 @@ impl WorkerStatus {
 
     /// The queues' counts as the broker gave them, and the backlog's gauge.
     pub fn set_queue_counts(&self, backlog: u64, dead_letters: u64) {
-        metrics::gauge!(BACKLOG, SDKAPPID => self.app.clone()).set(backlog as f64);
+        metrics::gauge!(BACKLOG_JOBS, SDKAPPID => self.app.clone()).set(backlog as f64);
         let counts = QueueCounts {
             backlog,
             dead_letters,

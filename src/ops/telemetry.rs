@@ -39,7 +39,7 @@ pub const LEDGER_DOWN: &str = "broadcast_ledger_down";
 pub const RATE: &str = "broadcast_rate_calls_per_second";
 pub const LEDGER_ROUND_TRIPS: &str = "broadcast_ledger_round_trips_total";
 pub const LEDGER_SECONDS: &str = "broadcast_ledger_seconds";
-pub const BACKLOG: &str = "broadcast_backlog_jobs";
+pub const BACKLOG_JOBS: &str = "broadcast_backlog_jobs";
 
 /// The label every metric about one app carries.
 pub const SDKAPPID: &str = "sdkappid";
@@ -108,7 +108,7 @@ pub fn describe() {
     );
     describe_gauge!(RATE, "The rate the token bucket runs at now");
     describe_gauge!(
-        BACKLOG,
+        BACKLOG_JOBS,
         "Jobs ready in the app's jobs queue, as the broker counted them last (every few seconds)"
     );
     describe_counter!(
