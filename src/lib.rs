@@ -11,12 +11,15 @@
 //! - [`pipeline`]: the worker: deliveries in, calls out, each job settled.
 //! - [`ops`]: what operators use: telemetry and status, the dead-letter queue,
 //!   `enqueue`, `jobs show`.
+//! - [`console`]: the operator's web console and its JSON API on the ops
+//!   endpoint: each app's flow, its dead letters, replay and purge.
 //! - [`fleet`]: one process serving many apps: the apps file, a worker per
 //!   app, reloads, and the active senders spread over the replicas.
 //! - [`cli`]: the subcommands and their settings.
 
 pub mod broker;
 pub mod cli;
+pub mod console;
 pub mod fleet;
 pub mod ledger;
 pub mod ops;

@@ -1,13 +1,15 @@
 //! The argument groups several commands share: where the queues are
 //! ([`BrokerArgs`], checked into a [`Topology`]), where the ledger is
-//! ([`LedgerArgs`]), and which app of a fleet's apps file an operator
-//! command acts on ([`AppChoice`], resolved into a [`ChosenApp`]).
+//! ([`LedgerArgs`]), the console's token ([`ConsoleArgs`]), and which app
+//! of a fleet's apps file an operator command acts on ([`AppChoice`],
+//! resolved into a [`ChosenApp`]).
 
 use std::path::PathBuf;
 
 use anyhow::bail;
 
 use crate::broker::{QueueNames, Topology};
+use crate::console::ConsoleToken;
 use crate::fleet::apps::{read_apps_file, AppEntry};
 use crate::ledger::{Ledger, ScopeFilter};
 use crate::pipeline::config::defaults;
@@ -50,6 +52,54 @@ impl BrokerArgs {
             names: QueueNames::new(&self.queue_prefix),
             delivery_limit: self.delivery_limit,
         })
+    }
+}
+
+/// Turns the console on: its token, from a flag, the environment or a file.
+/// The token never shows in `--help`, errors or `Debug`.
+#[derive(Clone, Default, clap::Args)]
+pub struct ConsoleArgs {
+    /// Serve the console (web pages and `/api/`) on the ops endpoint, open to
+    /// holders of this token. Prefer the file: a flag shows in the process list.
+    #[arg(long, env = "BROADCAST_CONSOLE_TOKEN", hide_env_values = true)]
+    pub console_token: Option<String>,
+    /// A file holding the console's token (trailing newline ignored).
+    #[arg(long, env = "BROADCAST_CONSOLE_TOKEN_FILE")]
+    pub console_token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ConsoleArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleArgs")
+            .field(
+                "console_token",
+                &self.console_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("console_token_file", &self.console_token_file)
+            .finish()
+    }
+}
+
+impl ConsoleArgs {
+    /// The console's token, none if the console is off, or why it cannot be
+    /// had (never quoting it).
+    pub fn token(&self) -> anyhow::Result<Option<ConsoleToken>> {
+        let (text, from) = match (&self.console_token, &self.console_token_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => bail!("give the console token once: BROADCAST_CONSOLE_TOKEN and BROADCAST_CONSOLE_TOKEN_FILE are both set"),
+            (Some(token), None) => (token.clone(), "BROADCAST_CONSOLE_TOKEN".to_string()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read the console token file {}: {e}", path.display())
+                })?;
+                (text, format!("the console token file {}", path.display()))
+            }
+        };
+        let token = ConsoleToken::new(&text).map_err(|e| anyhow::anyhow!("{e} (in {from})"))?;
+        if token.len() < 16 {
+            tracing::warn!("the console token is shorter than 16 characters: anyone who can reach the ops endpoint may guess it");
+        }
+        Ok(Some(token))
     }
 }
 

@@ -10,7 +10,7 @@ use lapin::{Channel, Connection};
 
 use crate::broker::{self, QueueNames};
 use crate::cli::args::{AppChoice, BrokerArgs};
-use crate::ops::dlq::{self, DeadJob, Listing, Selection};
+use crate::ops::dlq::{self, Action, DeadJob, Listing, Selection};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -185,7 +185,7 @@ impl DlqCommand {
             Self::Purge { select, yes, .. } => {
                 let selection = select.selection()?;
                 let chosen = selection.read_matching(&channel, &names.dead, now).await?;
-                purge(chosen, yes, &names).await?
+                purge(chosen, yes, &channel, &names).await?
             }
         };
         close(channel, connection).await;
@@ -253,26 +253,34 @@ async fn replay(
         return Ok(ExitCode::SUCCESS);
     }
     let progress = ProgressBar::new(chosen.len() as u64);
-    let mut replayed = 0;
-    for job in chosen {
-        let id = job.id.clone();
-        job.replay(channel, &names.jobs, || {
-            if crash_after == Some(replayed + 1) {
+    let replayed = dlq::act_on_each(
+        chosen,
+        Action::Replay,
+        channel,
+        &names.jobs,
+        |published| {
+            if crash_after == Some(published) {
                 eprintln!("test hook: exiting after a confirmed publish, before its removal");
                 std::process::exit(137);
             }
-        })
-        .await?;
-        replayed += 1;
-        progress.inc(1);
-        progress.suspend(|| println!("replayed {id}"));
-    }
+        },
+        |info| {
+            progress.inc(1);
+            progress.suspend(|| println!("replayed {}", info.id));
+        },
+    )
+    .await?;
     progress.finish_and_clear();
     println!("replayed {replayed} job(s) to {}", names.jobs);
     Ok(ExitCode::SUCCESS)
 }
 
-async fn purge(chosen: Vec<DeadJob>, yes: bool, names: &QueueNames) -> anyhow::Result<ExitCode> {
+async fn purge(
+    chosen: Vec<DeadJob>,
+    yes: bool,
+    channel: &Channel,
+    names: &QueueNames,
+) -> anyhow::Result<ExitCode> {
     if !yes {
         for job in &chosen {
             println!("would remove {} ({})", job.id, job.info.reason);
@@ -284,19 +292,25 @@ async fn purge(chosen: Vec<DeadJob>, yes: bool, names: &QueueNames) -> anyhow::R
         return Ok(ExitCode::FAILURE);
     }
     let progress = ProgressBar::new(chosen.len() as u64);
-    let mut removed = 0;
-    for job in chosen {
-        let line = format!(
-            "removed {} ({}, {})",
-            job.id,
-            job.info.reason,
-            job.info.error_info.as_deref().unwrap_or("")
-        );
-        job.remove().await?;
-        removed += 1;
-        progress.inc(1);
-        progress.suspend(|| println!("{line}"));
-    }
+    let removed = dlq::act_on_each(
+        chosen,
+        Action::Purge,
+        channel,
+        &names.jobs,
+        |_| {},
+        |info| {
+            progress.inc(1);
+            progress.suspend(|| {
+                println!(
+                    "removed {} ({}, {})",
+                    info.id,
+                    info.reason,
+                    info.error_info.as_deref().unwrap_or("")
+                )
+            });
+        },
+    )
+    .await?;
     progress.finish_and_clear();
     println!("removed {removed} job(s) from {}", names.dead);
     Ok(ExitCode::SUCCESS)

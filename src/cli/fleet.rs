@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::app::SecretArgs;
-use crate::cli::run::{migrate_until_done, RunArgs};
+use crate::cli::run::{announce_ops, migrate_until_done, RunArgs};
 use crate::cli::shutdown_signal;
+use crate::console::Console;
 use crate::fleet::apps::{read_apps_file, AppEntry};
 use crate::fleet::balance::Presence;
 use crate::fleet::{Fleet, Loader};
@@ -104,7 +105,11 @@ impl RunArgs {
     }
 
     /// Runs every app of the file until a signal asks the process to stop.
-    pub(super) async fn run_fleet(self, path: PathBuf) -> anyhow::Result<ExitCode> {
+    pub(super) async fn run_fleet(
+        self,
+        path: PathBuf,
+        console: Option<Console>,
+    ) -> anyhow::Result<ExitCode> {
         let ledger = self
             .database_url
             .as_deref()
@@ -129,11 +134,11 @@ impl RunArgs {
         let metrics = telemetry::install_recorder()?;
         telemetry::describe();
         let board = telemetry::StatusBoard::default();
-        let ops = telemetry::serve(self.metrics_addr, metrics, board.clone())
+        let console_on = console.is_some();
+        let ops = telemetry::serve(self.metrics_addr, metrics, board.clone(), console)
             .await
             .with_context(|| format!("cannot listen on {} for metrics", self.metrics_addr))?;
-        println!("ops endpoint listening on http://{ops}");
-        info!(%ops, "ops endpoint: /metrics, /healthz, /readyz");
+        announce_ops(ops, console_on);
 
         let reload = Arc::new(Notify::new());
         tokio::spawn(forward_sighup(reload.clone()));

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::app::AppArgs;
-use crate::cli::args::BrokerArgs;
+use crate::cli::args::{BrokerArgs, ConsoleArgs};
 use crate::cli::shutdown_signal;
+use crate::console::Console;
 use crate::ledger::{Ledger, LedgerError};
 use crate::ops::telemetry;
 use crate::pipeline::config::defaults;
@@ -28,6 +29,8 @@ use crate::tencent::client::ApiConfig;
 pub struct RunArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub console: ConsoleArgs,
     /// The PostgreSQL ledger; without it, delivery is at least once.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -263,8 +266,10 @@ impl RunArgs {
 
     /// Runs the worker until it fails or a signal asks it to stop.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        // Checked first: a console asked for and unusable stops the start.
+        let console = self.console()?;
         if let Some(path) = self.apps_file.clone() {
-            return self.run_fleet(path).await;
+            return self.run_fleet(path, console).await;
         }
         let config = self.worker_config()?;
         info!(
@@ -295,11 +300,11 @@ impl RunArgs {
         let sdkappid = config.api.sdkappid;
         let worker = Worker::new(config)?;
         let board = telemetry::StatusBoard::of(sdkappid, worker.status());
-        let ops = telemetry::serve(self.metrics_addr, metrics, board)
+        let console_on = console.is_some();
+        let ops = telemetry::serve(self.metrics_addr, metrics, board, console)
             .await
             .with_context(|| format!("cannot listen on {} for metrics", self.metrics_addr))?;
-        println!("ops endpoint listening on http://{ops}");
-        info!(%ops, "ops endpoint: /metrics, /healthz, /readyz");
+        announce_ops(ops, console_on);
         let task = tokio::spawn(worker.run(shutdown.clone()));
         tokio::pin!(task);
         tokio::select! {
@@ -328,6 +333,36 @@ impl RunArgs {
                 Ok(ExitCode::FAILURE)
             }
         }
+    }
+}
+
+impl RunArgs {
+    /// The console, if a token is set: it reads dead letters on the
+    /// worker's broker and asks the worker's ledger about jobs.
+    pub(super) fn console(&self) -> anyhow::Result<Option<Console>> {
+        let Some(token) = self.console.token()? else {
+            return Ok(None);
+        };
+        let ledger = self
+            .database_url
+            .as_deref()
+            .map(|url| Ledger::connect_lazy_pooled(url, 2))
+            .transpose()?;
+        Ok(Some(Console::new(
+            token,
+            self.broker.amqp_url.clone(),
+            ledger,
+        )))
+    }
+}
+
+/// Prints and logs where the ops endpoint listens, and what it serves.
+pub(super) fn announce_ops(ops: SocketAddr, console: bool) {
+    println!("ops endpoint listening on http://{ops}");
+    if console {
+        info!(%ops, "ops endpoint: /metrics, /healthz, /readyz, and the console at /");
+    } else {
+        info!(%ops, "ops endpoint: /metrics, /healthz, /readyz (no console: BROADCAST_CONSOLE_TOKEN is not set)");
     }
 }
 

@@ -123,17 +123,23 @@ pub async fn read_each(
     mut visit: impl FnMut(DeadJob) -> ControlFlow<()>,
 ) -> Result<usize, BrokerError> {
     let mut read = 0;
-    while let Some(message) = channel
-        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-        .await
-        .map_err(BrokerError::Channel)?
-    {
+    while let Some(dead) = next(channel, queue).await? {
         read += 1;
-        if visit(DeadJob::from_delivery(message.delivery)).is_break() {
+        if visit(dead).is_break() {
             break;
         }
     }
     Ok(read)
+}
+
+/// The next dead letter of the queue onto `channel`, unacked; none once the
+/// channel has read the whole queue.
+pub async fn next(channel: &Channel, queue: &str) -> Result<Option<DeadJob>, BrokerError> {
+    Ok(channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .map_err(BrokerError::Channel)?
+        .map(|message| DeadJob::from_delivery(message.delivery)))
 }
 
 /// The first dead letter with this id, read no further than it.
@@ -197,8 +203,9 @@ fn reason_of(properties: &BasicProperties) -> String {
     }
 }
 
-/// Counts one more under its (reason, code), for the summary.
-fn count(summary: &mut BTreeMap<(String, String), usize>, info: &DeadInfo) {
+/// Counts one more under its (reason, code), for the summary; a dead
+/// letter without an ErrorCode counts under `-`.
+pub fn count(summary: &mut BTreeMap<(String, String), usize>, info: &DeadInfo) {
     let code = info
         .error_code
         .map_or_else(|| "-".to_string(), |c| c.to_string());
@@ -295,6 +302,54 @@ impl DeadJob {
             .map(|_| ())
             .map_err(BrokerError::Channel)
     }
+}
+
+/// What an operator does to selected dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Back to the jobs queue, published with confirms, then removed here.
+    Replay,
+    /// Removed for good.
+    Purge,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replay => "replay",
+            Self::Purge => "purge",
+        }
+    }
+}
+
+/// Carries out `action` on each chosen dead letter in turn: the one place
+/// `dlq replay`, `dlq purge` and the console act. A replay is confirmed in
+/// the jobs queue before its dead letter is removed, so stopping anywhere
+/// loses nothing. `after_publish` hears of each confirmed publish (its
+/// 1-based number) before the removal, `done` of each job once removed.
+/// Stops at the first failure; the jobs not reached stay where they are.
+pub async fn act_on_each(
+    chosen: Vec<DeadJob>,
+    action: Action,
+    channel: &Channel,
+    jobs_queue: &str,
+    mut after_publish: impl FnMut(usize),
+    mut done: impl FnMut(&DeadInfo),
+) -> Result<usize, BrokerError> {
+    let mut acted = 0;
+    for job in chosen {
+        let info = job.info.clone();
+        match action {
+            Action::Replay => {
+                job.replay(channel, jobs_queue, || after_publish(acted + 1))
+                    .await?
+            }
+            Action::Purge => job.remove().await?,
+        }
+        acted += 1;
+        done(&info);
+    }
+    Ok(acted)
 }
 
 pub fn now_ms() -> i64 {

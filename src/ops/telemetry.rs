@@ -1,13 +1,14 @@
-//! What operators see of a running worker: each app's status, Prometheus
-//! metrics, `/healthz` and `/readyz` on one HTTP endpoint. The metric names
+//! What operators see of a running worker: Prometheus metrics, `/healthz`,
+//! `/readyz` and, when enabled, the console, on one HTTP endpoint; the board
+//! of the apps served and their statuses ([`WorkerStatus`]). The metric names
 //! live here, so README's table and the code cannot drift apart. No label
 //! ever carries a secret: labels are the SDKAppID, outcomes, reasons and
 //! ErrorCodes (so their number is bounded by the apps served).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,6 +17,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+
+use crate::console::Console;
+pub use crate::ops::status::WorkerStatus;
 
 pub const JOBS_RECEIVED: &str = "broadcast_jobs_received_total";
 pub const JOBS_DELIVERED: &str = "broadcast_jobs_delivered_total";
@@ -35,89 +39,10 @@ pub const LEDGER_DOWN: &str = "broadcast_ledger_down";
 pub const RATE: &str = "broadcast_rate_calls_per_second";
 pub const LEDGER_ROUND_TRIPS: &str = "broadcast_ledger_round_trips_total";
 pub const LEDGER_SECONDS: &str = "broadcast_ledger_seconds";
+pub const BACKLOG_JOBS: &str = "broadcast_backlog_jobs";
 
 /// The label every metric about one app carries.
 pub const SDKAPPID: &str = "sdkappid";
-
-/// What others (health checks, tests, the fleet) can see of one app's worker.
-#[derive(Debug, Default)]
-pub struct WorkerStatus {
-    /// The app, as the `sdkappid` label spells it.
-    pub app: String,
-    /// Connected to the broker with the topology declared and a consumer.
-    pub consuming: AtomicBool,
-    /// This replica is the app's sender: its session received the app's jobs.
-    pub active: AtomicBool,
-    /// Stopped sending because of an app-wide fault.
-    pub halted: AtomicBool,
-    /// Stopped sending because the ledger cannot be read or written.
-    pub ledger_down: AtomicBool,
-    /// While the ledger is down: the error that put it there.
-    pub ledger_error: Mutex<Option<String>>,
-}
-
-impl WorkerStatus {
-    /// The status of one app's worker, its gauges at 0.
-    pub fn for_app(sdkappid: u64) -> Self {
-        let status = Self {
-            app: sdkappid.to_string(),
-            ..Self::default()
-        };
-        for gauge in [
-            APP_ACTIVE,
-            CONNECTED,
-            HALTED,
-            LEDGER_DOWN,
-            OLDEST_UNSETTLED_SECONDS,
-        ] {
-            metrics::gauge!(gauge, SDKAPPID => status.app.clone()).set(0.0);
-        }
-        status
-    }
-
-    pub fn set_consuming(&self, on: bool) {
-        self.consuming.store(on, Ordering::Relaxed);
-        metrics::gauge!(CONNECTED, SDKAPPID => self.app.clone()).set(f64::from(u8::from(on)));
-        if !on {
-            self.set_active(false);
-        }
-    }
-
-    /// Sets whether this replica is the app's sender.
-    pub fn set_active(&self, on: bool) {
-        self.active.store(on, Ordering::Relaxed);
-        metrics::gauge!(APP_ACTIVE, SDKAPPID => self.app.clone()).set(f64::from(u8::from(on)));
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// Sets the halt flag; returns what it was.
-    pub fn set_halted(&self, on: bool) -> bool {
-        metrics::gauge!(HALTED, SDKAPPID => self.app.clone()).set(f64::from(u8::from(on)));
-        self.halted.swap(on, Ordering::Relaxed)
-    }
-
-    /// Sets the ledger-down flag and the error behind it (none when it is
-    /// up again); returns what the flag was.
-    pub fn set_ledger_down(&self, error: Option<String>) -> bool {
-        let on = error.is_some();
-        metrics::gauge!(LEDGER_DOWN, SDKAPPID => self.app.clone()).set(f64::from(u8::from(on)));
-        *self
-            .ledger_error
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = error;
-        self.ledger_down.swap(on, Ordering::Relaxed)
-    }
-
-    pub fn ledger_error(&self) -> Option<String> {
-        self.ledger_error
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-}
 
 /// Installs the process-wide Prometheus recorder. Call once, at start.
 pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -182,6 +107,10 @@ pub fn describe() {
         "1 while sending is stopped because the ledger is unreachable"
     );
     describe_gauge!(RATE, "The rate the token bucket runs at now");
+    describe_gauge!(
+        BACKLOG_JOBS,
+        "Jobs ready in the app's jobs queue, as the broker counted them last (every few seconds)"
+    );
     describe_counter!(
         LEDGER_ROUND_TRIPS,
         "Statements sent to the ledger database, each a round trip"
@@ -229,9 +158,11 @@ impl StatusBoard {
     }
 }
 
-/// The ops endpoint: `/metrics`, `/healthz`, `/readyz`.
-pub fn router(handle: PrometheusHandle, board: StatusBoard) -> Router {
-    Router::new()
+/// The ops endpoint: `/metrics`, `/healthz`, `/readyz`, and with a console
+/// its pages (`/`, `/apps/...`) and API (`/api/...`); without one those
+/// answer 404.
+pub fn router(handle: PrometheusHandle, board: StatusBoard, console: Option<Console>) -> Router {
+    let ops = Router::new()
         .route(
             "/metrics",
             get(
@@ -250,7 +181,11 @@ pub fn router(handle: PrometheusHandle, board: StatusBoard) -> Router {
                 },
             ),
         )
-        .with_state((handle, board))
+        .with_state((handle, board.clone()));
+    match console {
+        Some(console) => ops.merge(crate::console::router(console, board)),
+        None => ops,
+    }
 }
 
 /// Ready: every app connected and consuming (active or standing by), none
@@ -303,17 +238,19 @@ fn readiness_body(board: &StatusBoard) -> serde_json::Value {
     })
 }
 
-/// Binds the ops endpoint and serves it in the background; returns the
-/// bound address (port 0 picks one).
+/// Binds the ops endpoint (with the console, if given) and serves it in the
+/// background; returns the bound address (port 0 picks one).
 pub async fn serve(
     addr: SocketAddr,
     handle: PrometheusHandle,
     board: StatusBoard,
+    console: Option<Console>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let app = router(handle, board, console);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router(handle, board)).await;
+        let _ = axum::serve(listener, app).await;
     });
     Ok(bound)
 }

@@ -136,7 +136,10 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(mut config: WorkerConfig) -> Result<Self, WorkerError> {
-        let status = Arc::new(WorkerStatus::for_app(config.api.sdkappid));
+        let status = Arc::new(
+            WorkerStatus::for_app(config.api.sdkappid)
+                .with_queues(config.topology.names.clone(), config.rate),
+        );
         metrics::gauge!(crate::ops::telemetry::RATE, crate::ops::telemetry::SDKAPPID => status.app.clone())
             .set(config.rate);
         // Every record the worker reads or writes is its app's and queue's.

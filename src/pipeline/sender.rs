@@ -245,6 +245,12 @@ impl Worker {
         metrics::counter!(telemetry::CALLS, telemetry::SDKAPPID => self.app(), "outcome" => outcome_label(&outcome), "code" => code_label(&result))
             .increment(1);
         let (code, info) = describe(&result);
+        let failure = !matches!(outcome, Outcome::Delivered { .. });
+        self.status.record_call(
+            call.batch.body.len(),
+            self.limiter.current_rate(),
+            failure.then_some((code, info.as_str())),
+        );
         Attempt {
             number: call.batch.jobs[0].tag.attempts,
             outcome,

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::{self, BrokerError, DeadReason};
+use crate::ops::status::sample_queues;
 use crate::ops::telemetry;
 
 use super::decoder::{Decoder, Incoming};
@@ -75,6 +76,16 @@ impl Worker {
             app: self.app(),
         };
         let consumer_task = tokio::spawn(decoder.run(consumer, tx));
+        // The queues' counts (backlog, dead letters), on a channel of their own.
+        let sampling = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::Channel)?;
+        let sampler = tokio::spawn(sample_queues(
+            sampling,
+            self.config.topology.names.clone(),
+            self.status.clone(),
+        ));
 
         let mut holding = Holding::default();
         // A lost connection ends the session at once, whatever the loop is
@@ -87,6 +98,7 @@ impl Worker {
             },
             why = connection_lost(connection) => SessionEnd::Broker(why),
         };
+        sampler.abort();
 
         // Stop consuming, then hand back everything not settled; bounded in
         // time, since the connection may be gone.
@@ -162,6 +174,10 @@ impl Worker {
         let mut active = false;
         loop {
             holding.readmit_duplicates();
+            if holding.is_empty() {
+                // Nothing held: nothing waits unsettled.
+                self.status.set_oldest_unsettled(0.0);
+            }
             while holding.is_empty() {
                 tokio::select! {
                     biased;
@@ -218,8 +234,7 @@ impl Worker {
         rx: &mut mpsc::UnboundedReceiver<Incoming>,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
-        metrics::gauge!(telemetry::OLDEST_UNSETTLED_SECONDS, telemetry::SDKAPPID => self.app())
-            .set(holding.oldest_age_secs());
+        self.status.set_oldest_unsettled(holding.oldest_age_secs());
         let waiting = Instant::now();
         let app = self.app();
         {

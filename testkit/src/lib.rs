@@ -3,6 +3,8 @@
 //!
 //! - [`harness`]: a test app (its own queues and simulator, a worker to start
 //!   and stop), publishing, waiting, and reading dead letters.
+//! - [`console`]: an app with dead letters of several reasons, and the
+//!   worker binary serving it with the console on.
 //! - [`fleet`]: several apps under one prefix, an apps file, and replicas
 //!   running `run --apps-file`.
 //! - [`proxy`]: a TCP proxy that cuts, refuses, stalls or slows connections.
@@ -17,6 +19,7 @@
 //! a message saying so when it is unreachable.
 
 pub mod browser;
+pub mod console;
 pub mod database;
 pub mod fleet;
 pub mod harness;
@@ -25,6 +28,7 @@ pub mod proxy;
 pub mod report;
 
 pub use browser::*;
+pub use console::*;
 pub use database::*;
 pub use fleet::*;
 pub use harness::*;

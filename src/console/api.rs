@@ -1,0 +1,268 @@
+//! `/api/...`: the JSON of everything the pages show, for scripts (with
+//! `Authorization: Bearer <token>`) and for anyone who prefers numbers to
+//! pages. Errors are `{"error": "..."}` with a 4xx or 5xx status.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+
+use super::actions::{self, ActionBody};
+use super::auth::{Authed, CSRF_HEADER};
+use super::dead::View;
+use super::filter::{self, Filter, Params, FILTER_NAMES, PER_PAGE};
+use super::view::AppView;
+use super::{AppRef, Ctx, Problem};
+use crate::ledger::ScopeFilter;
+use crate::ops::dlq::{Action, Selection};
+use crate::ops::jobs::{self, Answer};
+use crate::ops::status::now_ms;
+
+/// A problem, as JSON.
+pub struct ApiError(Problem);
+
+impl From<Problem> for ApiError {
+    fn from(p: Problem) -> Self {
+        Self(p)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0.status, Json(json!({"error": self.0.message}))).into_response()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+fn to_json(value: impl serde::Serialize) -> Json<Value> {
+    Json(serde_json::to_value(value).unwrap_or(Value::Null))
+}
+
+/// `GET /api/apps`: every app this process serves.
+pub(super) async fn apps(State(ctx): State<Ctx>) -> Json<Value> {
+    let now = now_ms();
+    let apps: Vec<AppView> = ctx
+        .board
+        .apps()
+        .iter()
+        .map(|(app, status)| AppView::of(*app, status, now, false))
+        .collect();
+    Json(json!({ "apps": apps }))
+}
+
+/// `GET /api/apps/{sdkappid}`: one app, with its last hour per minute.
+pub(super) async fn app(State(ctx): State<Ctx>, Path(app): Path<String>) -> ApiResult {
+    let app = ctx.app(&app)?;
+    Ok(to_json(AppView::of(
+        app.sdkappid,
+        &app.status,
+        now_ms(),
+        true,
+    )))
+}
+
+/// `GET /api/apps/{sdkappid}/dead/summary`: dead letters by reason and code.
+pub(super) async fn summary(State(ctx): State<Ctx>, Path(app): Path<String>) -> ApiResult {
+    let app = ctx.app(&app)?;
+    let view = ctx
+        .console
+        .dead()
+        .view(&app.queues.dead, &Selection::default(), 1, 0)
+        .await
+        .map_err(Problem::from)?;
+    Ok(Json(json!({
+        "sdkappid": app.sdkappid,
+        "total": view.total,
+        "summary": view.summary,
+    })))
+}
+
+/// The filter and page of a dead-letter listing's query.
+pub(super) fn listing_query(
+    query: Option<&str>,
+    extra: &[&str],
+) -> Result<(Params, Filter, usize, usize), Problem> {
+    let params = Params::parse(query.unwrap_or("").as_bytes());
+    let mut known = FILTER_NAMES.to_vec();
+    known.extend_from_slice(&["page", "per_page"]);
+    known.extend_from_slice(extra);
+    params.only(&known).map_err(Problem::bad_request)?;
+    let filter = Filter::parse(&params).map_err(Problem::bad_request)?;
+    let (page, per_page) = filter::page(&params, PER_PAGE).map_err(Problem::bad_request)?;
+    Ok((params, filter, page, per_page))
+}
+
+/// A page of dead letters as JSON, each with its age.
+fn view_json(app: &AppRef, filter: &Filter, view: &View) -> Value {
+    let jobs: Vec<Value> = view
+        .jobs
+        .iter()
+        .map(|info| {
+            let mut job = serde_json::to_value(info).unwrap_or(Value::Null);
+            job["age_secs"] = info.age_secs(view.read_at_ms).into();
+            job
+        })
+        .collect();
+    let filter: serde_json::Map<String, Value> = filter
+        .pairs()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
+    json!({
+        "sdkappid": app.sdkappid,
+        "filter": filter,
+        "total": view.total,
+        "matching": view.matching,
+        "page": view.page,
+        "pages": view.pages,
+        "per_page": view.per_page,
+        "summary": view.summary,
+        "jobs": jobs,
+    })
+}
+
+/// `GET /api/apps/{sdkappid}/dead?reason=&code=&older_than=&newer_than=&page=&per_page=`.
+pub(super) async fn dead(
+    State(ctx): State<Ctx>,
+    Path(app): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    let app = ctx.app(&app)?;
+    let (_, filter, page, per_page) = listing_query(query.as_deref(), &[])?;
+    let view = ctx
+        .console
+        .dead()
+        .view(&app.queues.dead, &filter.selection(), page, per_page)
+        .await
+        .map_err(Problem::from)?;
+    Ok(Json(view_json(&app, &filter, &view)))
+}
+
+/// What the ledger says of a job of the app, as JSON with a `state` and a
+/// line of `text`.
+pub(super) async fn ledger_says(ctx: &Ctx, app: &AppRef, id: &str) -> Value {
+    let Some(ledger) = ctx.console.ledger() else {
+        return json!({"state": "no-ledger", "text": "no ledger: DATABASE_URL is not set"});
+    };
+    let scope = ScopeFilter {
+        app: Some(app.sdkappid),
+        queue: Some(app.queues.jobs.clone()),
+    };
+    let found = tokio::time::timeout(Duration::from_secs(5), ledger.find(id, &scope)).await;
+    let reports = match found {
+        Err(_) => {
+            return json!({"state": "unavailable", "text": "the ledger did not answer within 5 s"})
+        }
+        Ok(Err(e)) => {
+            return json!({"state": "unavailable", "text": format!("the ledger cannot be read: {e}")})
+        }
+        Ok(Ok(reports)) => reports,
+    };
+    match jobs::resolve(reports) {
+        Answer::Unknown => json!({
+            "state": "unknown",
+            "text": format!("the ledger knows no job {id:?} (never sent, or pruned)"),
+        }),
+        Answer::One(report) => {
+            json!({"state": "known", "text": jobs::text(&report), "report": report})
+        }
+        Answer::Ambiguous { reports, hint } => json!({
+            "state": "ambiguous",
+            "text": jobs::ambiguity(id, &reports, hint),
+            "reports": reports,
+        }),
+    }
+}
+
+/// The dead letter and what the ledger says of it, or 404.
+pub(super) async fn job_detail(ctx: &Ctx, app: &AppRef, id: &str) -> Result<Value, Problem> {
+    let found = ctx.console.dead().find(&app.queues.dead, id).await?;
+    let Some(mut report) = found else {
+        return Err(Problem::new(
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no dead letter with id {id:?} in {}", app.queues.dead),
+        ));
+    };
+    report["ledger"] = ledger_says(ctx, app, id).await;
+    Ok(report)
+}
+
+/// `GET /api/apps/{sdkappid}/dead/{id}`: the whole dead letter (as `dlq
+/// show` prints it, with `body_text`) and `ledger`.
+pub(super) async fn job(
+    State(ctx): State<Ctx>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult {
+    let app = ctx.app(&app)?;
+    Ok(Json(job_detail(&ctx, &app, &id).await?))
+}
+
+/// `POST /api/apps/{sdkappid}/replay`.
+pub(super) async fn replay(
+    State(ctx): State<Ctx>,
+    Extension(authed): Extension<Authed>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    act(ctx, authed, app, headers, body, Action::Replay).await
+}
+
+/// `POST /api/apps/{sdkappid}/purge`.
+pub(super) async fn purge(
+    State(ctx): State<Ctx>,
+    Extension(authed): Extension<Authed>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    act(ctx, authed, app, headers, body, Action::Purge).await
+}
+
+/// A JSON action: `dry_run` says how many jobs it would touch (the
+/// confirmation step); with `expected` (that number) it acts.
+async fn act(
+    ctx: Ctx,
+    authed: Authed,
+    app: String,
+    headers: HeaderMap,
+    body: Bytes,
+    action: Action,
+) -> ApiResult {
+    let request: ActionBody = serde_json::from_slice(&body)
+        .map_err(|e| Problem::bad_request(format!("the body must be a JSON action: {e}")))?;
+    let csrf = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or(request.csrf.as_deref());
+    actions::check_csrf(&ctx, &authed, csrf)?;
+    let app = ctx.app(&app)?;
+    let chosen = request.chosen()?;
+    let name = action.as_str();
+    if request.dry_run {
+        let matching = ctx
+            .console
+            .dead()
+            .count(&app.queues.dead, &chosen.selection)
+            .await
+            .map_err(Problem::from)?;
+        return Ok(Json(json!({
+            "action": name, "dry_run": true, "matching": matching, "selection": chosen.words,
+        })));
+    }
+    let Some(expected) = request.expected else {
+        return Err(Problem::bad_request(
+            "say how many jobs you expect to touch (\"expected\": the \"matching\" of a dry run first): that is the confirmation",
+        )
+        .into());
+    };
+    let done = actions::perform(&ctx, &app, action, &chosen, expected).await?;
+    Ok(Json(
+        json!({"action": name, "done": done, "selection": chosen.words}),
+    ))
+}

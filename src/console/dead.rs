@@ -1,0 +1,338 @@
+//! The console's way into each app's dead letters, over one broker
+//! connection of its own. Reading is what `dlq list` does (every message
+//! taken unacked, in queue order, given back when the channel closes), so
+//! memory holds the summary's counts and one page, never the queue. A read
+//! of one queue at a time in this process: a second reader would find the
+//! messages the first holds missing. After each read the console waits
+//! (briefly) until the broker has put back what it held, so the next page
+//! finds them. Actions run [`dlq::act_on_each`], as `dlq replay` and `dlq
+//! purge` do, on at most as many jobs as the operator confirmed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::broker::{self, QueueNames};
+use crate::ops::dlq::{self, Action, DeadInfo, DeadJob, Selection};
+
+/// Jobs held at once while an action runs.
+const CHUNK: usize = 200;
+/// The longest the console waits for the broker to put back what it read.
+const GIVE_BACK_WAIT: Duration = Duration::from_secs(3);
+
+/// Dead letters by reason and code.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryRow {
+    pub reason: String,
+    /// The ErrorCode, or `-` for none.
+    pub code: String,
+    pub count: usize,
+}
+
+/// One page of the dead letters a filter matches, and the summary of all.
+#[derive(Debug, Clone, Serialize)]
+pub struct View {
+    /// Dead letters in the queue, matching or not.
+    pub total: usize,
+    /// Every dead letter, by reason and code.
+    pub summary: Vec<SummaryRow>,
+    /// Dead letters the filter matches.
+    pub matching: usize,
+    pub page: usize,
+    pub pages: usize,
+    pub per_page: usize,
+    pub jobs: Vec<DeadInfo>,
+    /// When the queue was read, unix milliseconds (ages are counted from it).
+    pub read_at_ms: i64,
+}
+
+/// Why the dead letters could not be read or acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadError {
+    #[error("the broker cannot be reached or refused: {0}")]
+    Broker(String),
+    #[error("page {page} is past the last page ({pages})")]
+    PageOutOfRange { page: usize, pages: usize },
+    #[error("the selection matches {matching} job(s) now, not the {expected} confirmed: nothing was done; confirm again")]
+    Changed { matching: usize, expected: usize },
+    #[error("stopped after {done} job(s): {error}")]
+    Interrupted { done: usize, error: String },
+}
+
+impl From<broker::BrokerError> for DeadError {
+    fn from(e: broker::BrokerError) -> Self {
+        Self::Broker(e.to_string())
+    }
+}
+
+/// The console's broker connection and its locks, one per dead-letter queue.
+pub struct DeadLetters {
+    amqp_url: String,
+    connection: tokio::sync::Mutex<Option<Connection>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl DeadLetters {
+    pub fn new(amqp_url: String) -> Self {
+        Self {
+            amqp_url,
+            connection: tokio::sync::Mutex::new(None),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A new channel, connecting first if there is no live connection.
+    async fn channel(&self, confirms: bool) -> Result<Channel, DeadError> {
+        let mut held = self.connection.lock().await;
+        if !held.as_ref().is_some_and(|c| c.status().connected()) {
+            *held = Some(broker::connect(&self.amqp_url, "broadcast-worker console").await?);
+        }
+        let connection = held.as_ref().expect("connected above");
+        if confirms {
+            Ok(broker::confirm_channel(connection).await?)
+        } else {
+            connection
+                .create_channel()
+                .await
+                .map_err(|e| DeadError::Broker(e.to_string()))
+        }
+    }
+
+    fn lock(&self, queue: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(queue.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Closes `channel`, which gives back what it holds, then waits until
+    /// the queue shows at least `held` messages again (or a few seconds).
+    async fn give_back(&self, channel: Channel, queue: &str, held: usize) {
+        let _ = channel.close(200, "console read done".into()).await;
+        let Ok(counter) = self.channel(false).await else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + GIVE_BACK_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            match ready(&counter, queue).await {
+                Ok(n) if n >= held => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => break,
+            }
+        }
+        let _ = counter.close(200, "counted".into()).await;
+    }
+
+    /// The summary of every dead letter and page `page` of those `selection`
+    /// matches, in queue order.
+    pub async fn view(
+        &self,
+        queue: &str,
+        selection: &Selection,
+        page: usize,
+        per_page: usize,
+    ) -> Result<View, DeadError> {
+        let lock = self.lock(queue);
+        let _reading = lock.lock().await;
+        let channel = self.channel(false).await?;
+        let now = dlq::now_ms();
+        let (mut counts, mut matching, mut jobs) = (BTreeMap::new(), 0, Vec::new());
+        let skip = (page - 1).saturating_mul(per_page);
+        let read = dlq::read_each(&channel, queue, |dead| {
+            dlq::count(&mut counts, &dead.info);
+            if selection.matches(&dead.info, now) {
+                if matching >= skip && jobs.len() < per_page {
+                    jobs.push(dead.info);
+                }
+                matching += 1;
+            }
+            ControlFlow::Continue(())
+        })
+        .await;
+        let total = read.as_ref().copied().unwrap_or(0);
+        self.give_back(channel, queue, total).await;
+        read?;
+        let pages = super::filter::pages(matching, per_page);
+        if page > pages {
+            return Err(DeadError::PageOutOfRange { page, pages });
+        }
+        let summary = counts
+            .into_iter()
+            .map(|((reason, code), count)| SummaryRow {
+                reason,
+                code,
+                count,
+            })
+            .collect();
+        Ok(View {
+            total,
+            summary,
+            matching,
+            page,
+            pages,
+            per_page,
+            jobs,
+            read_at_ms: now,
+        })
+    }
+
+    /// The whole dead letter with this id (the first, if several), as `dlq
+    /// show` prints it, with its body as text too.
+    pub async fn find(&self, queue: &str, id: &str) -> Result<Option<Value>, DeadError> {
+        let lock = self.lock(queue);
+        let _reading = lock.lock().await;
+        let channel = self.channel(false).await?;
+        let mut found = None;
+        let read = dlq::read_each(&channel, queue, |dead| {
+            if dead.id == id {
+                found = Some(detail(&dead));
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await;
+        self.give_back(channel, queue, read.as_ref().copied().unwrap_or(0))
+            .await;
+        read?;
+        Ok(found)
+    }
+
+    /// How many dead letters `selection` matches now.
+    pub async fn count(&self, queue: &str, selection: &Selection) -> Result<usize, DeadError> {
+        let lock = self.lock(queue);
+        let _reading = lock.lock().await;
+        self.count_held(queue, selection).await
+    }
+
+    async fn count_held(&self, queue: &str, selection: &Selection) -> Result<usize, DeadError> {
+        let channel = self.channel(false).await?;
+        let now = dlq::now_ms();
+        let mut matching = 0;
+        let read = dlq::read_each(&channel, queue, |dead| {
+            matching += usize::from(selection.matches(&dead.info, now));
+            ControlFlow::Continue(())
+        })
+        .await;
+        self.give_back(channel, queue, read.as_ref().copied().unwrap_or(0))
+            .await;
+        read?;
+        Ok(matching)
+    }
+
+    /// Replays or purges the dead letters `selection` matches, if they are
+    /// still the `expected` number the operator confirmed, and never more.
+    pub async fn act(
+        &self,
+        names: &QueueNames,
+        action: Action,
+        selection: &Selection,
+        expected: usize,
+    ) -> Result<usize, DeadError> {
+        let lock = self.lock(&names.dead);
+        let _acting = lock.lock().await;
+        let matching = self.count_held(&names.dead, selection).await?;
+        if matching != expected {
+            return Err(DeadError::Changed { matching, expected });
+        }
+        let channel = self.channel(true).await?;
+        let mut walk = Walk::default();
+        let result = walk.run(&channel, names, action, selection, expected).await;
+        self.give_back(channel, &names.dead, walk.read - walk.acted)
+            .await;
+        result.map(|()| walk.acted)
+    }
+}
+
+/// One pass of an action over the queue.
+#[derive(Default)]
+struct Walk {
+    read: usize,
+    acted: usize,
+    /// Replayed jobs as they would come back dead (id, replays): a job that
+    /// fails again at once is not replayed twice in one pass.
+    replayed: HashSet<(String, u32)>,
+}
+
+impl Walk {
+    async fn run(
+        &mut self,
+        channel: &Channel,
+        names: &QueueNames,
+        action: Action,
+        selection: &Selection,
+        expected: usize,
+    ) -> Result<(), DeadError> {
+        let now = dlq::now_ms();
+        while self.acted < expected {
+            let mut chunk = Vec::new();
+            while chunk.len() < CHUNK && self.acted + chunk.len() < expected {
+                let Some(dead) = dlq::next(channel, &names.dead).await? else {
+                    break;
+                };
+                self.read += 1;
+                if self.take(&dead, selection, now) {
+                    chunk.push(dead);
+                }
+            }
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let before = self.acted;
+            let mut done = 0;
+            let result =
+                dlq::act_on_each(chunk, action, channel, &names.jobs, |_| {}, |_| done += 1).await;
+            self.acted = before + done;
+            result.map_err(|e| DeadError::Interrupted {
+                done: self.acted,
+                error: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, dead: &DeadJob, selection: &Selection, now: i64) -> bool {
+        if !selection.matches(&dead.info, now)
+            || self
+                .replayed
+                .contains(&(dead.id.clone(), dead.info.replays))
+        {
+            return false;
+        }
+        self.replayed
+            .insert((dead.id.clone(), dead.info.replays.saturating_add(1)));
+        true
+    }
+}
+
+/// `dlq show`'s report, with the body as text as well.
+fn detail(dead: &DeadJob) -> Value {
+    let mut report = dead.report();
+    report["body_text"] = String::from_utf8_lossy(&dead.body).into_owned().into();
+    report["body_bytes"] = dead.body.len().into();
+    report
+}
+
+/// Messages ready in `queue`.
+async fn ready(channel: &Channel, queue: &str) -> Result<usize, lapin::Error> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count() as usize)
+}

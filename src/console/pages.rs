@@ -1,0 +1,316 @@
+//! The console's HTML outside the dead letters: the layout every page
+//! shares, the list of apps, an app's page, and error pages. Rendered with `maud`, which
+//! escapes every value it inserts.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use maud::{html, Markup, DOCTYPE};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+
+use super::auth::Authed;
+use super::chart::chart;
+use super::dead::{SummaryRow, View};
+use super::filter::{human_age, query};
+use super::view::{AppView, FILL_MINUTES};
+use super::{Ctx, Problem};
+use crate::ops::dlq::Selection;
+use crate::ops::status::now_ms;
+
+/// A problem, as a page.
+pub struct PageError(pub Problem);
+
+impl From<Problem> for PageError {
+    fn from(p: Problem) -> Self {
+        Self(p)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let Problem { status, message } = self.0;
+        let body = html! {
+            div.card.error-card {
+                h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+                p #error-message data-test="error-message" { (message) }
+                p { a href="/" { "Back to the apps" } }
+            }
+        };
+        (status, layout("Error", None, body)).into_response()
+    }
+}
+
+/// Every page: the stylesheet, the script, the top bar with the way home
+/// and (for a browser session) the logout form.
+pub(super) fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · broadcast-worker" }
+                link rel="stylesheet" href="/static/console.css";
+                link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
+                script src="/static/console.js" defer {}
+            }
+            body {
+                header.topbar {
+                    a.brand href="/" { "broadcast-worker" span.brand-sub { "console" } }
+                    @if let Some(csrf) = csrf {
+                        form #logout-form method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button #logout.link-button type="submit" data-test="logout" { "Log out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// An id as one segment of a path.
+pub(super) fn segment(id: &str) -> String {
+    utf8_percent_encode(id, NON_ALPHANUMERIC).to_string()
+}
+
+pub(super) fn percent(share: f64) -> String {
+    format!("{:.0}%", share * 100.0)
+}
+
+/// Unix milliseconds as a UTC date and time.
+pub(super) fn when(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// The app's state as a badge, and its problems as more.
+fn badges(app: &AppView) -> Markup {
+    html! {
+        span class=(format!("badge badge-{}", app.state)) data-test="state-badge" { (app.state) }
+        @if app.halted { " " span.badge.badge-halted data-test="app-halted-badge" { "halted" } }
+        @if app.ledger_down { " " span.badge.badge-halted data-test="app-ledger-down-badge" { "ledger down" } }
+    }
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".into(), |v| v.to_string())
+}
+
+/// `GET /`: every app this process serves.
+pub(super) async fn apps(State(ctx): State<Ctx>, Extension(authed): Extension<Authed>) -> Markup {
+    let now = now_ms();
+    let apps: Vec<AppView> = ctx
+        .board
+        .apps()
+        .iter()
+        .map(|(app, status)| AppView::of(*app, status, now, false))
+        .collect();
+    let body = html! {
+        h1 { "Apps" }
+        p.muted { (apps.len()) " app(s) served by this process. Counts are this replica's view; the queues are counted every few seconds." }
+        table #apps.data {
+            thead { tr {
+                th { "App" } th { "State" } th { "Sender" } th.num { "Rate" }
+                th.num { "Quota used (1 min)" } th.num { "Fill (" (FILL_MINUTES) " min)" }
+                th.num { "Backlog" } th.num { "Oldest unsettled" } th.num { "Dead letters" }
+            } }
+            tbody {
+                @for app in &apps {
+                    tr data-test="app-row" data-sdkappid=(app.sdkappid) {
+                        td { a href=(format!("/apps/{}", app.sdkappid)) { (app.sdkappid) } }
+                        td { (badges(app)) }
+                        td { (app.sender) }
+                        td.num { (format!("{:.2}/s", app.rate)) }
+                        td.num { (percent(app.quota_used)) }
+                        td.num { (app.fill_recent.map_or("-".into(), percent)) }
+                        td.num data-test="app-backlog" { (or_dash(app.backlog)) }
+                        td.num { (human_age(app.oldest_unsettled_secs as i64)) }
+                        td.num { a href=(format!("/apps/{}/dead", app.sdkappid)) data-test="app-dead-count" { (or_dash(app.dead_letters)) } }
+                    }
+                }
+            }
+        }
+    };
+    layout("Apps", ctx.csrf(&authed).as_deref(), body)
+}
+
+/// One figure of the app page.
+fn stat(id: &str, label: &str, value: Markup, note: Option<String>) -> Markup {
+    html! {
+        div.stat {
+            div.stat-label { (label) }
+            div.stat-value #(id) data-test=(id) { (value) }
+            @if let Some(note) = note { div.stat-note { (note) } }
+        }
+    }
+}
+
+/// The app's figures.
+fn figures(app: &AppView) -> Markup {
+    let counted = app.counted_at_ms.map(|at| {
+        format!(
+            "counted {} ago",
+            human_age((now_ms().saturating_sub(at) / 1000) as i64)
+        )
+    });
+    html! {
+        div.stats {
+            (stat("app-state", "State", badges(app), Some(format!("sender: {}", app.sender))))
+            (stat("app-rate", "Rate in force", html! { (format!("{:.2}", app.rate)) " /s" },
+                Some(format!("configured {:.2}/s", app.configured_rate))))
+            (stat("app-quota-used", "Quota used, last minute", html! {
+                (percent(app.quota_used))
+                meter min="0" max="1" value=(format!("{:.3}", app.quota_used.min(1.0))) {}
+            }, Some(format!("{} call(s) of {:.0}", app.calls_last_minute, app.rate * 60.0))))
+            (stat("app-fill", "Mean fill", html! { (app.fill_recent.map_or("-".into(), percent)) },
+                Some(format!("calls of the last {FILL_MINUTES} min, of 12,000 bytes"))))
+            (stat("app-backlog", "Backlog", html! { (or_dash(app.backlog)) }, counted.clone()))
+            (stat("app-oldest", "Oldest unsettled job", html! { (human_age(app.oldest_unsettled_secs as i64)) }, None))
+            (stat("app-dead-count", "Dead letters", html! { (or_dash(app.dead_letters)) }, counted))
+        }
+    }
+}
+
+/// What stops or troubled the app.
+fn problems(app: &AppView) -> Markup {
+    let failure = app.last_failure.as_ref().map(|f| {
+        format!(
+            "{} at {}: {}",
+            f.code
+                .map_or("transport failure".into(), |c| format!("ErrorCode {c}")),
+            when(f.at_ms as i64),
+            f.info
+        )
+    });
+    html! {
+        @if app.halted {
+            div #app-halted.alert.alert-error data-test="app-halted" {
+                strong { "Halted by an app-wide fault. " }
+                "Sending is stopped, every job kept; probing. Last answer: " (failure.clone().unwrap_or_else(|| "-".into()))
+            }
+        }
+        @if app.ledger_down {
+            div #app-ledger-down.alert.alert-error data-test="app-ledger-down" {
+                strong { "The ledger is down. " }
+                "Sending is stopped until it answers: " (app.ledger_error.clone().unwrap_or_default())
+            }
+        }
+        @if let (false, Some(failure)) = (app.halted, failure) {
+            p #app-last-failure.muted data-test="app-last-failure" { "Last failed attempt: " (failure) }
+        }
+    }
+}
+
+/// The dead letters by reason and code, each a link to them.
+pub(super) fn summary_table(sdkappid: u64, view: &View) -> Markup {
+    html! {
+        p.muted { span #dead-total data-test="dead-total" { (view.total) } " dead letter(s) in the queue." }
+        @if !view.summary.is_empty() {
+            table #dead-summary.data.compact {
+                thead { tr { th { "Reason" } th.num { "Code" } th.num { "Jobs" } } }
+                tbody {
+                    @for row in &view.summary {
+                        tr data-test="summary-row" data-reason=(row.reason) data-code=(row.code) {
+                            td { a href=(summary_link(sdkappid, row)) { (row.reason) } }
+                            td.num { (row.code) }
+                            td.num data-test="summary-count" { (row.count) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The dead letters of one row of the summary.
+fn summary_link(sdkappid: u64, row: &SummaryRow) -> String {
+    let mut pairs = vec![("reason", row.reason.clone())];
+    if row.code != "-" {
+        pairs.push(("code", row.code.clone()));
+    }
+    format!("/apps/{sdkappid}/dead?{}", query(&pairs))
+}
+
+/// `GET /apps/{sdkappid}`: the app's figures, its last hour and its dead letters.
+pub(super) async fn app(
+    State(ctx): State<Ctx>,
+    Extension(authed): Extension<Authed>,
+    Path(app): Path<String>,
+) -> Result<Markup, PageError> {
+    let app = ctx.app(&app)?;
+    let view = AppView::of(app.sdkappid, &app.status, now_ms(), true);
+    let dead = ctx
+        .console
+        .dead()
+        .view(&app.queues.dead, &Selection::default(), 1, 0)
+        .await;
+    let id = app.sdkappid;
+    let body = html! {
+        p.crumbs { a href="/" { "Apps" } " / " (id) }
+        h1 { "App " (id) }
+        (problems(&view))
+        (figures(&view))
+        section.card {
+            h2 { "Last hour" }
+            (chart(view.history.as_deref().unwrap_or(&[]), view.rate))
+            p.legend { span.key.key-bar {} "calls per minute" span.key.key-quota {} "quota (rate x 60)" span.key.key-fill {} "mean fill" }
+        }
+        section.card {
+            h2 { "Dead letters" }
+            @match &dead {
+                Ok(dead) => (summary_table(id, dead)),
+                Err(e) => p.alert.alert-error { (e) },
+            }
+            p { a #dead-link.button href=(format!("/apps/{id}/dead")) data-test="dead-link" { "Browse dead letters" } }
+        }
+    };
+    Ok(layout(
+        &format!("App {id}"),
+        ctx.csrf(&authed).as_deref(),
+        body,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_utc() {
+        assert_eq!(when(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(when(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(when(1_700_000_000_123), "2023-11-14 22:13:20 UTC");
+    }
+
+    #[test]
+    fn a_badge_has_one_class_attribute() {
+        let status = crate::ops::status::WorkerStatus::for_app(1);
+        let view = AppView::of(1, &status, 0, false);
+        let html = badges(&view).into_string();
+        assert_eq!(html.matches("class=").count(), 1, "{html}");
+        assert!(html.contains("class=\"badge badge-disconnected\""));
+    }
+
+    #[test]
+    fn ids_are_one_path_segment() {
+        assert_eq!(segment("a/b c?"), "a%2Fb%20c%3F");
+    }
+}
