@@ -95,12 +95,14 @@ impl DemoArgs {
         let simulator = self.start_simulator(SecretKey::new(key.clone())).await?;
         println!("simulator listening on {}", simulator.base_url());
         self.empty_queues().await?;
-        let mut worker =
-            DemoWorker::try_parse_from(self.worker_args(&simulator.base_url(), &key, &token))
-                .context("the demo's worker settings")?
-                .run;
-        // Only the demo's one app, whatever a real worker's environment says.
+        let mut worker = DemoWorker::try_parse_from(self.worker_args(&simulator.base_url(), &key))
+            .context("the demo's worker settings")?
+            .run;
+        // Only the demo's one app and token, whatever a real worker's
+        // environment says.
         worker.apps_file = None;
+        worker.console.console_token = Some(token.clone());
+        worker.console.console_token_file = None;
         let task = tokio::spawn(worker.run());
         let sample = sample_burst(self.jobs);
         let total = sample.len();
@@ -112,6 +114,10 @@ impl DemoArgs {
             self.rate
         );
         let settled = show_progress(self.listen, total, &task).await;
+        if let Ok(answer) = reqwest::get(format!("http://{}/metrics", self.listen)).await {
+            let text = answer.text().await.unwrap_or_default();
+            println!("dead-lettered: {}", dead_by_reason(&text).join(", "));
+        }
         let stats = simulator.simulator.stats();
         println!(
             "\nsimulator: {} calls, {} messages delivered, {} frequency-limit answers",
@@ -168,7 +174,7 @@ impl DemoArgs {
 
     /// The worker's command line: everything explicit, so that settings in
     /// the environment for a real worker do not leak into the demo.
-    fn worker_args(&self, base_url: &url::Url, key: &str, token: &str) -> Vec<String> {
+    fn worker_args(&self, base_url: &url::Url, key: &str) -> Vec<String> {
         let mut args: Vec<String> = [
             "run",
             "--base-url",
@@ -187,8 +193,6 @@ impl DemoArgs {
             &self.listen.to_string(),
             "--rate",
             &self.rate.to_string(),
-            "--console-token",
-            token,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -294,6 +298,28 @@ async fn show_progress(
     }
 }
 
+/// `reason/code: n` for each series of the dead-letter counter.
+fn dead_by_reason(text: &str) -> Vec<String> {
+    let label = |line: &str, name: &str| {
+        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
+        let end = start + line[start..].find('"')?;
+        Some(line[start..end].to_string())
+    };
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{}{{", telemetry::JOBS_DEAD_LETTERED)))
+        .filter_map(|line| {
+            let count = line.rsplit(' ').next()?.parse::<f64>().ok()?;
+            let (reason, code) = (label(line, "reason")?, label(line, "code")?);
+            let code = if code == "none" {
+                String::new()
+            } else {
+                format!("/{code}")
+            };
+            Some(format!("{reason}{code}: {count}"))
+        })
+        .collect()
+}
+
 /// The sum of a counter's series in Prometheus text.
 fn metric_total(text: &str, name: &str) -> u64 {
     text.lines()
@@ -314,6 +340,8 @@ mod tests {
         let text = "# TYPE broadcast_calls_total counter\nbroadcast_calls_total{sdkappid=\"1\",outcome=\"ok\"} 7\nbroadcast_calls_total{sdkappid=\"1\",outcome=\"permanent\"} 2\nbroadcast_calls_total_other 5\n";
         assert_eq!(metric_total(text, "broadcast_calls_total"), 9);
         assert_eq!(metric_total(text, "broadcast_jobs_delivered_total"), 0);
+        let dead = "broadcast_jobs_dead_lettered_total{sdkappid=\"1\",reason=\"rejected\",code=\"70107\"} 1\nbroadcast_jobs_dead_lettered_total{sdkappid=\"1\",reason=\"expired\",code=\"none\"} 2\n";
+        assert_eq!(dead_by_reason(dead), ["rejected/70107: 1", "expired: 2"]);
     }
 
     #[test]

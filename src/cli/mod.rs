@@ -85,10 +85,10 @@ pub enum Command {
 
 impl Cli {
     pub fn init_logging(&self) {
-        // The demo's terminal shows its progress line; the worker's info
-        // lines would bury it (RUST_LOG still turns them on).
+        // The demo's terminal shows its progress line and a summary; the
+        // worker's lines would bury them (RUST_LOG still turns them on).
         let default = match self.command {
-            Command::Demo(_) => "warn",
+            Command::Demo(_) => "error",
             _ => "info",
         };
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()

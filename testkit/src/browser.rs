@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+pub use fantoccini::Locator;
+use fantoccini::{Client, ClientBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -44,10 +45,8 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
-        let profile = std::env::temp_dir().join(format!(
-            "bwtest-chromium-{}-{port}",
-            std::process::id()
-        ));
+        let profile =
+            std::env::temp_dir().join(format!("bwtest-chromium-{}-{port}", std::process::id()));
         let capabilities = serde_json::json!({
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
@@ -93,17 +92,67 @@ impl Browser {
         path
     }
 
-    /// The text of the element `css` selects, waiting for it to appear.
+    /// The text of the element `css` selects, waiting for it to appear
+    /// (and past a page that is being replaced: its elements go stale).
     pub async fn text(&self, css: &str) -> String {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(15))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no element {css}: {e}"))
-            .text()
-            .await
-            .expect("its text")
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let found = match self.client.find(Locator::Css(css)).await {
+                Ok(element) => element.text().await,
+                Err(e) => Err(e),
+            };
+            match found {
+                Ok(text) => return text,
+                Err(e) if Instant::now() > deadline => panic!("no element {css}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Waits until the element `css` selects reads `want` (trimmed): the
+    /// page that follows a form can hold the same element as the last.
+    pub async fn wait_for_text(&self, css: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = self.text(css).await;
+            if text.trim() == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} reads {text:?}, not {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Clicks the element `css` selects, waiting for it as [`Self::text`] does.
+    pub async fn click(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let clicked = match self.client.find(Locator::Css(css)).await {
+                Ok(element) => element.click().await,
+                Err(e) => Err(e),
+            };
+            match clicked {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => panic!("cannot click {css}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Waits until the page's path is `path` (after a form posts and redirects).
+    pub async fn wait_for_path(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let url = self.client.current_url().await.expect("the page's URL");
+            if url.path() == path {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still on {url}, not {path}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Ends the session.
