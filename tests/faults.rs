@@ -238,14 +238,16 @@ async fn bad_input_at_volume_is_dead_lettered_while_the_good_flows() {
         app.sim.simulator.stats().deliveries
     );
     app.assert_each_delivered_once(&good);
-    // The good ones still go out in full calls: the bad ones never reach the sender.
+    // The good ones still go out in (nearly) full calls: the bad ones never
+    // reach the sender, where each would cost calls of its own. The margin is
+    // for a loaded machine, where the sender may go before its call is full.
     let bytes: usize = good
         .iter()
         .map(|(_, b)| b["MsgBody"][0].to_string().len() + 1)
         .sum();
     let minimum = bytes.div_ceil(12_000 - 40);
     assert!(
-        app.sim.simulator.stats().deliveries as usize <= minimum + 2,
+        app.sim.simulator.stats().deliveries as usize <= minimum + minimum / 4 + 2,
         "{} calls for about {minimum}",
         app.sim.simulator.stats().deliveries
     );
