@@ -28,6 +28,7 @@ fn exported(families: bool) -> BTreeSet<String> {
         telemetry::RETRIES,
         telemetry::OLDEST_UNSETTLED_SECONDS,
         telemetry::APP_ACTIVE,
+        telemetry::APP_SERVED,
         telemetry::CONNECTED,
         telemetry::HALTED,
         telemetry::LEDGER_DOWN,

@@ -272,6 +272,14 @@ async fn sighup_adds_and_removes_apps_under_load_and_refuses_a_bad_file() {
         fleet_sdkappid(0)
     );
     assert!(metrics.contains(&received), "A untouched by the reloads");
+    // Alerts can tell the removed app from one nobody sends for.
+    for (index, served) in [(0, 1), (1, 0), (2, 1)] {
+        let line = format!(
+            "broadcast_app_served{{sdkappid=\"{}\"}} {served}",
+            fleet_sdkappid(index)
+        );
+        assert!(metrics.contains(&line), "{line} in the metrics");
+    }
     // B lost nothing: what it did not send is still in its queue.
     let b_left = b.queue_len(&b.names.jobs).await as u64;
     assert_eq!(

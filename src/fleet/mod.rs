@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::ops::telemetry::{StatusBoard, WorkerStatus};
+use crate::ops::telemetry::{self, StatusBoard, WorkerStatus};
 use crate::pipeline::{Worker, WorkerConfig};
 use apps::AppEntry;
 use balance::Presence;
@@ -115,6 +115,9 @@ impl Fleet {
                 "app removed: stopping it after its call in flight"
             );
             self.stop(app);
+            // Its other gauges stay as they were; this one tells alerts
+            // that nobody is meant to send for it here any more.
+            metrics::gauge!(telemetry::APP_SERVED, telemetry::SDKAPPID => app.to_string()).set(0.0);
         }
         for (app, (entry, config)) in wanted {
             match self.running.get(&app) {

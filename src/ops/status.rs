@@ -16,7 +16,8 @@ use serde::Serialize;
 use crate::broker::{self, QueueNames};
 use crate::console::history::History;
 use crate::ops::telemetry::{
-    APP_ACTIVE, BACKLOG_JOBS, CONNECTED, HALTED, LEDGER_DOWN, OLDEST_UNSETTLED_SECONDS, SDKAPPID,
+    APP_ACTIVE, APP_SERVED, BACKLOG_JOBS, CONNECTED, HALTED, LEDGER_DOWN, OLDEST_UNSETTLED_SECONDS,
+    SDKAPPID,
 };
 
 /// How often the replica counts each app's queues.
@@ -86,7 +87,7 @@ pub fn now_ms() -> u64 {
 }
 
 impl WorkerStatus {
-    /// The status of one app's worker, its gauges at 0.
+    /// The status of one app's worker, its gauges at 0 (and served at 1).
     pub fn for_app(sdkappid: u64) -> Self {
         let status = Self {
             app: sdkappid.to_string(),
@@ -102,6 +103,7 @@ impl WorkerStatus {
         ] {
             metrics::gauge!(gauge, SDKAPPID => status.app.clone()).set(0.0);
         }
+        metrics::gauge!(APP_SERVED, SDKAPPID => status.app.clone()).set(1.0);
         status
     }
 

@@ -33,6 +33,7 @@ pub const PERMIT_WAIT_SECONDS: &str = "broadcast_permit_wait_seconds";
 pub const RETRIES: &str = "broadcast_retries_total";
 pub const OLDEST_UNSETTLED_SECONDS: &str = "broadcast_oldest_unsettled_job_age_seconds";
 pub const APP_ACTIVE: &str = "broadcast_app_active";
+pub const APP_SERVED: &str = "broadcast_app_served";
 pub const CONNECTED: &str = "broadcast_broker_connected";
 pub const HALTED: &str = "broadcast_halted";
 pub const LEDGER_DOWN: &str = "broadcast_ledger_down";
@@ -99,6 +100,10 @@ pub fn describe() {
     describe_gauge!(
         APP_ACTIVE,
         "1 on the replica sending for the app (its session received the app's jobs), 0 elsewhere"
+    );
+    describe_gauge!(
+        APP_SERVED,
+        "1 while this process serves the app (it is in the apps file), 0 once it was removed"
     );
     describe_gauge!(CONNECTED, "1 while connected to the broker and consuming");
     describe_gauge!(HALTED, "1 while sending is stopped by an app-wide fault");
