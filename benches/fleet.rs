@@ -206,6 +206,34 @@ async fn metric_sum(ports: &[u16], name: &str) -> f64 {
     sum
 }
 
+/// The ledger's round trips by operation (the `op` label), over `ports`.
+async fn trips_by_op(ports: &[u16]) -> std::collections::BTreeMap<String, f64> {
+    let mut by_op = std::collections::BTreeMap::new();
+    let name = "broadcast_ledger_round_trips_total{";
+    for port in ports {
+        let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+            continue;
+        };
+        for line in response.text().await.unwrap_or_default().lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            let op = rest
+                .split("op=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?");
+            let value: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *by_op.entry(op.to_string()).or_insert(0.0) += value;
+        }
+    }
+    by_op
+}
+
 struct Throughput {
     calls_per_sec: f64,
     frequency_limited: u64,
@@ -232,15 +260,28 @@ async fn throughput(apps: usize, rate: f64, window: Duration) -> Throughput {
         |replicas: &[Child]| -> f64 { replicas.iter().filter_map(|r| cpu_seconds(r.id())).sum() };
     let (calls0, cpu0) = (fleet.calls(), cpu(&replicas));
     let trips0 = metric_sum(&ports, "broadcast_ledger_round_trips_total").await;
+    let ops0 = trips_by_op(&ports).await;
     let ledger0 = metric_sum(&ports, "broadcast_ledger_seconds_sum").await;
     let started = Instant::now();
     tokio::time::sleep(window).await;
     let (calls1, cpu1) = (fleet.calls(), cpu(&replicas));
     let trips1 = metric_sum(&ports, "broadcast_ledger_round_trips_total").await;
+    let ops1 = trips_by_op(&ports).await;
     let ledger1 = metric_sum(&ports, "broadcast_ledger_seconds_sum").await;
     let elapsed = started.elapsed().as_secs_f64();
     let calls = (calls1 - calls0) as f64;
     fleet.explain_gaps(window);
+    let per_call: Vec<String> = ops1
+        .iter()
+        .map(|(op, n)| {
+            let d = n - ops0.get(op).copied().unwrap_or(0.0);
+            format!("{op} {:.3}", d / (calls1 - calls0) as f64)
+        })
+        .collect();
+    eprintln!(
+        "ledger round trips per call by operation: {}",
+        per_call.join(", ")
+    );
     eprintln!(
         "mean call round trip (worker's clock, whole run): {:.1} ms",
         metric_sum(&ports, "broadcast_call_duration_seconds_sum").await * 1000.0

@@ -81,10 +81,11 @@ impl Ledger {
         &self.scope
     }
 
-    /// Counts an operation's round trips and time, by app.
-    fn spent(&self, started: std::time::Instant, round_trips: u64) {
+    /// Counts an operation's round trips and time, by app (and the trips
+    /// by operation, so that a cost per call can be told apart).
+    fn spent(&self, op: &'static str, started: std::time::Instant, round_trips: u64) {
         let app = self.scope.app.to_string();
-        metrics::counter!(telemetry::LEDGER_ROUND_TRIPS, telemetry::SDKAPPID => app.clone())
+        metrics::counter!(telemetry::LEDGER_ROUND_TRIPS, telemetry::SDKAPPID => app.clone(), "op" => op)
             .increment(round_trips);
         metrics::histogram!(telemetry::LEDGER_SECONDS, telemetry::SDKAPPID => app)
             .record(started.elapsed().as_secs_f64());
@@ -120,7 +121,7 @@ impl Ledger {
         .bind(&self.scope.queue)
         .fetch_all(&self.pool)
         .await?;
-        self.spent(started, 1);
+        self.spent("lookup", started, 1);
         let mut known = HashMap::with_capacity(rows.len());
         for row in rows {
             let replays = arriving.get(row.job_id.as_str()).copied().unwrap_or(0);
@@ -159,7 +160,7 @@ impl Ledger {
         .bind(&self.scope.queue)
         .fetch_all(&self.pool)
         .await?;
-        self.spent(started, 1);
+        self.spent("match_copies", started, 1);
         let mut matched = HashMap::with_capacity(rows.len());
         for CopyRow { digest, record } in rows {
             let replays = arriving.get(digest.as_str()).copied().unwrap_or(0);
@@ -182,7 +183,7 @@ impl Ledger {
         .bind(&self.scope.queue)
         .execute(&self.pool)
         .await?;
-        self.spent(started, 1);
+        self.spent("jobs_acked", started, 1);
         Ok(())
     }
 

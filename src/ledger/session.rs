@@ -76,7 +76,7 @@ impl Ledger {
         let token: i64 = sqlx::query_scalar("SELECT nextval('ledger_sessions')")
             .fetch_one(&self.pool)
             .await?;
-        self.spent(started, 1);
+        self.spent("open_session", started, 1);
         Ok(LedgerSession {
             ledger: self.clone(),
             token,
@@ -170,7 +170,7 @@ impl LedgerSession {
         .bind(&digests)
         .fetch_one(&self.ledger.pool)
         .await?;
-        self.ledger.spent(started, 1);
+        self.ledger.spent("begin_call", started, 1);
         let Some(call_id) = call_id else {
             return Ok(if parent_held {
                 Begun::RandomTaken
@@ -198,7 +198,7 @@ impl LedgerSession {
         .bind(CallState::Abandoned)
         .execute(&self.ledger.pool)
         .await?;
-        self.ledger.spent(started, 1);
+        self.ledger.spent("abandon_race", started, 1);
         Ok(())
     }
 
@@ -239,7 +239,7 @@ impl LedgerSession {
         .bind(i32::from(interrupted))
         .fetch_one(&mut *tx)
         .await?;
-        self.ledger.spent(started, 5);
+        self.ledger.spent("take_over", started, 5);
         tx.commit().await?;
         Ok(TakeOver::Owned {
             interruptions: u32::try_from(interruptions.unwrap_or(0)).unwrap_or(0),
@@ -257,7 +257,7 @@ impl LedgerSession {
                 .bind(CallState::DeadLettering)
                 .fetch_optional(&self.ledger.pool)
                 .await?;
-        self.ledger.spent(started, 1);
+        self.ledger.spent("still_owner", started, 1);
         Ok(if held == Some(true) {
             Ownership::Held
         } else {
@@ -275,7 +275,7 @@ impl LedgerSession {
             .bind(CallState::InFlight)
             .execute(&self.ledger.pool)
             .await?;
-        self.ledger.spent(started, 1);
+        self.ledger.spent("release", started, 1);
         Ok(())
     }
 
@@ -308,7 +308,7 @@ impl LedgerSession {
         .bind(JobState::InFlight)
         .fetch_one(&self.ledger.pool)
         .await?;
-        self.ledger.spent(started, 1);
+        self.ledger.spent("call_delivered", started, 1);
         Ok(if closed == 1 {
             Ownership::Held
         } else {
@@ -339,7 +339,7 @@ impl LedgerSession {
         .execute(&self.ledger.pool)
         .await?
         .rows_affected();
-        self.ledger.spent(started, 1);
+        self.ledger.spent("call_abandoned", started, 1);
         Ok(if closed == 1 {
             Ownership::Held
         } else {
@@ -362,7 +362,7 @@ impl LedgerSession {
         .execute(&self.ledger.pool)
         .await?
         .rows_affected();
-        self.ledger.spent(started, 1);
+        self.ledger.spent("call_dead_lettering", started, 1);
         Ok(if marked == 1 {
             Ownership::Held
         } else {
@@ -440,7 +440,7 @@ impl LedgerSession {
                 debug_assert_eq!(closed, Ownership::Held, "the call is locked");
             }
         }
-        self.ledger.spent(started, 6);
+        self.ledger.spent("jobs_dead_lettered", started, 6);
         tx.commit().await?;
         Ok(Ownership::Held)
     }
