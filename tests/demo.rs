@@ -36,7 +36,12 @@ async fn the_demo_settles_its_burst_and_prints_the_console() {
         stderr.contains("delivered 60/65  dead-lettered 5"),
         "every job settled: {stderr}"
     );
-    for reason in ["invalid-json: 1", "invalid-job: 2", "expired: 1", "rejected/70107: 1"] {
+    for reason in [
+        "invalid-json: 1",
+        "invalid-job: 2",
+        "expired: 1",
+        "rejected/70107: 1",
+    ] {
         assert!(stdout.contains(reason), "{reason} in {stdout}");
     }
     assert!(stdout.contains(&format!("console:  http://127.0.0.1:{port}/")));
