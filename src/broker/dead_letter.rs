@@ -79,6 +79,18 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
+    /// Every reason this worker gives.
+    pub const ALL: [DeadReason; 8] = [
+        DeadReason::InvalidJson,
+        DeadReason::InvalidJob,
+        DeadReason::TooLarge,
+        DeadReason::Expired,
+        DeadReason::Rejected,
+        DeadReason::RetriesExhausted,
+        DeadReason::InDoubt,
+        DeadReason::CrashLoop,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeadReason::InvalidJson => "invalid-json",

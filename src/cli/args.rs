@@ -1,6 +1,6 @@
 //! The argument groups several commands share: where the queues are
 //! ([`BrokerArgs`], checked into a [`Topology`]), where the ledger is
-//! ([`LedgerArgs`]), the console's token ([`ConsoleArgs`]), and which app
+//! ([`LedgerArgs`]), the console's token and read limit ([`ConsoleArgs`]), and which app
 //! of a fleet's apps file an operator command acts on ([`AppChoice`],
 //! resolved into a [`ChosenApp`]).
 
@@ -55,9 +55,13 @@ impl BrokerArgs {
     }
 }
 
-/// Turns the console on: its token, from a flag, the environment or a file.
-/// The token never shows in `--help`, errors or `Debug`.
-#[derive(Clone, Default, clap::Args)]
+/// The dead letters a console view reads at most when none is given.
+pub const DEFAULT_CONSOLE_READ_LIMIT: usize = 5_000;
+
+/// Turns the console on: its token, from a flag, the environment or a file,
+/// and how much of a dead-letter queue its views read. The token never
+/// shows in `--help`, errors or `Debug`.
+#[derive(Clone, clap::Args)]
 pub struct ConsoleArgs {
     /// Serve the console (web pages and `/api/`) on the ops endpoint, open to
     /// holders of this token. Prefer the file: a flag shows in the process list.
@@ -66,6 +70,20 @@ pub struct ConsoleArgs {
     /// A file holding the console's token (trailing newline ignored).
     #[arg(long, env = "BROADCAST_CONSOLE_TOKEN_FILE")]
     pub console_token_file: Option<PathBuf>,
+    /// Dead letters a console view (summary, list, one job) reads at most, the
+    /// oldest first; replay and purge still read the whole queue.
+    #[arg(long, env = "BROADCAST_CONSOLE_READ_LIMIT", default_value_t = DEFAULT_CONSOLE_READ_LIMIT)]
+    pub console_read_limit: usize,
+}
+
+impl Default for ConsoleArgs {
+    fn default() -> Self {
+        Self {
+            console_token: None,
+            console_token_file: None,
+            console_read_limit: DEFAULT_CONSOLE_READ_LIMIT,
+        }
+    }
 }
 
 impl std::fmt::Debug for ConsoleArgs {
@@ -76,11 +94,20 @@ impl std::fmt::Debug for ConsoleArgs {
                 &self.console_token.as_ref().map(|_| "<redacted>"),
             )
             .field("console_token_file", &self.console_token_file)
+            .field("console_read_limit", &self.console_read_limit)
             .finish()
     }
 }
 
 impl ConsoleArgs {
+    /// How many dead letters a console view reads at most, or why not.
+    pub fn read_limit(&self) -> anyhow::Result<usize> {
+        if self.console_read_limit == 0 {
+            bail!("BROADCAST_CONSOLE_READ_LIMIT must be at least 1 (the dead letters a console page reads, 5000 if unset)");
+        }
+        Ok(self.console_read_limit)
+    }
+
     /// The console's token, none if the console is off, or why it cannot be
     /// had (never quoting it).
     pub fn token(&self) -> anyhow::Result<Option<ConsoleToken>> {
@@ -233,6 +260,34 @@ mod tests {
         assert_eq!(
             scope(None).queue.as_deref(),
             Some("broadcast.1400000001.jobs")
+        );
+    }
+
+    #[derive(clap::Parser)]
+    struct WithConsole {
+        #[command(flatten)]
+        console: ConsoleArgs,
+    }
+
+    #[test]
+    fn the_console_read_limit_is_5000_unless_set_and_at_least_1() {
+        use clap::Parser;
+        let limit = |args: &[&str]| {
+            let argv = std::iter::once("run").chain(args.iter().copied());
+            WithConsole::try_parse_from(argv)
+                .unwrap()
+                .console
+                .read_limit()
+        };
+        assert_eq!(limit(&[]).unwrap(), DEFAULT_CONSOLE_READ_LIMIT);
+        assert_eq!(limit(&["--console-read-limit", "3"]).unwrap(), 3);
+        let zero = limit(&["--console-read-limit", "0"]).unwrap_err();
+        assert!(zero
+            .to_string()
+            .starts_with("BROADCAST_CONSOLE_READ_LIMIT must be at least 1"));
+        assert_eq!(
+            ConsoleArgs::default().read_limit().unwrap(),
+            DEFAULT_CONSOLE_READ_LIMIT
         );
     }
 

@@ -338,8 +338,10 @@ impl RunArgs {
 
 impl RunArgs {
     /// The console, if a token is set: it reads dead letters on the
-    /// worker's broker and asks the worker's ledger about jobs.
+    /// worker's broker (at most the read limit for a view) and asks the
+    /// worker's ledger about jobs.
     pub(super) fn console(&self) -> anyhow::Result<Option<Console>> {
+        let read_limit = self.console.read_limit()?;
         let Some(token) = self.console.token()? else {
             return Ok(None);
         };
@@ -351,6 +353,7 @@ impl RunArgs {
         Ok(Some(Console::new(
             token,
             self.broker.amqp_url.clone(),
+            read_limit,
             ledger,
         )))
     }

@@ -1,7 +1,8 @@
 //! Replay and purge from the pages: the confirmation that says how many
-//! jobs an action will touch, and the action, which sends the browser back
-//! to the table with a flash message (or, if the selection changed since,
-//! to the confirmation again).
+//! jobs an action will touch (counted over the whole queue, whatever the
+//! list read), and the action, which sends the browser back to the table
+//! with a flash message (or, if the selection changed since, to the
+//! confirmation again).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -13,7 +14,7 @@ use maud::{html, Markup};
 
 use super::actions::{self, Chosen};
 use super::auth::Authed;
-use super::dead::DeadError;
+use super::dead::{Counted, DeadError};
 use super::dead_pages::{back_query, dead_path};
 use super::filter::Params;
 use super::pages::{layout, PageError};
@@ -36,17 +37,19 @@ fn selection_fields(chosen: &Chosen) -> Markup {
     }
 }
 
-/// The confirmation: how many jobs the action will touch, and the button.
+/// The confirmation: how many jobs the action will touch (counted over the
+/// whole queue, whatever the list read), and the button.
 fn confirm_page(
     app: &AppRef,
     action: Action,
     chosen: &Chosen,
-    count: usize,
+    counted: Counted,
     csrf: Option<&str>,
     back: &str,
     changed_from: Option<usize>,
 ) -> Markup {
     let id = app.sdkappid;
+    let count = counted.matching;
     let (verb, what) = match action {
         Action::Replay => ("Replay", "sent back to the jobs queue (each removed from the dead letters once the broker confirms it)"),
         Action::Purge => ("Purge", "removed from the dead letters for good"),
@@ -61,6 +64,10 @@ fn confirm_page(
             }
             p { "This will touch " strong #confirm-count data-test="confirm-count" { (count) }
                 " dead letter(s) of app " (id) " (" (chosen.words) "): they will be " (what) "." }
+            p #confirm-whole-queue.muted data-test="confirm-whole-queue" data-total=(counted.total) {
+                "Counted over the whole dead-letter queue: " (count) " of its " (counted.total)
+                " dead letter(s) match, not only those the list read."
+            }
             @if count == 0 {
                 p.muted { "Nothing matches: there is nothing to do." }
             } @else {
@@ -106,7 +113,7 @@ pub(super) async fn confirm(
     actions::check_csrf(&ctx, &authed, form.get("csrf"))?;
     let app = ctx.app(&app)?;
     let (action, chosen) = chosen_of(&form, None)?;
-    let count = ctx
+    let counted = ctx
         .console
         .dead()
         .count(&app.queues.dead, &chosen.selection)
@@ -118,7 +125,7 @@ pub(super) async fn confirm(
         &app,
         action,
         &chosen,
-        count,
+        counted,
         csrf.as_deref(),
         &back,
         None,
@@ -178,18 +185,18 @@ async fn act(
             Ok((StatusCode::SEE_OTHER, [(LOCATION, to)]).into_response())
         }
         Err(problem) if problem.status == StatusCode::CONFLICT => {
-            let count = ctx
+            let counted = ctx
                 .console
                 .dead()
                 .count(&app.queues.dead, &chosen.selection)
                 .await;
-            let count = count.map_err(|e: DeadError| Problem::from(e))?;
+            let counted = counted.map_err(|e: DeadError| Problem::from(e))?;
             let csrf = ctx.csrf(&authed);
             let page = confirm_page(
                 &app,
                 action,
                 &chosen,
-                count,
+                counted,
                 csrf.as_deref(),
                 &back,
                 Some(expected),

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::actions::{self, ActionBody};
 use super::auth::{Authed, CSRF_HEADER};
-use super::dead::View;
+use super::dead::{Lookup, View};
 use super::filter::{self, Filter, Params, FILTER_NAMES, PER_PAGE};
 use super::view::AppView;
 use super::{AppRef, Ctx, Problem};
@@ -66,7 +66,8 @@ pub(super) async fn app(State(ctx): State<Ctx>, Path(app): Path<String>) -> ApiR
     )))
 }
 
-/// `GET /api/apps/{sdkappid}/dead/summary`: dead letters by reason and code.
+/// `GET /api/apps/{sdkappid}/dead/summary`: dead letters by reason and code,
+/// of the first `read` (`limited` when the queue holds more).
 pub(super) async fn summary(State(ctx): State<Ctx>, Path(app): Path<String>) -> ApiResult {
     let app = ctx.app(&app)?;
     let view = ctx
@@ -78,6 +79,8 @@ pub(super) async fn summary(State(ctx): State<Ctx>, Path(app): Path<String>) -> 
     Ok(Json(json!({
         "sdkappid": app.sdkappid,
         "total": view.total,
+        "read": view.read,
+        "limited": view.limited,
         "summary": view.summary,
     })))
 }
@@ -117,6 +120,8 @@ fn view_json(app: &AppRef, filter: &Filter, view: &View) -> Value {
         "sdkappid": app.sdkappid,
         "filter": filter,
         "total": view.total,
+        "read": view.read,
+        "limited": view.limited,
         "matching": view.matching,
         "page": view.page,
         "pages": view.pages,
@@ -179,17 +184,23 @@ pub(super) async fn ledger_says(ctx: &Ctx, app: &AppRef, id: &str) -> Value {
     }
 }
 
-/// The dead letter and what the ledger says of it, or 404.
+/// The dead letter and what the ledger says of it, or 404 (also when it is
+/// not among the dead letters a view reads).
 pub(super) async fn job_detail(ctx: &Ctx, app: &AppRef, id: &str) -> Result<Value, Problem> {
-    let found = ctx.console.dead().find(&app.queues.dead, id).await?;
-    let Some(mut report) = found else {
-        return Err(Problem::new(
-            axum::http::StatusCode::NOT_FOUND,
-            format!("no dead letter with id {id:?} in {}", app.queues.dead),
-        ));
+    let queue = &app.queues.dead;
+    let missing = match ctx.console.dead().find(queue, id).await? {
+        Lookup::Found(mut report) => {
+            report["ledger"] = ledger_says(ctx, app, id).await;
+            return Ok(report);
+        }
+        Lookup::Absent => format!("no dead letter with id {id:?} in {queue}"),
+        Lookup::NotAmongFirst { read, total } => format!(
+            "no dead letter with id {id:?} among the first {read} of the {total} in {queue}, \
+             as far as the console reads (BROADCAST_CONSOLE_READ_LIMIT); \
+             `broadcast-worker dlq show {id:?}` reads the whole queue"
+        ),
     };
-    report["ledger"] = ledger_says(ctx, app, id).await;
-    Ok(report)
+    Err(Problem::new(axum::http::StatusCode::NOT_FOUND, missing))
 }
 
 /// `GET /api/apps/{sdkappid}/dead/{id}`: the whole dead letter (as `dlq
@@ -245,14 +256,15 @@ async fn act(
     let chosen = request.chosen()?;
     let name = action.as_str();
     if request.dry_run {
-        let matching = ctx
+        let counted = ctx
             .console
             .dead()
             .count(&app.queues.dead, &chosen.selection)
             .await
             .map_err(Problem::from)?;
         return Ok(Json(json!({
-            "action": name, "dry_run": true, "matching": matching, "selection": chosen.words,
+            "action": name, "dry_run": true, "matching": counted.matching,
+            "total": counted.total, "selection": chosen.words,
         })));
     }
     let Some(expected) = request.expected else {

@@ -1,14 +1,18 @@
 //! The console's way into each app's dead letters, over one broker
 //! connection of its own. Reading is what `dlq list` does (every message
 //! taken unacked, in queue order, given back when the channel closes), so
-//! memory holds the summary's counts and one page, never the queue. A read
-//! of one queue at a time in this process: a second reader would find the
-//! messages the first holds missing. After each read the console waits
-//! (briefly) until the broker has put back what it held, so the next page
-//! finds them. Actions run [`dlq::act_on_each`], as `dlq replay` and `dlq
-//! purge` do, on at most as many jobs as the operator confirmed.
+//! memory holds the summary's counts and one page, never the queue. A view
+//! (the summary, a page of the list, one job) reads at most the read limit,
+//! the oldest first, so its time is bounded too; the queue's total is the
+//! broker's count of what is left. Counting for a confirmation and the
+//! actions read the whole queue. A read of one queue at a time in this
+//! process: a second reader would find the messages the first holds
+//! missing. After each read the console waits (briefly) until the broker
+//! has put back what it held, so the next page finds them. Actions (a pass
+//! of `walk`) run [`dlq::act_on_each`], as `dlq replay` and `dlq purge` do,
+//! on at most as many jobs as the operator confirmed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,11 +23,10 @@ use lapin::{Channel, Connection};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::walk::Walk;
 use crate::broker::{self, QueueNames};
 use crate::ops::dlq::{self, Action, DeadInfo, DeadJob, Selection};
 
-/// Jobs held at once while an action runs.
-const CHUNK: usize = 200;
 /// The longest the console waits for the broker to put back what it read.
 const GIVE_BACK_WAIT: Duration = Duration::from_secs(3);
 
@@ -36,14 +39,19 @@ pub struct SummaryRow {
     pub count: usize,
 }
 
-/// One page of the dead letters a filter matches, and the summary of all.
+/// One page of the dead letters a filter matches, and the summary of all
+/// that were read.
 #[derive(Debug, Clone, Serialize)]
 pub struct View {
-    /// Dead letters in the queue, matching or not.
+    /// Dead letters in the queue, matching or not, read or not.
     pub total: usize,
-    /// Every dead letter, by reason and code.
+    /// Dead letters read: the first `read` of the queue.
+    pub read: usize,
+    /// Whether the queue holds more than were read (the read limit).
+    pub limited: bool,
+    /// Every dead letter read, by reason and code.
     pub summary: Vec<SummaryRow>,
-    /// Dead letters the filter matches.
+    /// Dead letters read that the filter matches.
     pub matching: usize,
     pub page: usize,
     pub pages: usize,
@@ -51,6 +59,36 @@ pub struct View {
     pub jobs: Vec<DeadInfo>,
     /// When the queue was read, unix milliseconds (ages are counted from it).
     pub read_at_ms: i64,
+}
+
+/// What a view read of a queue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// Dead letters read, from the head of the queue.
+    pub read: usize,
+    /// Dead letters in the queue (`read` unless the limit stopped the read).
+    pub total: usize,
+    /// The read limit stopped the read and the queue holds more.
+    pub limited: bool,
+}
+
+/// A job looked up for its page.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The whole dead letter, as `dlq show` prints it, with its body as text.
+    Found(Value),
+    /// Not in the queue: it was read whole.
+    Absent,
+    /// Not among the first `read` of the queue's `total`.
+    NotAmongFirst { read: usize, total: usize },
+}
+
+/// How many dead letters a selection matches, of how many in the queue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Counted {
+    pub matching: usize,
+    /// Dead letters in the queue, every one read to count them.
+    pub total: usize,
 }
 
 /// Why the dead letters could not be read or acted on.
@@ -75,14 +113,19 @@ impl From<broker::BrokerError> for DeadError {
 /// The console's broker connection and its locks, one per dead-letter queue.
 pub struct DeadLetters {
     amqp_url: String,
+    /// Dead letters a view reads at most.
+    read_limit: usize,
     connection: tokio::sync::Mutex<Option<Connection>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl DeadLetters {
-    pub fn new(amqp_url: String) -> Self {
+    /// Reading on the broker at `amqp_url`, at most `read_limit` dead
+    /// letters for a view (at least one).
+    pub fn new(amqp_url: String, read_limit: usize) -> Self {
         Self {
             amqp_url,
+            read_limit: read_limit.max(1),
             connection: tokio::sync::Mutex::new(None),
             locks: Mutex::new(HashMap::new()),
         }
@@ -132,8 +175,51 @@ impl DeadLetters {
         let _ = counter.close(200, "counted".into()).await;
     }
 
-    /// The summary of every dead letter and page `page` of those `selection`
-    /// matches, in queue order.
+    /// Reads `queue` for a view, under its lock: each dead letter to `visit`
+    /// until it breaks, the queue ends or the read limit is reached, then
+    /// gives every one back.
+    async fn read_view(
+        &self,
+        queue: &str,
+        mut visit: impl FnMut(DeadJob) -> ControlFlow<()>,
+    ) -> Result<Reading, DeadError> {
+        let lock = self.lock(queue);
+        let _reading = lock.lock().await;
+        let channel = self.channel(false).await?;
+        let (mut seen, mut stopped) = (0, false);
+        let read = dlq::read_each(&channel, queue, |dead| {
+            seen += 1;
+            stopped = visit(dead).is_break();
+            if stopped || seen >= self.read_limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await;
+        let n = read.as_ref().copied().unwrap_or(0);
+        // At the limit, what is left is what the broker still counts ready
+        // (the read ones are held by this channel).
+        let rest = match (&read, stopped) {
+            (Ok(n), false) if *n >= self.read_limit => ready(&channel, queue)
+                .await
+                .map_err(|e| DeadError::Broker(e.to_string())),
+            _ => Ok(0),
+        };
+        let total = n + rest.as_ref().copied().unwrap_or(0);
+        self.give_back(channel, queue, total).await;
+        read?;
+        let rest = rest?;
+        Ok(Reading {
+            read: n,
+            total,
+            limited: rest > 0,
+        })
+    }
+
+    /// The summary of the dead letters read (at most the read limit, the
+    /// oldest first) and page `page` of those `selection` matches, in queue
+    /// order.
     pub async fn view(
         &self,
         queue: &str,
@@ -141,26 +227,21 @@ impl DeadLetters {
         page: usize,
         per_page: usize,
     ) -> Result<View, DeadError> {
-        let lock = self.lock(queue);
-        let _reading = lock.lock().await;
-        let channel = self.channel(false).await?;
         let now = dlq::now_ms();
         let (mut counts, mut matching, mut jobs) = (BTreeMap::new(), 0, Vec::new());
         let skip = (page - 1).saturating_mul(per_page);
-        let read = dlq::read_each(&channel, queue, |dead| {
-            dlq::count(&mut counts, &dead.info);
-            if selection.matches(&dead.info, now) {
-                if matching >= skip && jobs.len() < per_page {
-                    jobs.push(dead.info);
+        let reading = self
+            .read_view(queue, |dead| {
+                dlq::count(&mut counts, &dead.info);
+                if selection.matches(&dead.info, now) {
+                    if matching >= skip && jobs.len() < per_page {
+                        jobs.push(dead.info);
+                    }
+                    matching += 1;
                 }
-                matching += 1;
-            }
-            ControlFlow::Continue(())
-        })
-        .await;
-        let total = read.as_ref().copied().unwrap_or(0);
-        self.give_back(channel, queue, total).await;
-        read?;
+                ControlFlow::Continue(())
+            })
+            .await?;
         let pages = super::filter::pages(matching, per_page);
         if page > pages {
             return Err(DeadError::PageOutOfRange { page, pages });
@@ -174,7 +255,9 @@ impl DeadLetters {
             })
             .collect();
         Ok(View {
-            total,
+            total: reading.total,
+            read: reading.read,
+            limited: reading.limited,
             summary,
             matching,
             page,
@@ -186,35 +269,39 @@ impl DeadLetters {
     }
 
     /// The whole dead letter with this id (the first, if several), as `dlq
-    /// show` prints it, with its body as text too.
-    pub async fn find(&self, queue: &str, id: &str) -> Result<Option<Value>, DeadError> {
-        let lock = self.lock(queue);
-        let _reading = lock.lock().await;
-        let channel = self.channel(false).await?;
+    /// show` prints it, with its body as text too; read no further than it
+    /// or the read limit.
+    pub async fn find(&self, queue: &str, id: &str) -> Result<Lookup, DeadError> {
         let mut found = None;
-        let read = dlq::read_each(&channel, queue, |dead| {
-            if dead.id == id {
-                found = Some(detail(&dead));
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
+        let reading = self
+            .read_view(queue, |dead| {
+                if dead.id == id {
+                    found = Some(detail(&dead));
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .await?;
+        Ok(match found {
+            Some(report) => Lookup::Found(report),
+            None if reading.limited => Lookup::NotAmongFirst {
+                read: reading.read,
+                total: reading.total,
+            },
+            None => Lookup::Absent,
         })
-        .await;
-        self.give_back(channel, queue, read.as_ref().copied().unwrap_or(0))
-            .await;
-        read?;
-        Ok(found)
     }
 
-    /// How many dead letters `selection` matches now.
-    pub async fn count(&self, queue: &str, selection: &Selection) -> Result<usize, DeadError> {
+    /// How many dead letters `selection` matches now, the whole queue read
+    /// (no read limit: an action's confirmation counts every match).
+    pub async fn count(&self, queue: &str, selection: &Selection) -> Result<Counted, DeadError> {
         let lock = self.lock(queue);
         let _reading = lock.lock().await;
         self.count_held(queue, selection).await
     }
 
-    async fn count_held(&self, queue: &str, selection: &Selection) -> Result<usize, DeadError> {
+    async fn count_held(&self, queue: &str, selection: &Selection) -> Result<Counted, DeadError> {
         let channel = self.channel(false).await?;
         let now = dlq::now_ms();
         let mut matching = 0;
@@ -223,10 +310,10 @@ impl DeadLetters {
             ControlFlow::Continue(())
         })
         .await;
-        self.give_back(channel, queue, read.as_ref().copied().unwrap_or(0))
-            .await;
+        let total = read.as_ref().copied().unwrap_or(0);
+        self.give_back(channel, queue, total).await;
         read?;
-        Ok(matching)
+        Ok(Counted { matching, total })
     }
 
     /// Replays or purges the dead letters `selection` matches, if they are
@@ -240,7 +327,7 @@ impl DeadLetters {
     ) -> Result<usize, DeadError> {
         let lock = self.lock(&names.dead);
         let _acting = lock.lock().await;
-        let matching = self.count_held(&names.dead, selection).await?;
+        let matching = self.count_held(&names.dead, selection).await?.matching;
         if matching != expected {
             return Err(DeadError::Changed { matching, expected });
         }
@@ -250,67 +337,6 @@ impl DeadLetters {
         self.give_back(channel, &names.dead, walk.read - walk.acted)
             .await;
         result.map(|()| walk.acted)
-    }
-}
-
-/// One pass of an action over the queue.
-#[derive(Default)]
-struct Walk {
-    read: usize,
-    acted: usize,
-    /// Replayed jobs as they would come back dead (id, replays): a job that
-    /// fails again at once is not replayed twice in one pass.
-    replayed: HashSet<(String, u32)>,
-}
-
-impl Walk {
-    async fn run(
-        &mut self,
-        channel: &Channel,
-        names: &QueueNames,
-        action: Action,
-        selection: &Selection,
-        expected: usize,
-    ) -> Result<(), DeadError> {
-        let now = dlq::now_ms();
-        while self.acted < expected {
-            let mut chunk = Vec::new();
-            while chunk.len() < CHUNK && self.acted + chunk.len() < expected {
-                let Some(dead) = dlq::next(channel, &names.dead).await? else {
-                    break;
-                };
-                self.read += 1;
-                if self.take(&dead, selection, now) {
-                    chunk.push(dead);
-                }
-            }
-            if chunk.is_empty() {
-                return Ok(());
-            }
-            let before = self.acted;
-            let mut done = 0;
-            let result =
-                dlq::act_on_each(chunk, action, channel, &names.jobs, |_| {}, |_| done += 1).await;
-            self.acted = before + done;
-            result.map_err(|e| DeadError::Interrupted {
-                done: self.acted,
-                error: e.to_string(),
-            })?;
-        }
-        Ok(())
-    }
-
-    fn take(&mut self, dead: &DeadJob, selection: &Selection, now: i64) -> bool {
-        if !selection.matches(&dead.info, now)
-            || self
-                .replayed
-                .contains(&(dead.id.clone(), dead.info.replays))
-        {
-            return false;
-        }
-        self.replayed
-            .insert((dead.id.clone(), dead.info.replays.saturating_add(1)));
-        true
     }
 }
 

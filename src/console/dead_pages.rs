@@ -13,6 +13,7 @@ use super::dead::View;
 use super::filter::{human_age, query, Filter, Params, FILTER_NAMES};
 use super::pages::{layout, segment, summary_table, when, PageError};
 use super::{AppRef, Ctx, Problem};
+use crate::broker::DeadReason;
 use crate::ops::dlq::DeadInfo;
 
 /// The list's query to come back to: its filter and page, nothing else.
@@ -43,12 +44,17 @@ fn flash(params: &Params) -> Option<String> {
     }
 }
 
-/// The filter form.
+/// The filter form: the reasons read, every reason this worker gives when
+/// the queue was not read whole, and the filter's own.
 fn filter_form(sdkappid: u64, filter: &Filter, view: &View) -> Markup {
     let mut reasons: Vec<&str> = view.summary.iter().map(|r| r.reason.as_str()).collect();
     reasons.dedup();
-    if let Some(r) = filter.reason.as_deref().filter(|r| !reasons.contains(r)) {
-        reasons.push(r);
+    let known = DeadReason::ALL.map(DeadReason::as_str);
+    let more: &[&str] = if view.limited { &known } else { &[] };
+    for r in more.iter().copied().chain(filter.reason.as_deref()) {
+        if !reasons.contains(&r) {
+            reasons.push(r);
+        }
     }
     let age = |secs: Option<i64>| secs.map(super::filter::format_age).unwrap_or_default();
     html! {
@@ -100,9 +106,16 @@ fn pager(sdkappid: u64, filter: &Filter, view: &View) -> Markup {
     }
 }
 
-/// The table and its action buttons, in one form to the confirmation.
+/// The table and its action buttons, in one form to the confirmation. A
+/// filter's buttons act on the whole queue: when it was not read whole they
+/// give no count (the confirmation counts every match).
 fn table(app: &AppRef, filter: &Filter, view: &View, csrf: Option<&str>, back: &str) -> Markup {
     let id = app.sdkappid;
+    let (how_many, none) = if view.limited {
+        ("every".to_string(), false)
+    } else {
+        (format!("all {}", view.matching), view.matching == 0)
+    };
     html! {
         form #dead-form method="post" action=(format!("/apps/{id}/confirm")) {
             input type="hidden" name="csrf" value=(csrf.unwrap_or(""));
@@ -121,8 +134,8 @@ fn table(app: &AppRef, filter: &Filter, view: &View, csrf: Option<&str>, back: &
                 button #replay-selected type="submit" name="do" value="replay-selected" data-test="replay-selected" { "Replay selected" }
                 button #purge-selected.danger type="submit" name="do" value="purge-selected" data-test="purge-selected" { "Purge selected" }
                 span.spacer {}
-                button #replay-filter type="submit" name="do" value="replay-filter" data-test="replay-filter" disabled[view.matching == 0] { "Replay all " (view.matching) " matching" }
-                button #purge-filter.danger type="submit" name="do" value="purge-filter" data-test="purge-filter" disabled[view.matching == 0] { "Purge all " (view.matching) " matching" }
+                button #replay-filter type="submit" name="do" value="replay-filter" data-test="replay-filter" disabled[none] { "Replay " (how_many) " matching" }
+                button #purge-filter.danger type="submit" name="do" value="purge-filter" data-test="purge-filter" disabled[none] { "Purge " (how_many) " matching" }
             }
         }
     }
@@ -155,7 +168,9 @@ pub(super) async fn list(
             (summary_table(id, &view))
             (filter_form(id, &filter, &view))
             p #dead-matching data-test="dead-matching" {
-                span data-test="matching-count" { (view.matching) } " of " (view.total) " dead letter(s) match"
+                span data-test="matching-count" { (view.matching) }
+                @if view.limited { " of the first " (view.read) } @else { " of " (view.total) }
+                " dead letter(s) match"
                 @if !filter.is_empty() { " (" (filter.describe()) ")" } "."
             }
             (table(&app, &filter, &view, csrf.as_deref(), &back_query(&params)))

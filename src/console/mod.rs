@@ -9,7 +9,9 @@
 //! - [`filter`]: query strings and forms, parsed and checked.
 //! - [`history`], [`chart`]: the last hour of calls, and its SVG.
 //! - [`view`]: an app's state as the pages and the API show it.
-//! - [`dead`]: the dead letters over the console's own broker connection.
+//! - [`dead`]: the dead letters over the console's own broker connection,
+//!   a view reading no more than the read limit of a queue (`walk`: one pass
+//!   of a replay or purge, over the whole queue).
 //! - `login`, `pages`, `dead_pages`, `action_pages`: the HTML; `api`: the JSON;
 //!   `actions`: replay and purge, shared by both.
 //!
@@ -31,6 +33,7 @@ pub mod history;
 mod login;
 mod pages;
 pub mod view;
+mod walk;
 
 use std::sync::Arc;
 
@@ -67,11 +70,17 @@ struct Inner {
 
 impl Console {
     /// A console for the holders of `token`, reading dead letters on the
-    /// broker at `amqp_url`, and the ledger's records if one is given.
-    pub fn new(token: ConsoleToken, amqp_url: String, ledger: Option<Ledger>) -> Self {
+    /// broker at `amqp_url` (at most `read_limit` of a queue for a view),
+    /// and the ledger's records if one is given.
+    pub fn new(
+        token: ConsoleToken,
+        amqp_url: String,
+        read_limit: usize,
+        ledger: Option<Ledger>,
+    ) -> Self {
         Self(Arc::new(Inner {
             auth: Auth::new(token),
-            dead: DeadLetters::new(amqp_url),
+            dead: DeadLetters::new(amqp_url, read_limit),
             ledger,
         }))
     }

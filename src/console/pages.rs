@@ -75,6 +75,19 @@ pub(super) fn segment(id: &str) -> String {
     utf8_percent_encode(id, NON_ALPHANUMERIC).to_string()
 }
 
+/// A count with thousands separated: `100,000`.
+pub(super) fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 pub(super) fn percent(share: f64) -> String {
     format!("{:.0}%", share * 100.0)
 }
@@ -219,10 +232,18 @@ fn problems(app: &AppView) -> Markup {
     }
 }
 
-/// The dead letters by reason and code, each a link to them.
+/// The dead letters by reason and code, each a link to them, and whether
+/// they are only the first of the queue.
 pub(super) fn summary_table(sdkappid: u64, view: &View) -> Markup {
     html! {
         p.muted { span #dead-total data-test="dead-total" { (view.total) } " dead letter(s) in the queue." }
+        @if view.limited {
+            p #read-limited.alert.alert-warn data-test="read-limited" data-read=(view.read) {
+                "Summary and filter cover the first " (thousands(view.read)) " of "
+                (thousands(view.total)) " dead letters (the oldest). "
+                "Replay and purge of a filter still count and act on every match in the queue."
+            }
+        }
         @if !view.summary.is_empty() {
             table #dead-summary.data.compact {
                 thead { tr { th { "Reason" } th.num { "Code" } th.num { "Jobs" } } }
@@ -307,6 +328,18 @@ mod tests {
         let html = badges(&view).into_string();
         assert_eq!(html.matches("class=").count(), 1, "{html}");
         assert!(html.contains("class=\"badge badge-disconnected\""));
+    }
+
+    #[test]
+    fn counts_have_thousands_separated() {
+        let shown: Vec<String> = [0, 999, 1_000, 5_000, 100_000, 1_234_567]
+            .into_iter()
+            .map(thousands)
+            .collect();
+        assert_eq!(
+            shown,
+            ["0", "999", "1,000", "5,000", "100,000", "1,234,567"]
+        );
     }
 
     #[test]

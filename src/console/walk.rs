@@ -1,0 +1,81 @@
+//! One pass of a replay or purge over an app's dead-letter queue, for
+//! [`super::dead::DeadLetters::act`]: the dead letters read in queue order
+//! on a confirming channel, the matching ones handed a chunk at a time to
+//! [`dlq::act_on_each`], as `dlq replay` and `dlq purge` do, and never more
+//! than the operator confirmed.
+
+use std::collections::HashSet;
+
+use lapin::Channel;
+
+use super::dead::DeadError;
+use crate::broker::QueueNames;
+use crate::ops::dlq::{self, Action, DeadJob, Selection};
+
+/// Jobs held at once while an action runs.
+const CHUNK: usize = 200;
+
+/// One pass of an action over the queue.
+#[derive(Default)]
+pub(super) struct Walk {
+    /// Dead letters read (held by the channel until acked or given back).
+    pub read: usize,
+    /// Dead letters replayed or purged.
+    pub acted: usize,
+    /// Replayed jobs as they would come back dead (id, replays): a job that
+    /// fails again at once is not replayed twice in one pass.
+    replayed: HashSet<(String, u32)>,
+}
+
+impl Walk {
+    /// Acts on the dead letters `selection` matches, in queue order, a
+    /// chunk at a time, until `expected` are done or the queue is read.
+    pub async fn run(
+        &mut self,
+        channel: &Channel,
+        names: &QueueNames,
+        action: Action,
+        selection: &Selection,
+        expected: usize,
+    ) -> Result<(), DeadError> {
+        let now = dlq::now_ms();
+        while self.acted < expected {
+            let mut chunk = Vec::new();
+            while chunk.len() < CHUNK && self.acted + chunk.len() < expected {
+                let Some(dead) = dlq::next(channel, &names.dead).await? else {
+                    break;
+                };
+                self.read += 1;
+                if self.take(&dead, selection, now) {
+                    chunk.push(dead);
+                }
+            }
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let before = self.acted;
+            let mut done = 0;
+            let result =
+                dlq::act_on_each(chunk, action, channel, &names.jobs, |_| {}, |_| done += 1).await;
+            self.acted = before + done;
+            result.map_err(|e| DeadError::Interrupted {
+                done: self.acted,
+                error: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, dead: &DeadJob, selection: &Selection, now: i64) -> bool {
+        if !selection.matches(&dead.info, now)
+            || self
+                .replayed
+                .contains(&(dead.id.clone(), dead.info.replays))
+        {
+            return false;
+        }
+        self.replayed
+            .insert((dead.id.clone(), dead.info.replays.saturating_add(1)));
+        true
+    }
+}
