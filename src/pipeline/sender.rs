@@ -92,23 +92,9 @@ impl Worker {
             if !std::mem::take(has_permit) && !self.wait_for_permit(shutdown).await {
                 return Ok(self.leave(call).await);
             }
-            // The claim comes at the end of the gap, so that a call is taken
-            // (and ownership checked) the moment before it is sent: it starts
-            // as long before the gap's end as the last claim took, and the
-            // rest of the gap is kept after it.
-            if !self.wait_for_gap(self.claim_lead, shutdown).await {
+            let Some(claimed) = self.claim_on_turn(&mut call, shutdown).await else {
                 return Ok(self.leave(call).await);
-            }
-            let claiming = Instant::now();
-            let claimed = self.claim(&mut call, shutdown).await;
-            // A decaying peak: one slow claim must not make the next send late.
-            self.claim_lead = claiming
-                .elapsed()
-                .max(self.claim_lead.mul_f64(0.9))
-                .min(MAX_CLAIM_LEAD);
-            if !self.wait_for_gap(Duration::ZERO, shutdown).await {
-                return Ok(self.leave(call).await);
-            }
+            };
             match claimed {
                 Ok(Claim::Ready) => {}
                 Ok(Claim::LookAgain) => return Ok(look_again(call)),
@@ -164,6 +150,31 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Claims the call at the end of the gap, so that it is taken (and
+    /// ownership checked) the moment before it is sent: the claim starts as
+    /// long before the gap's end as recent claims took, and the rest of the
+    /// gap is kept after it. `None` on shutdown.
+    async fn claim_on_turn(
+        &mut self,
+        call: &mut Call,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Claim, SessionEnd>> {
+        if !self.wait_for_gap(self.claim_lead, shutdown).await {
+            return None;
+        }
+        let claiming = Instant::now();
+        let claimed = self.claim(call, shutdown).await;
+        // A decaying peak: one slow claim must not make the next send late.
+        self.claim_lead = claiming
+            .elapsed()
+            .max(self.claim_lead.mul_f64(0.9))
+            .min(MAX_CLAIM_LEAD);
+        if !self.wait_for_gap(Duration::ZERO, shutdown).await {
+            return None;
+        }
+        Some(claimed)
     }
 
     /// Shutdown: the call's jobs go back to the queue, and the ledger's call
