@@ -53,3 +53,18 @@ async fn the_demo_settles_its_burst_and_prints_the_console() {
     assert_eq!(token.len(), 32, "a drawn token: {token}");
     assert!(stdout.contains("0 frequency-limit answers"), "{stdout}");
 }
+
+#[test]
+fn the_demo_never_empties_a_real_workers_queues() {
+    let output = Command::new(env!("CARGO_BIN_EXE_broadcast-worker"))
+        .args(["demo", "--queue-prefix", "broadcast", "--exit-when-done"])
+        .env("AMQP_URL", AMQP_URL)
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--queue-prefix must contain \"demo\""),
+        "{stderr}"
+    );
+}

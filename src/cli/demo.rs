@@ -40,7 +40,8 @@ pub struct DemoArgs {
     /// The ledger, when set (PostgreSQL); without it, delivery is at least once.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// The demo's queues: `{prefix}.jobs`, `.dead`, `.dlx`. Emptied at start.
+    /// The demo's queues: `{prefix}.jobs`, `.dead`, `.dlx`. Deleted at start, so
+    /// the prefix must contain "demo".
     #[arg(long, default_value = "broadcast-demo")]
     pub queue_prefix: String,
     /// The worker's ops endpoint and console.
@@ -75,6 +76,13 @@ struct SampleJob {
 
 impl DemoArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        // It deletes its queues at start: never a real worker's.
+        if !self.queue_prefix.contains("demo") {
+            bail!(
+                "the demo empties its queues at start, so --queue-prefix must contain \"demo\" (not {:?})",
+                self.queue_prefix
+            );
+        }
         if self.jobs == 0 || self.jobs > 100_000 {
             bail!("--jobs must be from 1 to 100000");
         }
