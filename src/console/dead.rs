@@ -17,8 +17,6 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use serde::Serialize;
 use serde_json::Value;
@@ -350,15 +348,5 @@ fn detail(dead: &DeadJob) -> Value {
 
 /// Messages ready in `queue`.
 async fn ready(channel: &Channel, queue: &str) -> Result<usize, lapin::Error> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(declared.message_count() as usize)
+    Ok(broker::ready_count(channel, queue).await? as usize)
 }

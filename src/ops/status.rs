@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::Channel;
 use serde::Serialize;
 
@@ -225,17 +223,7 @@ pub async fn sample_queues(channel: Channel, queues: QueueNames, status: Arc<Wor
 
 /// Messages ready in `queue`, by a passive declare.
 async fn ready(channel: &Channel, queue: &str) -> Result<u64, lapin::Error> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(u64::from(declared.message_count()))
+    Ok(u64::from(broker::ready_count(channel, queue).await?))
 }
 
 #[cfg(test)]
