@@ -18,6 +18,7 @@ use crate::broker::{self, headers};
 use crate::cli::run::RunArgs;
 use crate::ops::enqueue::{job_properties, new_job_id, text_job, PublishOptions};
 use crate::ops::telemetry;
+use crate::pipeline::config::defaults;
 use crate::tencent::simulator::{Simulator, SimulatorConfig};
 use crate::tencent::usersig::SecretKey;
 
@@ -176,6 +177,16 @@ impl DemoArgs {
                 .await
                 .with_context(|| format!("cannot empty the demo's queue {queue}"))?;
         }
+        // Declared again at once (as the worker declares them), so the burst
+        // is not published before the worker's session has made them.
+        let topology = broker::Topology {
+            names,
+            delivery_limit: defaults::DELIVERY_LIMIT,
+        };
+        topology
+            .declare(&connection)
+            .await
+            .context("cannot declare the demo's queues")?;
         let _ = connection.close(200, "done".into()).await;
         Ok(())
     }
