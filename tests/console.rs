@@ -32,29 +32,6 @@ async fn get(client: &Client, url: &str, cookie: Option<&str>) -> (u16, String) 
     text(request.send().await.unwrap()).await
 }
 
-async fn api(client: &Client, url: &str) -> (u16, Value) {
-    let response = client
-        .get(url)
-        .bearer_auth(CONSOLE_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
-async fn api_post(client: &Client, url: &str, body: Value) -> (u16, Value) {
-    let response = client
-        .post(url)
-        .bearer_auth(CONSOLE_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
 /// The ids of the dead letters of a listing.
 fn ids(listing: &Value) -> Vec<String> {
     listing["jobs"]
@@ -354,7 +331,7 @@ async fn a_session_sees_the_counts_and_purges_a_filter_after_confirming() {
     assert!(after.contains("id=\"flash\""), "{after}");
     assert!(after.contains("data-test=\"matching-count\">0<"), "{after}");
     app.wait_for_len(&app.names.dead, 5).await;
-    let (_, left) = api(&client, &format!("{url}/api/apps/{APP}/dead?per_page=500")).await;
+    let (_, left) = console_api(&client, &format!("{url}/api/apps/{APP}/dead?per_page=500")).await;
     assert_eq!(left["total"], 5);
     assert_eq!(count_of(&left["summary"], "rejected"), 0);
     assert_eq!(count_of(&left["summary"], "invalid-json"), 4);
@@ -386,13 +363,13 @@ async fn the_api_filters_pages_and_shows_a_script_as_text() {
     let worker = console_worker(BIN, &app, &with_token());
     let (client, url) = (console_client(), worker.url.clone());
     let base = format!("{url}/api/apps/{APP}");
-    let (status, summary) = api(&client, &format!("{base}/dead/summary")).await;
+    let (status, summary) = console_api(&client, &format!("{base}/dead/summary")).await;
     assert_eq!(status, 200, "{summary}");
     assert_eq!(summary["total"], 7);
     for (reason, n) in DEAD_LETTERS {
         assert_eq!(count_of(&summary["summary"], reason), n as u64, "{summary}");
     }
-    let (_, first) = api(
+    let (_, first) = console_api(
         &client,
         &format!("{base}/dead?reason=invalid-json&per_page=3"),
     )
@@ -401,7 +378,7 @@ async fn the_api_filters_pages_and_shows_a_script_as_text() {
         (first["matching"].clone(), first["pages"].clone()),
         (json!(4), json!(2))
     );
-    let (_, second) = api(
+    let (_, second) = console_api(
         &client,
         &format!("{base}/dead?reason=invalid-json&per_page=3&page=2"),
     )
@@ -410,9 +387,9 @@ async fn the_api_filters_pages_and_shows_a_script_as_text() {
     seen.extend(ids(&second));
     seen.sort();
     assert_eq!(seen, ["bad-json-0", "bad-json-1", "bad-json-2", "script-0"]);
-    let (_, by_code) = api(&client, &format!("{base}/dead?code=10004&newer_than=1h")).await;
+    let (_, by_code) = console_api(&client, &format!("{base}/dead?code=10004&newer_than=1h")).await;
     assert_eq!(ids(&by_code).len(), 2);
-    let (_, old) = api(&client, &format!("{base}/dead?older_than=1h")).await;
+    let (_, old) = console_api(&client, &format!("{base}/dead?older_than=1h")).await;
     assert_eq!(old["matching"], 0);
     for (query, status) in [
         ("?page=3&reason=invalid-json&per_page=3", 404),
@@ -421,15 +398,24 @@ async fn the_api_filters_pages_and_shows_a_script_as_text() {
         ("?colour=red", 400),
         ("?per_page=0", 400),
     ] {
-        let (got, body) = api(&client, &format!("{base}/dead{query}")).await;
+        let (got, body) = console_api(&client, &format!("{base}/dead{query}")).await;
         assert_eq!(got, status, "{query}: {body}");
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
-    assert_eq!(api(&client, &format!("{url}/api/apps/abc")).await.0, 400);
-    assert_eq!(api(&client, &format!("{url}/api/apps/1")).await.0, 404);
-    assert_eq!(api(&client, &format!("{base}/dead/nope")).await.0, 404);
+    assert_eq!(
+        console_api(&client, &format!("{url}/api/apps/abc")).await.0,
+        400
+    );
+    assert_eq!(
+        console_api(&client, &format!("{url}/api/apps/1")).await.0,
+        404
+    );
+    assert_eq!(
+        console_api(&client, &format!("{base}/dead/nope")).await.0,
+        404
+    );
 
-    let (status, job) = api(&client, &format!("{base}/dead/script-0")).await;
+    let (status, job) = console_api(&client, &format!("{base}/dead/script-0")).await;
     assert_eq!(status, 200);
     assert_eq!(job["body_text"], SCRIPT_BODY);
     assert_eq!(job["why"]["reason"], "invalid-json");
@@ -461,16 +447,16 @@ async fn a_replay_through_the_api_is_delivered_and_leaves_the_dead_letters() {
     let (client, url) = (console_client(), worker.url.clone());
     let base = format!("{url}/api/apps/{APP}");
     let one = json!({"ids": ["rejected-0"], "dry_run": true});
-    let (status, dry) = api_post(&client, &format!("{base}/replay"), one).await;
+    let (status, dry) = console_api_post(&client, &format!("{base}/replay"), one).await;
     assert_eq!((status, dry["matching"].clone()), (200, json!(1)), "{dry}");
-    let (status, refused) = api_post(
+    let (status, refused) = console_api_post(
         &client,
         &format!("{base}/replay"),
         json!({"ids": ["rejected-0"]}),
     )
     .await;
     assert_eq!(status, 400, "no confirmation: {refused}");
-    let (status, wrong) = api_post(
+    let (status, wrong) = console_api_post(
         &client,
         &format!("{base}/replay"),
         json!({"ids": ["rejected-0"], "expected": 2}),
@@ -478,7 +464,7 @@ async fn a_replay_through_the_api_is_delivered_and_leaves_the_dead_letters() {
     .await;
     assert_eq!(status, 409, "{wrong}");
     app.wait_for_len(&app.names.dead, 7).await;
-    let (status, done) = api_post(
+    let (status, done) = console_api_post(
         &client,
         &format!("{base}/replay"),
         json!({"ids": ["rejected-0"], "expected": 1}),
@@ -490,9 +476,9 @@ async fn a_replay_through_the_api_is_delivered_and_leaves_the_dead_letters() {
     })
     .await;
     app.wait_for_len(&app.names.dead, 6).await;
-    let (_, left) = api(&client, &format!("{base}/dead?reason=rejected")).await;
+    let (_, left) = console_api(&client, &format!("{base}/dead?reason=rejected")).await;
     assert_eq!(ids(&left), ["rejected-1"]);
-    let (_, apps) = api(&client, &format!("{url}/api/apps")).await;
+    let (_, apps) = console_api(&client, &format!("{url}/api/apps")).await;
     let view = &apps["apps"][0];
     assert_eq!(
         (view["sdkappid"].clone(), view["state"].clone()),
@@ -543,7 +529,7 @@ async fn a_halted_app_shows_its_last_error_in_a_fleet() {
     };
     assert_eq!(view["last_failure"]["code"], 10007, "{view}");
     assert_eq!(view["history"].as_array().map(Vec::len), Some(60));
-    let (_, apps) = api(&client, &format!("{url}/api/apps")).await;
+    let (_, apps) = console_api(&client, &format!("{url}/api/apps")).await;
     let served: Vec<u64> = apps["apps"]
         .as_array()
         .unwrap()
@@ -608,7 +594,7 @@ async fn a_job_page_says_what_the_ledger_knows() {
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("data-state=\"known\""), "{page}");
     assert!(page.contains("dead-lettered at"), "{page}");
-    let (_, job) = api(
+    let (_, job) = console_api(
         &client,
         &format!("{}/api/apps/{APP}/dead/refused%2F1%20%3F%23", worker.url),
     )

@@ -20,22 +20,6 @@ async fn page(client: &Client, url: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn api(client: &Client, url: &str) -> (u16, Value) {
-    let response = client
-        .get(url)
-        .bearer_auth(CONSOLE_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
-async fn api_post(client: &Client, url: &str, body: Value) -> (u16, Value) {
-    let request = client.post(url).bearer_auth(CONSOLE_TOKEN).json(&body);
-    let response = request.send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
 /// Every count of a summary, added up.
 fn summed(summary: &Value) -> u64 {
     let rows = summary.as_array().unwrap();
@@ -62,7 +46,7 @@ async fn views_read_at_most_the_limit_and_actions_the_whole_queue() {
     let base = format!("{url}/api/apps/{APP}");
 
     // The views read 3 of the 7, and say so.
-    let (status, summary) = api(&client, &format!("{base}/dead/summary")).await;
+    let (status, summary) = console_api(&client, &format!("{base}/dead/summary")).await;
     assert_eq!(status, 200, "{summary}");
     assert_eq!(
         (&summary["read"], &summary["limited"], &summary["total"]),
@@ -70,7 +54,7 @@ async fn views_read_at_most_the_limit_and_actions_the_whole_queue() {
         "{summary}"
     );
     assert_eq!(summed(&summary["summary"]), 3, "{summary}");
-    let (_, listing) = api(&client, &format!("{base}/dead?per_page=500")).await;
+    let (_, listing) = console_api(&client, &format!("{base}/dead?per_page=500")).await;
     assert_eq!(
         (&listing["read"], &listing["limited"]),
         (&json!(3), &json!(true))
@@ -106,7 +90,7 @@ async fn views_read_at_most_the_limit_and_actions_the_whole_queue() {
         .iter()
         .find(|id| !read.contains(&id.to_string()))
         .unwrap();
-    let (status, missing) = api(&client, &format!("{base}/dead/{unread}")).await;
+    let (status, missing) = console_api(&client, &format!("{base}/dead/{unread}")).await;
     assert_eq!(status, 404, "{missing}");
     let error = missing["error"].as_str().unwrap();
     assert!(error.contains("among the first 3 of the 7"), "{error}");
@@ -115,7 +99,9 @@ async fn views_read_at_most_the_limit_and_actions_the_whole_queue() {
     assert_eq!(status, 404);
     assert!(job_page.contains("among the first 3"), "{job_page}");
     assert_eq!(
-        api(&client, &format!("{base}/dead/{}", read[0])).await.0,
+        console_api(&client, &format!("{base}/dead/{}", read[0]))
+            .await
+            .0,
         200
     );
 
@@ -133,7 +119,7 @@ async fn views_read_at_most_the_limit_and_actions_the_whole_queue() {
         "{confirmed}"
     );
     assert!(confirmed.contains("data-total=\"7\""), "{confirmed}");
-    let (_, dry) = api_post(
+    let (_, dry) = console_api_post(
         &client,
         &format!("{base}/purge"),
         json!({"reason": "invalid-json", "dry_run": true}),
@@ -146,12 +132,12 @@ async fn views_read_at_most_the_limit_and_actions_the_whole_queue() {
     );
     app.wait_for_len(&app.names.dead, 7).await;
     let purge = json!({"reason": "invalid-json", "expected": 4});
-    let (status, done) = api_post(&client, &format!("{base}/purge"), purge).await;
+    let (status, done) = console_api_post(&client, &format!("{base}/purge"), purge).await;
     assert_eq!((status, &done["done"]), (200, &json!(4)), "{done}");
     app.wait_for_len(&app.names.dead, 3).await;
 
     // 3 left: read whole, and no note.
-    let (_, summary) = api(&client, &format!("{base}/dead/summary")).await;
+    let (_, summary) = console_api(&client, &format!("{base}/dead/summary")).await;
     assert_eq!(
         (&summary["read"], &summary["limited"], &summary["total"]),
         (&json!(3), &json!(false), &json!(3)),

@@ -186,3 +186,33 @@ pub fn csrf_of(page: &str) -> String {
     let rest = &page[at + "name=\"csrf\" value=\"".len()..];
     rest[..rest.find('"').unwrap()].to_string()
 }
+
+/// `GET url` as a script would, with the test token as a bearer; the status
+/// and the JSON answered.
+pub async fn console_api(client: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    let response = client
+        .get(url)
+        .bearer_auth(CONSOLE_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// `POST url` with a JSON `body` and the test token as a bearer.
+pub async fn console_api_post(
+    client: &reqwest::Client,
+    url: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = client
+        .post(url)
+        .bearer_auth(CONSOLE_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
