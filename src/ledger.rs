@@ -109,7 +109,7 @@ impl Ledger {
             "SELECT DISTINCT ON (j.job_id) j.job_id, j.state AS job_state, j.replays, \
                     c.id AS call_id, c.state AS call_state, \
                     CASE WHEN j.state = $2 AND c.state = $3 THEN c.body END AS body, \
-                    c.random, EXTRACT(EPOCH FROM (now() - c.created_at))::float8 AS age \
+                    c.random, EXTRACT(EPOCH FROM (now() - c.doubt_since))::float8 AS doubt_age \
              FROM jobs j JOIN calls c ON c.id = j.call_id \
              WHERE j.job_id = ANY($1) AND ((j.app = $4 AND j.queue = $5) OR (j.app = 0 AND j.queue = '')) \
              ORDER BY j.job_id, j.app = 0",
@@ -147,7 +147,7 @@ impl Ledger {
             "SELECT DISTINCT ON (j.digest) j.digest, j.job_id, j.state AS job_state, j.replays, \
                     c.id AS call_id, c.state AS call_state, \
                     CASE WHEN j.state = $2 AND c.state = $3 THEN c.body END AS body, \
-                    c.random, EXTRACT(EPOCH FROM (now() - c.created_at))::float8 AS age \
+                    c.random, EXTRACT(EPOCH FROM (now() - c.doubt_since))::float8 AS doubt_age \
              FROM jobs j JOIN calls c ON c.id = j.call_id \
              WHERE j.digest = ANY($1) AND NOT j.acked \
                AND ((j.app = $4 AND j.queue = $5) OR (j.app = 0 AND j.queue = '')) \

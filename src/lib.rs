@@ -16,6 +16,7 @@
 //! - [`fleet`]: one process serving many apps: the apps file, a worker per
 //!   app, reloads, and the active senders spread over the replicas.
 //! - [`cli`]: the subcommands and their settings.
+//! - [`text`]: text about producer input, cut to a bound with a marker.
 
 pub mod broker;
 pub mod cli;
@@ -25,3 +26,4 @@ pub mod ledger;
 pub mod ops;
 pub mod pipeline;
 pub mod tencent;
+pub mod text;

@@ -610,3 +610,63 @@ async fn reading_holds_only_what_it_prints() {
     );
     app.wait_for_len(&app.names.dead, N as u32).await;
 }
+
+/// Two identical announcements published without `message_id` are two
+/// broadcasts; dead-lettered and replayed, they stay two, and each is
+/// delivered once, with the ledger, even when the replay runs twice.
+#[tokio::test]
+async fn replaying_two_dead_letters_of_one_body_without_ids_delivers_both() {
+    let db = TestDatabase::create("dlq-idless").await;
+    let mut app = spawn_app("dlq-idless", 50.0).await;
+    let ledger = Ledger::connect_lazy(&db.url()).unwrap();
+    ledger.migrate().await.unwrap();
+    app.config.ledger = Some(ledger);
+    app.sim
+        .simulator
+        .set_faults(refuse_bodies_containing("ANNOUNCE", 80001));
+    let body = text_job("ANNOUNCE").to_string();
+    app.publish_raw(None, body.as_bytes(), None).await;
+    app.publish_raw(None, body.as_bytes(), None).await;
+    app.start_worker();
+    app.wait_for_dead(2, LONG).await;
+    let listing = list_json(&app, &[]);
+    let ids: Vec<&str> = listing["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1], "each dead letter is a job of its own");
+    app.sim.simulator.set_faults(FaultPlan::default());
+    // One is replayed as an interrupted replay leaves it, twice (published,
+    // then published again before its removal); the other by the CLI.
+    let channel = app.connection.create_channel().await.unwrap();
+    let first = broadcast_worker::ops::dlq::next(&channel, &app.names.dead)
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..2 {
+        let properties = broadcast_worker::ops::dlq::replay_properties(&first);
+        broker::publish_confirmed(&app.channel, "", &app.names.jobs, &first.body, properties)
+            .await
+            .unwrap();
+    }
+    first.remove().await.unwrap();
+    let _ = channel.close(200, "".into()).await;
+    let out = dlq(&app, &["replay", "--all"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.wait_for("both announcements delivered", LONG, |app| {
+        app.delivered_texts().get("job:ANNOUNCE") == Some(&2)
+    })
+    .await;
+    // The replay published twice was one job: nothing more comes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.delivered_texts().get("job:ANNOUNCE"), Some(&2));
+    assert_eq!(app.queue_len(&app.names.dead).await, 0);
+    app.stop_worker().await.unwrap();
+}

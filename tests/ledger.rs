@@ -281,12 +281,17 @@ async fn leave_call_in_flight(
         .expect("the Random is free");
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-    sqlx::query("UPDATE calls SET created_at = now() - make_interval(secs => $2) WHERE id = $1")
-        .bind(call)
-        .bind(age_secs as f64)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    // Made `age_secs` ago, and attempted then (so in doubt since).
+    sqlx::query(
+        "UPDATE calls SET created_at = now() - make_interval(secs => $2), \
+             doubt_since = now() - make_interval(secs => $2), \
+             attempted_at = now() - make_interval(secs => $2) WHERE id = $1",
+    )
+    .bind(call)
+    .bind(age_secs as f64)
+    .execute(&mut conn)
+    .await
+    .unwrap();
     body
 }
 

@@ -89,7 +89,7 @@ impl Presence {
 
     /// Connects, declares the presence queue and consumes from it.
     async fn join(&self) -> Result<(Connection, Channel, Consumer), String> {
-        let connection = broker::connect_lean(&self.amqp_url, "broadcast-worker presence")
+        let connection = broker::connect(&self.amqp_url, "broadcast-worker presence")
             .await
             .map_err(|e| e.to_string())?;
         let channel = connection

@@ -57,8 +57,10 @@ pub struct InFlightCall {
     pub call_id: i64,
     pub body: Vec<u8>,
     pub random: u32,
-    /// Time since the call's first attempt, by the database's clock.
-    pub age: Duration,
+    /// Time since an attempt of the call may first have reached the
+    /// service, by the database's clock; `None` while every attempt was
+    /// refused for sure.
+    pub doubt: Option<Duration>,
 }
 
 /// A job as a call records it.
@@ -124,8 +126,8 @@ pub(super) struct RecordRow {
     /// Only for a job still in flight in a call still in flight.
     body: Option<Vec<u8>>,
     random: i64,
-    /// Seconds since the call's first attempt, by the database's clock.
-    age: f64,
+    /// Seconds since an attempt may first have reached the service.
+    doubt_age: Option<f64>,
 }
 
 impl RecordRow {
@@ -134,7 +136,7 @@ impl RecordRow {
             call_id: self.call_id,
             body,
             random: u32::try_from(self.random).unwrap_or(0),
-            age: Duration::from_secs_f64(self.age.max(0.0)),
+            doubt: self.doubt_age.map(|s| Duration::from_secs_f64(s.max(0.0))),
         });
         let recorded = u32::try_from(self.replays).unwrap_or(0);
         classify_record(
@@ -187,7 +189,7 @@ mod tests {
             call_id: 7,
             body: b"{}".to_vec(),
             random: 1,
-            age: Duration::from_secs(3),
+            doubt: Some(Duration::from_secs(3)),
         };
         assert_eq!(
             classify_record(JobState::Delivered, CallState::Delivered, None, 0, 0),

@@ -50,8 +50,13 @@ impl Begun {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TakeOver {
     /// This session owns it now; `interruptions` is the most sessions any of
-    /// its jobs was in flight in that ended without settling it.
-    Owned { interruptions: u32 },
+    /// its jobs was in flight in that ended without settling it, `doubt` the
+    /// time since an attempt of it may first have reached the service
+    /// (`None`: every attempt was refused for sure, it was never delivered).
+    Owned {
+        interruptions: u32,
+        doubt: Option<std::time::Duration>,
+    },
     /// No longer in flight (settled, split or abandoned meanwhile): look
     /// its jobs up again.
     Settled,
@@ -94,7 +99,8 @@ impl LedgerSession {
     }
 
     /// Records a call as in flight, owned by this session, before its first
-    /// attempt. A split call's halves name their parent, closed as `split`.
+    /// attempt (so in doubt from now: the attempt may get through). A split
+    /// call's halves name their parent, closed as `split`.
     ///
     /// One statement, so one round trip: the `Random` is claimed (no call of
     /// other content used it within the service's repeat window, for this
@@ -126,12 +132,13 @@ impl LedgerSession {
                  SELECT $3::bigint IS NULL OR EXISTS (SELECT 1 FROM calls \
                      WHERE id = $3 AND owner = $8 AND state IN ('in_flight', 'split')) AS held), \
              new_call AS ( \
-                 INSERT INTO calls (app, queue, body, random, job_count, state, content_digest, owner) \
-                 SELECT $1, $2, $4, $5, $6, 'in_flight', $7, $8 \
+                 INSERT INTO calls (app, queue, body, random, job_count, state, content_digest, owner, \
+                                    doubt_since, attempted_at) \
+                 SELECT $1, $2, $4, $5, $6, 'in_flight', $7, $8, now(), now() \
                  WHERE (SELECT held FROM parent_held) AND NOT EXISTS ( \
                      SELECT 1 FROM calls WHERE random = $5 AND app IN ($1, 0) \
                        AND content_digest IS DISTINCT FROM $7 \
-                       AND created_at > now() - make_interval(secs => $9)) \
+                       AND GREATEST(created_at, attempted_at) > now() - make_interval(secs => $9)) \
                  RETURNING id), \
              bound AS ( \
                  INSERT INTO jobs (app, queue, job_id, digest, call_id, state, replays) \
@@ -208,12 +215,14 @@ impl LedgerSession {
     pub async fn take_over(&self, call_id: i64) -> Result<TakeOver, LedgerError> {
         let started = std::time::Instant::now();
         let mut tx = self.ledger.pool.begin().await?;
-        let row: Option<(Option<i64>, CallState)> =
-            sqlx::query_as("SELECT owner, state FROM calls WHERE id = $1 FOR UPDATE")
-                .bind(call_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((owner, state)) = row else {
+        let row: Option<(Option<i64>, CallState, Option<f64>)> = sqlx::query_as(
+            "SELECT owner, state, EXTRACT(EPOCH FROM (now() - doubt_since))::float8 \
+             FROM calls WHERE id = $1 FOR UPDATE",
+        )
+        .bind(call_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((owner, state, doubt)) = row else {
             return Ok(TakeOver::Settled);
         };
         if owner.is_some_and(|owner| owner > self.token) {
@@ -222,11 +231,17 @@ impl LedgerSession {
         if state != CallState::InFlight {
             return Ok(TakeOver::Settled);
         }
-        sqlx::query("UPDATE calls SET owner = $2 WHERE id = $1")
-            .bind(call_id)
-            .bind(self.token)
-            .execute(&mut *tx)
-            .await?;
+        // In doubt, it is resent now, so its `Random` stays claimed; never
+        // delivered, it is abandoned and its jobs start over.
+        sqlx::query(
+            "UPDATE calls SET owner = $2, \
+                 attempted_at = CASE WHEN doubt_since IS NULL THEN attempted_at ELSE now() END \
+             WHERE id = $1",
+        )
+        .bind(call_id)
+        .bind(self.token)
+        .execute(&mut *tx)
+        .await?;
         let interrupted = owner.is_some_and(|owner| owner != self.token);
         let interruptions: Option<i32> = sqlx::query_scalar(
             "WITH counted AS ( \
@@ -243,6 +258,53 @@ impl LedgerSession {
         tx.commit().await?;
         Ok(TakeOver::Owned {
             interruptions: u32::try_from(interruptions.unwrap_or(0)).unwrap_or(0),
+            doubt: doubt.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))),
+        })
+    }
+
+    /// Before another attempt: the call must still be this session's, and
+    /// from now it may be delivered (the attempt may get through), and its
+    /// `Random` stays claimed.
+    pub async fn attempt_again(&self, call_id: i64) -> Result<Ownership, LedgerError> {
+        let started = std::time::Instant::now();
+        let marked = sqlx::query(
+            "UPDATE calls SET doubt_since = COALESCE(doubt_since, now()), attempted_at = now() \
+             WHERE id = $1 AND owner = $2 AND state IN ($3, $4)",
+        )
+        .bind(call_id)
+        .bind(self.token)
+        .bind(CallState::InFlight)
+        .bind(CallState::DeadLettering)
+        .execute(&self.ledger.pool)
+        .await?
+        .rows_affected();
+        self.ledger.spent("attempt_again", started, 1);
+        Ok(if marked == 1 {
+            Ownership::Held
+        } else {
+            Ownership::Lost
+        })
+    }
+
+    /// The service refused the latest attempt for sure, and no earlier one
+    /// may have got through: the call was never delivered, whoever takes it
+    /// over and however late.
+    pub async fn refused(&self, call_id: i64) -> Result<Ownership, LedgerError> {
+        let started = std::time::Instant::now();
+        let cleared = sqlx::query(
+            "UPDATE calls SET doubt_since = NULL WHERE id = $1 AND owner = $2 AND state = $3",
+        )
+        .bind(call_id)
+        .bind(self.token)
+        .bind(CallState::InFlight)
+        .execute(&self.ledger.pool)
+        .await?
+        .rows_affected();
+        self.ledger.spent("refused", started, 1);
+        Ok(if cleared == 1 {
+            Ownership::Held
+        } else {
+            Ownership::Lost
         })
     }
 

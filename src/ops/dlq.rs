@@ -164,10 +164,14 @@ pub async fn find(
 impl DeadJob {
     fn from_delivery(delivery: Delivery) -> Self {
         let properties = delivery.properties;
+        // A job without `message_id` is known by the id of its arrival, which
+        // the worker writes on its dead letter; one that RabbitMQ dead-lettered
+        // by itself has none, and is shown by its body's digest.
         let id = properties
             .message_id()
             .as_ref()
             .map(|id| id.as_str().to_string())
+            .or_else(|| broker::header_str(&properties, headers::JOB_ID))
             .unwrap_or_else(|| job::body_digest(&delivery.data));
         let info = DeadInfo {
             id: id.clone(),
@@ -264,10 +268,14 @@ pub fn replay_properties(dead: &DeadJob) -> BasicProperties {
         AMQPValue::LongLongInt(i64::from(dead.info.replays) + 1),
     );
     let mut properties = dead.properties.clone().with_headers(headers);
-    // Without an id the job's identity is its body's digest, which a replay
-    // keeps; set it explicitly so the worker and `jobs show` agree.
+    // A job without `message_id` goes back under the id of its arrival, so
+    // two dead letters of one body are two jobs, and replaying one twice
+    // (stopped between the publish and the removal) is still one. Without
+    // an arrival id (RabbitMQ dead-lettered it itself) it goes back without
+    // an id, a fresh arrival of its own.
     if dead.properties.message_id().is_none() {
-        if let Ok(id) = lapin::types::ShortString::try_new(dead.id.clone()) {
+        let arrival = broker::header_str(&dead.properties, headers::JOB_ID);
+        if let Some(id) = arrival.and_then(|id| lapin::types::ShortString::try_new(id).ok()) {
             properties = properties.with_message_id(id);
         }
     }

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 
-use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -20,7 +19,7 @@ use crate::ledger::{InFlightCall, Known, Ledger};
 use crate::ops::telemetry;
 
 use super::decision::{on_redelivery, Redelivery};
-use super::delivery::Pending;
+use super::delivery::{Outbox, Pending};
 use super::holding::Holding;
 use super::job::Job;
 use super::ledger_retry::with_ledger;
@@ -59,7 +58,7 @@ impl Worker {
     pub(super) async fn admit(
         &mut self,
         holding: &mut Holding,
-        publish_channel: &Channel,
+        outbox: &Outbox,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
         holding.set_aside_duplicates();
@@ -99,7 +98,7 @@ impl Worker {
                 }
             }
         }
-        self.settle(settled, publish_channel, shutdown).await
+        self.settle(settled, outbox, shutdown).await
     }
 
     /// One query for the arrived jobs with a `message_id`, one for the
@@ -140,17 +139,22 @@ impl Worker {
         job: Job,
         pending: Pending,
     ) -> Option<Settlement> {
-        match on_redelivery(call.age, self.config.resend_window, self.config.in_doubt) {
+        let doubt = call.doubt;
+        match on_redelivery(doubt, self.config.resend_window, self.config.in_doubt) {
+            // Taken over, then started over: see [`super::claim`].
+            Redelivery::StartOver => {
+                info!(job = %job.id, call = call.call_id, "its call in flight was refused at every attempt: its jobs start over");
+            }
             Redelivery::Resend => {}
             Redelivery::ResendInDoubt => {
-                warn!(job = %job.id, call = call.call_id, age = ?call.age, "call in flight beyond the repeat window: resending it (at least once, as configured)");
+                warn!(job = %job.id, call = call.call_id, ?doubt, "call in flight beyond the repeat window: resending it (at least once, as configured)");
             }
             Redelivery::DeadLetterInDoubt => {
-                warn!(job = %job.id, call = call.call_id, age = ?call.age, "call in flight beyond the repeat window: dead-lettering the job as in-doubt, as configured");
+                warn!(job = %job.id, call = call.call_id, ?doubt, "call in flight beyond the repeat window: dead-lettering the job as in-doubt, as configured");
                 let info = format!(
-                    "its call {} was in flight {} s ago, beyond the service's repeat window: it may or may not have been delivered",
+                    "its call {} may have reached the service {} s ago, beyond the service's repeat window: it may or may not have been delivered",
                     call.call_id,
-                    call.age.as_secs()
+                    doubt.unwrap_or_default().as_secs()
                 );
                 let fate = dead_letter_fate(&pending, DeadReason::InDoubt, None, info, None);
                 return Some((job, pending, fate));

@@ -22,8 +22,12 @@ pub struct Call {
     pub ledger_id: Option<i64>,
     /// The ledger's call this one is a half of.
     pub parent: Option<i64>,
-    /// For a recovered call: when the previous worker first attempted it.
-    pub(super) first_attempt: Option<Instant>,
+    /// Recovered from the ledger: resent verbatim, never split.
+    pub(super) recovered: bool,
+    /// For a recovered call, once taken over: when an attempt of it may
+    /// first have reached the service, by the previous worker (`None`:
+    /// every attempt was refused for sure).
+    pub(super) doubt_since: Option<Instant>,
     /// This session may send it: a fresh call's `Random` is claimed (no
     /// different call used it within the repeat window) and the call is
     /// recorded under it (in the ledger when there is one), so every retry
@@ -37,25 +41,29 @@ impl Call {
             batch,
             ledger_id: None,
             parent,
-            first_attempt: None,
+            recovered: false,
+            doubt_since: None,
             claimed: false,
         }
     }
 
-    /// A call the ledger has held in flight for `age`.
-    pub fn recovered(batch: Batch<Pending>, call_id: i64, age: Duration) -> Self {
-        let now = Instant::now();
+    /// A call the ledger holds in flight.
+    pub fn recovered(batch: Batch<Pending>, call_id: i64) -> Self {
         Self {
             batch,
             ledger_id: Some(call_id),
             parent: None,
-            first_attempt: Some(now.checked_sub(age).unwrap_or(now)),
+            recovered: true,
+            doubt_since: None,
             claimed: false,
         }
     }
 
-    pub(super) fn is_recovered(&self) -> bool {
-        self.first_attempt.is_some()
+    /// Taken over with its doubt: an attempt of it may have reached the
+    /// service `doubt` ago.
+    pub(super) fn in_doubt_for(&mut self, doubt: Option<Duration>) {
+        let now = Instant::now();
+        self.doubt_since = doubt.map(|d| now.checked_sub(d).unwrap_or(now));
     }
 }
 

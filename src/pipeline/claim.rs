@@ -3,8 +3,9 @@
 //! repeat window and recorded under it (in flight in the ledger, owned by
 //! this session, or in memory without one); a recovered call is taken over
 //! from the session that left it, which counts an interruption of its jobs
-//! unless that session released it; before a retry, the call must still be
-//! this session's.
+//! unless that session released it, and started over if no attempt of it
+//! can have got through; before a retry, the call must still be this
+//! session's, and it is in doubt from then on.
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,10 @@ use super::{still_held, SessionEnd, Worker};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Claim {
     Ready,
+    /// Recovered, and every attempt of it was refused for sure: it was never
+    /// delivered, so its jobs start over as a new call (under a `Random`
+    /// claimed now) rather than as a resend.
+    StartOver,
     /// The ledger's word on its jobs changed since they were looked up.
     LookAgain,
     /// Its jobs were in flight in this many sessions that ended without
@@ -38,14 +43,19 @@ impl Worker {
         let session = self.ledger_session.clone();
         if call.claimed {
             // A retry: the session that claimed it may have been superseded.
-            if let (Some(session), Some(id)) = (session, call.ledger_id) {
-                let held = with_ledger(&self.status, shutdown, || session.still_owner(id)).await?;
-                still_held(held, id)?;
+            match (session, call.ledger_id) {
+                (Some(session), Some(id)) => {
+                    let held =
+                        with_ledger(&self.status, shutdown, || session.attempt_again(id)).await?;
+                    still_held(held, id)?;
+                }
+                // The `Random` stays this call's while it is attempted.
+                _ => self.claim_in_memory(call),
             }
             return Ok(Claim::Ready);
         }
         let claim = match (session, call.ledger_id) {
-            (Some(session), Some(id)) => self.take_over(&session, id, shutdown).await?,
+            (Some(session), Some(id)) => self.take_over(&session, call, id, shutdown).await?,
             (Some(session), None) => self.record(call, &session, shutdown).await?,
             (None, _) => {
                 self.claim_in_memory(call);
@@ -129,20 +139,32 @@ impl Worker {
     async fn take_over(
         &mut self,
         session: &LedgerSession,
+        call: &mut Call,
         call_id: i64,
         shutdown: &CancellationToken,
     ) -> Result<Claim, SessionEnd> {
         let taken = with_ledger(&self.status, shutdown, || session.take_over(call_id)).await?;
         match taken {
-            TakeOver::Owned { interruptions } if interruptions >= self.config.crash_limit => {
+            TakeOver::Owned { interruptions, .. } if interruptions >= self.config.crash_limit => {
                 error!(call = call_id, interruptions, "this call was in flight in as many sessions that ended without an answer as the crash limit allows: dead-lettering its jobs as crash-loop");
                 Ok(Claim::CrashLoop { interruptions })
             }
-            TakeOver::Owned { interruptions } => {
+            TakeOver::Owned { doubt: None, .. } => {
+                info!(
+                    call = call_id,
+                    "took over a call in flight that no attempt delivered: its jobs start over"
+                );
+                Ok(Claim::StartOver)
+            }
+            TakeOver::Owned {
+                interruptions,
+                doubt,
+            } => {
                 info!(
                     call = call_id,
                     interruptions, "took over a call in flight: resending it verbatim"
                 );
+                call.in_doubt_for(doubt);
                 Ok(Claim::Ready)
             }
             TakeOver::Settled => Ok(Claim::LookAgain),

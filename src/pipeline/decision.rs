@@ -40,43 +40,70 @@ impl Policy {
 /// What the sender knows of one call between its attempts.
 #[derive(Debug, Clone)]
 pub struct CallHistory {
-    /// The first attempt of this very body and `Random` (for a call recovered
-    /// from the ledger, when the previous worker made it).
-    pub first_attempt: Instant,
+    /// When an attempt of this very body and `Random` may first have reached
+    /// the service: one that failed without a definite answer, or (for a
+    /// call recovered from the ledger) the previous worker's. From then on
+    /// no attempt may come later than the repeat window allows, and the age
+    /// limit of retries counts from it. `None` while every attempt was
+    /// refused for sure (a halt, a frequency limit): nothing was delivered,
+    /// so no window binds the call.
+    pub doubt_since: Option<Instant>,
+    /// When the latest attempt was made.
+    pub last_attempt: Option<Instant>,
     pub transient_failures: u32,
     pub resigns: u32,
     /// Jobs in the call: one job alone cannot be split.
     pub jobs: usize,
     /// Recovered from the ledger: resent verbatim, never split.
     pub recovered: bool,
-    /// An earlier attempt may have reached the service (a transient failure,
-    /// or a previous worker's attempt): from then on, no attempt of this body
-    /// may come later than the repeat window allows.
-    pub maybe_delivered: bool,
 }
 
 impl CallHistory {
-    pub fn new(first_attempt: Instant, jobs: usize, recovered: bool) -> Self {
+    pub fn new(jobs: usize, recovered: bool, doubt_since: Option<Instant>) -> Self {
         Self {
-            first_attempt,
+            doubt_since,
+            last_attempt: None,
             transient_failures: 0,
             resigns: 0,
             jobs,
             recovered,
-            maybe_delivered: recovered,
         }
     }
 
-    /// Counts what a step spends of the call's allowances.
+    /// An attempt is made at `at`.
+    pub fn attempted(&mut self, at: Instant) {
+        self.last_attempt = Some(at);
+    }
+
+    /// Whether an attempt may have reached the service.
+    pub fn maybe_delivered(&self) -> bool {
+        self.doubt_since.is_some()
+    }
+
+    /// Counts what a step spends of the call's allowances, and whether the
+    /// attempt it follows may have reached the service.
     pub fn note(&mut self, step: &Step) {
         match step {
             Step::RetryAfter(_) => {
                 self.transient_failures += 1;
-                self.maybe_delivered = true;
+                if let Some(at) = self.last_attempt {
+                    self.doubt_since.get_or_insert(at);
+                }
             }
             Step::Resign => self.resigns += 1,
             _ => {}
         }
+    }
+}
+
+impl Step {
+    /// The attempt this step follows was refused for sure: the service
+    /// answered and took nothing.
+    pub fn follows_a_refusal(&self) -> bool {
+        matches!(
+            self,
+            Step::PauseSender { .. } | Step::Resign | Step::Halt { .. }
+        )
     }
 }
 
@@ -134,7 +161,8 @@ pub fn decide(outcome: &Outcome, history: &CallHistory, policy: &Policy, now: In
 /// come later than the age limit allows.
 fn after_transient(history: &CallHistory, policy: &Policy, now: Instant) -> Step {
     let failures = history.transient_failures + 1;
-    let age = now.saturating_duration_since(history.first_attempt);
+    let since = history.doubt_since.or(history.last_attempt).unwrap_or(now);
+    let age = now.saturating_duration_since(since);
     let delay = policy.backoff(failures);
     if failures >= policy.max_attempts || age + delay >= policy.max_retry_age {
         return Step::DeadLetter(DeadReason::RetriesExhausted);
@@ -154,8 +182,8 @@ pub fn before_attempt(
     in_doubt: InDoubtPolicy,
     now: Instant,
 ) -> Option<Step> {
-    let age = now.saturating_duration_since(history.first_attempt);
-    if !history.maybe_delivered || age < resend_window {
+    let since = history.doubt_since?;
+    if now.saturating_duration_since(since) < resend_window {
         return None;
     }
     Some(match in_doubt {
@@ -164,9 +192,13 @@ pub fn before_attempt(
     })
 }
 
-/// What to do with a redelivered job whose call has been in flight for `age`.
+/// What to do with a redelivered job whose call is in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redelivery {
+    /// Every attempt of the call was refused for sure: nothing was
+    /// delivered, so its jobs start over as a new call (claiming its
+    /// `Random` afresh), however long ago it was made.
+    StartOver,
     /// Within the repeat window: resend the call verbatim; the service drops
     /// it if the first attempt went through.
     Resend,
@@ -176,11 +208,16 @@ pub enum Redelivery {
     DeadLetterInDoubt,
 }
 
+/// `doubt` is the time since an attempt of the call may first have reached
+/// the service (`None`: none may have).
 pub fn on_redelivery(
-    age: Duration,
+    doubt: Option<Duration>,
     resend_window: Duration,
     in_doubt: InDoubtPolicy,
 ) -> Redelivery {
+    let Some(age) = doubt else {
+        return Redelivery::StartOver;
+    };
     match in_doubt {
         _ if age < resend_window => Redelivery::Resend,
         InDoubtPolicy::Resend => Redelivery::ResendInDoubt,
@@ -205,6 +242,7 @@ mod tests {
 
     /// Runs the decision as the sender would: each step noted in the history.
     fn step(outcome: Outcome, history: &mut CallHistory, policy: &Policy) -> Step {
+        history.attempted(Instant::now());
         let step = decide(&outcome, history, policy, Instant::now());
         history.note(&step);
         step
@@ -212,7 +250,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn delivered_is_delivered_whatever_came_before() {
-        let mut history = CallHistory::new(Instant::now(), 3, false);
+        let mut history = CallHistory::new(3, false, None);
         let p = policy();
         assert_eq!(
             step(Outcome::Transient, &mut history, &p),
@@ -227,7 +265,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_back_off_then_give_up_at_the_attempt_limit() {
-        let mut history = CallHistory::new(Instant::now(), 1, false);
+        let mut history = CallHistory::new(1, false, None);
         let p = policy();
         let mut delays = Vec::new();
         loop {
@@ -262,19 +300,50 @@ mod tests {
             max_attempts: 100,
             ..policy()
         };
-        let mut history = CallHistory::new(Instant::now(), 2, false);
-        tokio::time::advance(Duration::from_secs(238)).await;
-        // 238 s + 0.5 s is still under 240 s.
+        let mut history = CallHistory::new(2, false, None);
+        // The age counts from the first attempt that may have got through.
         assert_eq!(
             step(Outcome::Transient, &mut history, &p),
             Step::RetryAfter(Duration::from_millis(500))
         );
+        tokio::time::advance(Duration::from_secs(238)).await;
+        // 238 s + the next 1 s backoff is still under 240 s.
+        assert_eq!(
+            step(Outcome::Transient, &mut history, &p),
+            Step::RetryAfter(Duration::from_secs(1))
+        );
         tokio::time::advance(Duration::from_millis(1_500)).await;
-        // 239.5 s + the next 1 s backoff would land past 240 s.
+        // 239.5 s + the next 2 s backoff would land past 240 s.
         assert_eq!(
             step(Outcome::Transient, &mut history, &p),
             Step::DeadLetter(DeadReason::RetriesExhausted)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_halt_refused_for_sure_is_never_in_doubt_however_long_it_lasts() {
+        let p = policy();
+        let window = Duration::from_secs(270);
+        let mut history = CallHistory::new(3, false, None);
+        for _ in 0..40 {
+            let halt = step(Outcome::AppFault, &mut history, &p);
+            assert!(halt.follows_a_refusal(), "{halt:?}");
+            tokio::time::advance(Duration::from_secs(30)).await;
+        }
+        // Twenty minutes of refusals: no window to keep, no retry age spent.
+        assert!(!history.maybe_delivered());
+        let now = Instant::now();
+        assert_eq!(
+            before_attempt(&history, window, InDoubtPolicy::DeadLetter, now),
+            None
+        );
+        assert_eq!(
+            step(Outcome::Transient, &mut history, &p),
+            Step::RetryAfter(Duration::from_millis(500))
+        );
+        // From that timeout on, the call may have been delivered.
+        assert_eq!(history.doubt_since, Some(now));
+        assert!(!step(Outcome::Transient, &mut history, &p).follows_a_refusal());
     }
 
     #[tokio::test(start_paused = true)]
@@ -285,7 +354,7 @@ mod tests {
         };
         tokio::time::advance(Duration::from_secs(300)).await;
         let first = Instant::now() - Duration::from_secs(250);
-        let mut history = CallHistory::new(first, 5, true);
+        let mut history = CallHistory::new(5, true, Some(first));
         assert_eq!(
             step(Outcome::Transient, &mut history, &p),
             Step::DeadLetter(DeadReason::RetriesExhausted)
@@ -294,7 +363,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rate_limits_pause_the_sender_and_never_use_up_the_attempts() {
-        let mut history = CallHistory::new(Instant::now(), 5, false);
+        let mut history = CallHistory::new(5, false, None);
         let p = policy();
         for _ in 0..20 {
             assert_eq!(
@@ -335,7 +404,7 @@ mod tests {
                 on_app_fault,
                 ..policy()
             };
-            let mut history = CallHistory::new(Instant::now(), 1, false);
+            let mut history = CallHistory::new(1, false, None);
             assert_eq!(step(Outcome::Resign, &mut history, &p), Step::Resign);
             assert_eq!(step(Outcome::Resign, &mut history, &p), Step::Resign);
             assert_eq!(step(Outcome::Resign, &mut history, &p), then);
@@ -344,7 +413,7 @@ mod tests {
 
     #[test]
     fn app_faults_halt_or_dead_letter_as_configured() {
-        let history = CallHistory::new(Instant::now(), 10, false);
+        let history = CallHistory::new(10, false, None);
         let halt = policy();
         assert_eq!(
             decide(&Outcome::AppFault, &history, &halt, Instant::now()),
@@ -366,9 +435,9 @@ mod tests {
     fn permanent_refusals_split_a_merged_call_and_dead_letter_a_lone_job() {
         let p = policy();
         let now = Instant::now();
-        let merged = CallHistory::new(now, 2, false);
+        let merged = CallHistory::new(2, false, None);
         assert_eq!(decide(&Outcome::Permanent, &merged, &p, now), Step::Split);
-        let alone = CallHistory::new(now, 1, false);
+        let alone = CallHistory::new(1, false, None);
         assert_eq!(
             decide(&Outcome::Permanent, &alone, &p, now),
             Step::DeadLetter(DeadReason::Rejected)
@@ -376,7 +445,7 @@ mod tests {
         // What the jobs share is refused: dead-letter them all at once,
         // recovered or not.
         for (jobs, recovered) in [(1, false), (50, false), (7, true)] {
-            let history = CallHistory::new(now, jobs, recovered);
+            let history = CallHistory::new(jobs, recovered, None);
             assert_eq!(
                 decide(&Outcome::PermanentCall, &history, &p, now),
                 Step::DeadLetter(DeadReason::Rejected)
@@ -385,7 +454,7 @@ mod tests {
         // A recovered call was never delivered if refused now: start over,
         // however many jobs it holds.
         for jobs in [1, 7] {
-            let recovered = CallHistory::new(now, jobs, true);
+            let recovered = CallHistory::new(jobs, true, None);
             assert_eq!(
                 decide(&Outcome::Permanent, &recovered, &p, now),
                 Step::StartOver
@@ -400,7 +469,7 @@ mod tests {
             max_attempts: 100,
             ..policy()
         };
-        let mut history = CallHistory::new(Instant::now(), 3, false);
+        let mut history = CallHistory::new(3, false, None);
         // Refused for the rate only: never delivered, no window to keep.
         for _ in 0..3 {
             step(
@@ -419,7 +488,7 @@ mod tests {
         );
         // A timeout: it may have gone through. Then a long frequency-limit
         // pause carries the next attempt past the window.
-        let mut history = CallHistory::new(Instant::now(), 3, false);
+        let mut history = CallHistory::new(3, false, None);
         assert!(matches!(
             step(Outcome::Transient, &mut history, &p),
             Step::RetryAfter(_)
@@ -446,7 +515,7 @@ mod tests {
             Some(Step::StartOver)
         );
         // A recovered call may have been delivered by its previous worker.
-        let recovered = CallHistory::new(Instant::now() - window, 1, true);
+        let recovered = CallHistory::new(1, true, Some(Instant::now() - window));
         assert_eq!(
             before_attempt(
                 &recovered,
@@ -463,16 +532,18 @@ mod tests {
         let window = Duration::from_secs(270);
         for policy in [InDoubtPolicy::DeadLetter, InDoubtPolicy::Resend] {
             assert_eq!(
-                on_redelivery(Duration::from_secs(269), window, policy),
+                on_redelivery(Some(Duration::from_secs(269)), window, policy),
                 Redelivery::Resend
             );
+            // Every attempt refused for sure: its jobs start over, however old.
+            assert_eq!(on_redelivery(None, window, policy), Redelivery::StartOver);
         }
         assert_eq!(
-            on_redelivery(window, window, InDoubtPolicy::DeadLetter),
+            on_redelivery(Some(window), window, InDoubtPolicy::DeadLetter),
             Redelivery::DeadLetterInDoubt
         );
         assert_eq!(
-            on_redelivery(window, window, InDoubtPolicy::Resend),
+            on_redelivery(Some(window), window, InDoubtPolicy::Resend),
             Redelivery::ResendInDoubt
         );
     }

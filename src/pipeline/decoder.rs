@@ -1,23 +1,26 @@
 //! The consumer task: turns each delivery into a validated job for the
 //! sender, or dead-letters it on arrival with the reason it can never be
 //! sent, so nothing undecodable ever reaches (or blocks) the sender. That
-//! includes a `message_id` the ledger could not hold: it is refused here,
-//! before any SQL, rather than failing every statement of its batch.
+//! includes a `message_id` the ledger could not hold (refused here, before
+//! any SQL, rather than failing every statement of its batch), properties
+//! that were not UTF-8, and a deadline that is not a time.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
-use lapin::Channel;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::broker::{self, headers, BrokerError};
+use crate::broker::frame::MAX_HEADER_TEXT;
+use crate::broker::BrokerError;
 use crate::ops::telemetry;
+use crate::text::cut_text;
 
 use super::config::CallRules;
-use super::delivery::Pending;
+use super::delivery::{Outbox, Pending};
 use super::job::{self, Job, Rejection};
+use super::properties;
 
 /// What the consumer task hands the sender. Nearly every message is a job,
 /// so boxing it to shrink the rare `Lost` would only add allocations.
@@ -29,7 +32,7 @@ pub enum Incoming {
 }
 
 pub struct Decoder {
-    pub publish_channel: Channel,
+    pub outbox: Outbox,
     pub dlx: String,
     pub rules: CallRules,
     /// The app, as the metrics' `sdkappid` label spells it.
@@ -60,45 +63,34 @@ impl Decoder {
             };
             metrics::counter!(telemetry::JOBS_RECEIVED, telemetry::SDKAPPID => this.app.clone())
                 .increment(1);
-            let message_id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.as_str().to_owned());
-            let deadline_ms = broker::header_i64(&delivery.properties, headers::DEADLINE)
-                .and_then(|ms| u64::try_from(ms).ok());
-            let replays = broker::header_i64(&delivery.properties, headers::REPLAYS)
-                .and_then(|r| u32::try_from(r).ok())
-                .unwrap_or(0);
             let redelivered = delivery.redelivered;
-            let decoded = job::decode(
-                &delivery.data,
-                message_id.as_deref(),
-                deadline_ms,
-                &this.rules,
-                SystemTime::now(),
-            );
+            let read = properties::read(&delivery.properties);
+            let decoded = read.clone().map_err(Rejection::InvalidJob).and_then(|p| {
+                job::decode(
+                    &delivery.data,
+                    p.message_id.as_deref(),
+                    p.deadline_ms,
+                    &this.rules,
+                    SystemTime::now(),
+                )
+            });
             // A decoded job keeps its compacted body; the raw one (maybe
             // padded to megabytes) is dropped here.
             let (pending, body) = Pending::from_delivery(delivery);
             match decoded {
                 Ok(mut job) => {
-                    job.replays = replays;
+                    job.replays = read.map_or(0, |p| p.replays);
                     job.redelivered = redelivered;
                     if tx.send(Incoming::Job(job, pending)).is_err() {
                         return;
                     }
                 }
                 Err(rejection) => {
-                    // Escaped: a refused id may hold control characters,
-                    // and it goes to the logs.
-                    let id = message_id.map_or_else(
-                        || job::body_digest(&body),
-                        |id| id.escape_debug().to_string(),
-                    );
+                    let message_id = pending.message_id();
                     let this = this.clone();
                     dead_letters.spawn(async move {
-                        this.dead_letter(&id, pending, &body, rejection).await
+                        this.dead_letter(message_id, pending, &body, rejection)
+                            .await
                     });
                 }
             }
@@ -106,18 +98,32 @@ impl Decoder {
         let _ = tx.send(Incoming::Lost("the broker cancelled the consumer".into()));
     }
 
+    /// Dead-letters a message that can never be a call. One without
+    /// `message_id` gets an arrival id of its own (`x-job-id`), so that a
+    /// replay of two such dead letters of one body replays two jobs.
     async fn dead_letter(
         &self,
-        id: &str,
+        message_id: Option<String>,
         pending: Pending,
         body: &[u8],
         rejection: Rejection,
     ) -> Result<(), BrokerError> {
-        let dead = pending.dead_letter_for(rejection.reason(), None, rejection.to_string());
+        let mut dead = pending.dead_letter_for(rejection.reason(), None, rejection.to_string());
+        // Escaped: a refused id may hold control characters, and it goes to
+        // the logs.
+        let id = match message_id {
+            Some(id) => id.escape_debug().to_string(),
+            None => {
+                let arrival = job::arrival_id(&job::body_digest(body));
+                dead.arrival_id = Some(arrival.clone());
+                arrival
+            }
+        };
         pending
-            .publish_dead_letter(&self.publish_channel, &self.dlx, body, &dead, &self.app)
+            .publish_dead_letter(&self.outbox, &self.dlx, body, &dead, &self.app)
             .await?;
-        warn!(job = %id, reason = %dead.reason, info = %dead.error_info, "dead-lettered on arrival");
-        pending.ack(id).await
+        let info = cut_text(&dead.error_info, MAX_HEADER_TEXT);
+        warn!(job = %id, reason = %dead.reason, %info, "dead-lettered on arrival");
+        pending.ack(&id).await
     }
 }

@@ -12,6 +12,14 @@ use tracing::warn;
 use crate::broker::{self, BrokerError, DeadLetter, DeadReason};
 use crate::ops::telemetry;
 
+/// Where a session's dead letters go: its channel in confirm mode, and the
+/// room a dead letter's properties have in its connection's frames.
+#[derive(Clone)]
+pub struct Outbox {
+    pub channel: Channel,
+    pub room: usize,
+}
+
 /// A job's delivery: what is needed to ack it or dead-letter it with its
 /// properties. The body is not kept: a decoded job holds its own, compacted.
 #[derive(Debug)]
@@ -49,7 +57,16 @@ impl Pending {
             error_info,
             attempts: self.attempts,
             first_seen_ms: self.first_seen_ms,
+            arrival_id: None,
         }
+    }
+
+    /// Its `message_id`, if the producer set one.
+    pub fn message_id(&self) -> Option<String> {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
     }
 
     /// Acks it. `Ok(false)` from the broker means the channel was recovered
@@ -70,14 +87,14 @@ impl Pending {
     /// caller acks the original afterwards (after the ledger, when there is one).
     pub async fn publish_dead_letter(
         &self,
-        channel: &Channel,
+        outbox: &Outbox,
         dlx: &str,
         body: &[u8],
         dead: &DeadLetter,
         app: &str,
     ) -> Result<(), BrokerError> {
-        broker::publish_confirmed(channel, dlx, "", body, dead.properties(&self.properties))
-            .await?;
+        let properties = dead.properties(&self.properties, outbox.room);
+        broker::publish_confirmed(&outbox.channel, dlx, "", body, properties).await?;
         let code = dead
             .error_code
             .map_or_else(|| "none".to_string(), |c| c.to_string());

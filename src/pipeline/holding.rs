@@ -106,7 +106,7 @@ impl Holding {
             body: call.body,
         };
         self.recovering
-            .insert(0, Call::recovered(batch, call.call_id, call.age));
+            .insert(0, Call::recovered(batch, call.call_id));
     }
 
     /// The next call: a recovered one first, else a fresh batch.

@@ -21,6 +21,7 @@ use crate::tencent::elements::{
     check_one_custom, compact_json, is_custom, parse_body, BodyError, CUSTOM_FIELDS, KNOWN_FIELDS,
 };
 use crate::tencent::envelope::{self, EnvelopeItem, EnvelopeKey};
+use crate::text::quote_cut;
 
 use super::config::{CallRules, CustomMerge};
 
@@ -157,7 +158,8 @@ pub fn decode(
     })?;
     if let Some(field) = parsed.unknown_fields.first() {
         return Err(Rejection::InvalidJob(format!(
-            "unknown field {field:?} (a job has only {})",
+            "unknown field {} (a job has only {})",
+            quote_cut(field, 64),
             KNOWN_FIELDS.join(", ")
         )));
     }
@@ -266,7 +268,7 @@ pub fn body_digest(body: &[u8]) -> String {
 /// The id of one arrival of a job without `message_id`: its digest and 64
 /// random bits. Its call's `Random` derives from it, so a fresh publish of a
 /// body sent within the repeat window is not taken for a repeat.
-fn arrival_id(digest: &str) -> String {
+pub fn arrival_id(digest: &str) -> String {
     format!("{digest}~{:016x}", rand::random::<u64>())
 }
 

@@ -107,10 +107,13 @@ impl Limiter {
         (Duration::from_secs(1) + self.guard).div_f64(self.current_rate)
     }
 
-    /// Waits for the pause, if any, then for a permit.
+    /// Waits for the pause, if any, then for a permit. The pause is kept
+    /// until it has passed: a wait given up halfway (a session that ended,
+    /// a shutdown) leaves it for the next.
     pub async fn acquire(&mut self) {
-        if let Some(until) = self.paused_until.take() {
+        if let Some(until) = self.paused_until {
             tokio::time::sleep_until(until).await;
+            self.paused_until = None;
         }
         if self
             .slowed_until
@@ -186,6 +189,25 @@ mod tests {
         let mut slow = Limiter::new(0.5, Duration::ZERO, SlowDown::default());
         slow.answered(t0);
         assert_eq!(slow.window_opens(), Some(t0 + Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_outlives_a_wait_given_up_halfway() {
+        let mut limiter = Limiter::new(5.0, Duration::ZERO, SlowDown::default());
+        limiter.acquire().await;
+        let answered = Instant::now();
+        limiter.on_rate_limited(Duration::from_secs(60));
+        // The session that took the pause ends ten seconds into it.
+        let gave_up = tokio::time::timeout(Duration::from_secs(10), limiter.acquire()).await;
+        assert!(gave_up.is_err(), "still paused");
+        // The next session's first permit comes when the pause is over.
+        limiter.acquire().await;
+        assert!(
+            answered.elapsed() >= Duration::from_secs(60),
+            "{:?}",
+            answered.elapsed()
+        );
+        assert!(answered.elapsed() < Duration::from_secs(61));
     }
 
     #[tokio::test]

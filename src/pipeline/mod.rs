@@ -43,6 +43,7 @@ mod holding;
 pub mod job;
 mod ledger_retry;
 pub mod limiter;
+mod properties;
 mod randoms;
 mod sender;
 mod session;

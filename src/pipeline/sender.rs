@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use lapin::Channel;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -20,7 +19,7 @@ use super::call::{dead_letter_all, leave, look_again, Call, CallEnd};
 use super::claim::Claim;
 use super::crash::CrashPoint;
 use super::decision::{before_attempt, decide, CallHistory, Step};
-use super::delivery::Pending;
+use super::delivery::{Outbox, Pending};
 use super::job::Job;
 use super::ledger_retry::with_ledger;
 use super::settle::Fate;
@@ -49,7 +48,7 @@ impl Worker {
     pub(super) async fn deliver(
         &mut self,
         call: Call,
-        publish_channel: &Channel,
+        outbox: &Outbox,
         shutdown: &CancellationToken,
     ) -> Result<Vec<(Job, Pending)>, SessionEnd> {
         let mut look_again = Vec::new();
@@ -61,14 +60,14 @@ impl Worker {
                 random = %format!("{:08x}", call.batch.random),
                 jobs = call.batch.jobs.len(),
                 bytes = call.batch.body.len(),
-                recovered = call.is_recovered(),
+                recovered = call.recovered,
             );
             match self
                 .attempt_call(call, &mut has_permit, shutdown)
                 .instrument(span)
                 .await?
             {
-                CallEnd::Settled(done) => self.settle(done, publish_channel, shutdown).await?,
+                CallEnd::Settled(done) => self.settle(done, outbox, shutdown).await?,
                 CallEnd::Then(calls) => work.extend(calls.into_iter().rev()),
                 CallEnd::LookAgain(jobs) => look_again.extend(jobs),
             }
@@ -84,9 +83,7 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<CallEnd, SessionEnd> {
         let policy = self.config.policy.clone();
-        let first_attempt = call.first_attempt.unwrap_or_else(Instant::now);
-        let mut history =
-            CallHistory::new(first_attempt, call.batch.jobs.len(), call.is_recovered());
+        let mut history = CallHistory::new(call.batch.jobs.len(), call.recovered, None);
         let mut previous: Option<&'static str> = None;
         loop {
             if !std::mem::take(has_permit) && !self.wait_for_permit(shutdown).await {
@@ -97,6 +94,12 @@ impl Worker {
             };
             match claimed {
                 Ok(Claim::Ready) => {}
+                Ok(Claim::StartOver) => {
+                    // Nothing was sent: the permit goes to the calls it becomes.
+                    *has_permit = true;
+                    let info = "refused at every attempt: never delivered";
+                    return self.start_over(call, None, info, shutdown).await;
+                }
                 Ok(Claim::LookAgain) => return Ok(look_again(call)),
                 Ok(Claim::CrashLoop { interruptions }) => {
                     let info = format!("its call was in flight in {interruptions} worker sessions that ended without an answer (the crash limit): it may be what stops them, and it may or may not have been delivered");
@@ -105,15 +108,20 @@ impl Worker {
                 Err(SessionEnd::Shutdown) => return Ok(self.leave(call).await),
                 Err(end) => return Err(end),
             }
+            history.doubt_since = history.doubt_since.or(call.doubt_since);
             let (window, in_doubt) = (self.config.resend_window, self.config.in_doubt);
             if let Some(step) = before_attempt(&history, window, in_doubt, Instant::now()) {
                 return self.give_up_in_doubt(call, step, &history, shutdown).await;
             }
+            history.attempted(Instant::now());
             let attempt = self.send_attempt(&mut call, previous).await;
             previous = Some(outcome_label(&attempt.outcome));
             let step = decide(&attempt.outcome, &history, &policy, Instant::now());
             history.note(&step);
             self.log_step(&step, &attempt, &call);
+            if step.follows_a_refusal() && !history.maybe_delivered() {
+                self.record_refusal(&call, shutdown).await?;
+            }
             match step {
                 Step::Deliver { msg_seq } => return Ok(self.delivered(call, msg_seq)),
                 Step::RetryAfter(delay) => {
@@ -326,9 +334,10 @@ impl Worker {
         history: &CallHistory,
         shutdown: &CancellationToken,
     ) -> Result<CallEnd, SessionEnd> {
-        let age = Instant::now().saturating_duration_since(history.first_attempt);
+        let since = history.doubt_since.unwrap_or_else(Instant::now);
+        let age = Instant::now().saturating_duration_since(since);
         let info = format!(
-            "its call was first attempted {} s ago and may have been delivered: past the service's repeat window another attempt could deliver it twice",
+            "its call may have reached the service {} s ago: past the service's repeat window another attempt could deliver it twice",
             age.as_secs()
         );
         warn!(age = ?age, jobs = call.batch.jobs.len(), ?step, "a call that may have been delivered reached the end of the repeat window");
@@ -336,6 +345,21 @@ impl Worker {
             Step::StartOver => self.start_over(call, None, &info, shutdown).await,
             _ => Ok(dead_letter_all(call, DeadReason::InDoubt, None, info)),
         }
+    }
+
+    /// The service refused the attempt for sure, and none before it may have
+    /// got through: the ledger learns the call was never delivered, so a
+    /// halt that outlasts the repeat window leaves nothing in doubt.
+    async fn record_refusal(
+        &mut self,
+        call: &Call,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        if let (Some(session), Some(id)) = (self.ledger_session.clone(), call.ledger_id) {
+            let held = with_ledger(&self.status, shutdown, || session.refused(id)).await?;
+            still_held(held, id)?;
+        }
+        Ok(())
     }
 
     /// Says what the step is about to do, and keeps the halt flag.

@@ -20,6 +20,7 @@ use crate::ops::status::sample_queues;
 use crate::ops::telemetry;
 
 use super::decoder::{Decoder, Incoming};
+use super::delivery::Outbox;
 use super::holding::Holding;
 use super::job::Rejection;
 use super::ledger_retry::with_ledger;
@@ -42,8 +43,7 @@ impl Worker {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, BrokerError> {
-        let connection =
-            broker::connect_lean(&self.config.amqp_url, "broadcast-worker run").await?;
+        let connection = broker::connect(&self.config.amqp_url, "broadcast-worker run").await?;
         // This session stops on shutdown, or when the app is released.
         let stop = shutdown.child_token();
         let release = self.release.clone();
@@ -68,9 +68,13 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, BrokerError> {
         let (channels, consumer) = self.start_consuming(connection).await?;
+        let outbox = Outbox {
+            channel: channels.publish.clone(),
+            room: broker::properties_room(connection),
+        };
         let (tx, mut rx) = mpsc::unbounded_channel();
         let decoder = Decoder {
-            publish_channel: channels.publish.clone(),
+            outbox: outbox.clone(),
             dlx: self.config.topology.names.dlx.clone(),
             rules: self.config.call,
             app: self.app(),
@@ -92,7 +96,7 @@ impl Worker {
         // waiting on (an ack on a dead connection may never be answered):
         // nothing it holds is settled, so the broker redelivers all of it.
         let end = tokio::select! {
-            end = self.send_loop(&mut holding, &mut rx, &channels.publish, shutdown) => match end {
+            end = self.send_loop(&mut holding, &mut rx, &outbox, shutdown) => match end {
                 Ok(never) => match never {},
                 Err(end) => end,
             },
@@ -168,7 +172,7 @@ impl Worker {
         &mut self,
         holding: &mut Holding,
         rx: &mut mpsc::UnboundedReceiver<Incoming>,
-        publish_channel: &Channel,
+        outbox: &Outbox,
         shutdown: &CancellationToken,
     ) -> Result<std::convert::Infallible, SessionEnd> {
         let mut active = false;
@@ -187,22 +191,22 @@ impl Worker {
                 if !std::mem::replace(&mut active, true) {
                     self.become_sender(shutdown).await?;
                 }
-                self.admit(holding, publish_channel, shutdown).await?;
+                self.admit(holding, outbox, shutdown).await?;
             }
             self.wait_for_permit_while_arriving(holding, rx, shutdown)
                 .await?;
             while let Ok(incoming) = rx.try_recv() {
                 holding.arrive(Some(incoming))?;
             }
-            self.admit(holding, publish_channel, shutdown).await?;
+            self.admit(holding, outbox, shutdown).await?;
             let expired = take_expired(holding);
-            self.settle(expired, publish_channel, shutdown).await?;
+            self.settle(expired, outbox, shutdown).await?;
             let next = holding.next_call(&self.config.call);
             if let Some(call) = next {
-                let look_again = self.deliver(call, publish_channel, shutdown).await?;
+                let look_again = self.deliver(call, outbox, shutdown).await?;
                 if !look_again.is_empty() {
                     holding.arrived.extend(look_again);
-                    self.admit(holding, publish_channel, shutdown).await?;
+                    self.admit(holding, outbox, shutdown).await?;
                 }
             }
         }

@@ -4,14 +4,13 @@
 //! sent nor failed goes back to the queue. Acks of jobs without `message_id`
 //! are recorded after them (see [`crate::ledger::Ledger::jobs_acked`]).
 
-use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::broker::{DeadLetter, DeadReason};
 
 use super::crash::CrashPoint;
-use super::delivery::Pending;
+use super::delivery::{Outbox, Pending};
 use super::job::Job;
 use super::ledger_retry::with_ledger;
 use super::{still_held, SessionEnd, Worker};
@@ -51,7 +50,7 @@ impl Worker {
     pub(super) async fn settle(
         &mut self,
         settlements: Vec<Settlement>,
-        publish_channel: &Channel,
+        outbox: &Outbox,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
         if settlements.is_empty() {
@@ -67,7 +66,7 @@ impl Worker {
             .into_iter()
             .partition(|(_, _, fate)| matches!(fate, Fate::DeadLetter { .. }));
         for group in same_dead_letter_groups(dead) {
-            self.dead_letter(group, publish_channel, shutdown).await?;
+            self.dead_letter(group, outbox, shutdown).await?;
         }
         for (job, pending, fate) in rest {
             match fate {
@@ -137,7 +136,7 @@ impl Worker {
     async fn dead_letter(
         &mut self,
         group: Vec<Settlement>,
-        publish_channel: &Channel,
+        outbox: &Outbox,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
         let Some((_, _, Fate::DeadLetter { dead, call })) = group.first() else {
@@ -166,8 +165,14 @@ impl Worker {
         let dlx = &self.config.topology.names.dlx;
         for (job, pending, fate) in &group {
             if let Fate::DeadLetter { dead, .. } = fate {
+                // A job without `message_id` is known by its arrival's id.
+                let arrival_id = job.digest.is_some().then(|| job.id.clone());
+                let dead = DeadLetter {
+                    arrival_id,
+                    ..dead.clone()
+                };
                 pending
-                    .publish_dead_letter(publish_channel, dlx, &job.body, dead, &self.status.app)
+                    .publish_dead_letter(outbox, dlx, &job.body, &dead, &self.status.app)
                     .await?;
             }
         }

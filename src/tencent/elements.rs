@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::text::quote_cut;
+
 /// The top-level fields of a body, checked but not yet trusted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedBody {
@@ -202,7 +204,10 @@ pub fn check_element(element: &Value) -> Result<(), String> {
         .keys()
         .find(|k| *k != "MsgType" && *k != "MsgContent")
     {
-        return Err(format!("{extra} is not a field of a message element"));
+        return Err(format!(
+            "{} is not a field of a message element",
+            quote_cut(extra, 64)
+        ));
     }
     let msg_type = match fields.get("MsgType") {
         None => return Err("MsgType missing".into()),
@@ -216,7 +221,7 @@ pub fn check_element(element: &Value) -> Result<(), String> {
     };
     let Some((_, required, optional)) = ELEMENT_SPECS.iter().find(|(name, _, _)| *name == msg_type)
     else {
-        return Err(format!("MsgType unknown: {msg_type:?}"));
+        return Err(format!("MsgType unknown: {}", quote_cut(msg_type, 64)));
     };
     let content = match fields.get("MsgContent") {
         None => return Err("MsgContent missing".into()),

@@ -26,12 +26,17 @@ pub struct TcpProxy {
     task: JoinHandle<()>,
 }
 
-/// What the proxy does to bytes in flight: hold them (a stalled link) or
-/// delay each chunk (a slow one).
+/// What the proxy does to bytes in flight: hold them (a stalled link),
+/// delay each chunk (a slow one), or rewrite what the client sends.
 #[derive(Default)]
 pub struct ProxyFaults {
     pub stalled: AtomicBool,
     pub delay_ms: AtomicU64,
+    /// Every occurrence of the first in the client's bytes becomes the
+    /// second (of the same length, so frames keep their sizes): how a test
+    /// publishes what a client library refuses to write, such as a
+    /// `message_id` that is not UTF-8.
+    pub rewrite: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl TcpProxy {
@@ -70,7 +75,7 @@ impl TcpProxy {
                     let (mut client_read, mut client_write) = client.into_split();
                     let (mut server_read, mut server_write) = server.into_split();
                     let partitioned = tokio::select! {
-                        _ = pump(&mut client_read, &mut server_write, faults.clone()) => false,
+                        _ = pump_rewriting(&mut client_read, &mut server_write, faults.clone()) => false,
                         _ = pump(&mut server_read, &mut client_write, faults) => false,
                         _ = cuts.changed() => false,
                         _ = partitions.changed() => true,
@@ -119,6 +124,13 @@ impl TcpProxy {
         }
     }
 
+    /// Rewrites every `pattern` the client sends into `replacement`, which
+    /// must be as long.
+    pub fn rewrite(&self, pattern: &[u8], replacement: &[u8]) {
+        assert_eq!(pattern.len(), replacement.len(), "frames keep their sizes");
+        *self.faults.rewrite.lock().unwrap() = Some((pattern.to_vec(), replacement.to_vec()));
+    }
+
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
     }
@@ -138,6 +150,55 @@ async fn swallow(from: &mut OwnedReadHalf) {
             return;
         }
     }
+}
+
+/// Copies the client's bytes to the server, rewritten as the faults say. A
+/// pattern may straddle two reads, so the last bytes of a read wait for the
+/// next one, or for a moment of quiet.
+async fn pump_rewriting(
+    from: &mut OwnedReadHalf,
+    to: &mut OwnedWriteHalf,
+    faults: Arc<ProxyFaults>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let rewrite = faults.rewrite.lock().unwrap().clone();
+        let Some((pattern, replacement)) = rewrite else {
+            if !pending.is_empty() && to.write_all(&std::mem::take(&mut pending)).await.is_err() {
+                return;
+            }
+            return pump(from, to, faults).await;
+        };
+        let read = tokio::time::timeout(Duration::from_millis(5), from.read(&mut buf)).await;
+        let quiet = match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => {
+                pending.extend_from_slice(&buf[..n]);
+                false
+            }
+            Err(_) => true,
+        };
+        let mut at = 0;
+        while let Some(found) = find(&pending[at..], &pattern) {
+            let start = at + found;
+            pending[start..start + pattern.len()].copy_from_slice(&replacement);
+            at = start + pattern.len();
+        }
+        let keep = if quiet {
+            0
+        } else {
+            (pattern.len() - 1).min(pending.len())
+        };
+        let ready: Vec<u8> = pending.drain(..pending.len() - keep).collect();
+        if !ready.is_empty() && to.write_all(&ready).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Copies one direction, chunk by chunk, under the proxy's faults.
