@@ -5,7 +5,8 @@
 //! per-minute [`history`] and its [`chart`]), and each app's dead letters,
 //! read, replayed and purged through [`crate::ops::dlq`] ([`dead`]).
 //!
-//! - [`auth`]: the token, the session cookie, CSRF tokens, the gate.
+//! - [`auth`]: the token, the session cookie, CSRF tokens, the gate;
+//!   `redirect`: where a login may go on to.
 //! - [`filter`]: query strings and forms, parsed and checked.
 //! - [`history`], [`chart`]: the last hour of calls, and its SVG.
 //! - [`view`]: an app's state as the pages and the API show it.
@@ -32,6 +33,7 @@ pub mod filter;
 pub mod history;
 mod login;
 mod pages;
+mod redirect;
 pub mod view;
 mod walk;
 
