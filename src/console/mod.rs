@@ -265,6 +265,7 @@ pub fn router(console: Console, board: StatusBoard) -> Router {
         .route("/apps/{app}", get(pages::app))
         .route("/apps/{app}/dead", get(dead_pages::list))
         .route("/apps/{app}/dead/{id}", get(dead_pages::job))
+        .route("/apps/{app}/dead-letter", get(dead_pages::job_by_query))
         .route("/apps/{app}/confirm", post(action_pages::confirm))
         .route("/apps/{app}/replay", post(action_pages::replay))
         .route("/apps/{app}/purge", post(action_pages::purge))
@@ -273,6 +274,7 @@ pub fn router(console: Console, board: StatusBoard) -> Router {
         .route("/api/apps/{app}/dead", get(api::dead))
         .route("/api/apps/{app}/dead/summary", get(api::summary))
         .route("/api/apps/{app}/dead/{id}", get(api::job))
+        .route("/api/apps/{app}/dead-letter", get(api::job_by_query))
         .route("/api/apps/{app}/replay", post(api::replay))
         .route("/api/apps/{app}/purge", post(api::purge))
         .route_layer(middleware::from_fn_with_state(ctx.clone(), gate::require));
