@@ -311,9 +311,17 @@ async fn a_session_sees_the_counts_and_purges_a_filter_after_confirming() {
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("data-test=\"confirm-count\">2<"), "{page}");
     app.wait_for_len(&app.names.dead, 7).await;
-    let mut purge = purge.to_vec();
-    purge.push(("csrf", &csrf));
-    purge.push(("back", "reason=rejected"));
+    // What the confirmation's form posts: the selection, the count, the
+    // digest of the two, and the CSRF token.
+    let purge = hidden_fields(&page, "confirm-form");
+    assert!(
+        purge.contains(&("csrf".to_string(), csrf.clone())),
+        "{purge:?}"
+    );
+    assert!(
+        purge.iter().any(|(k, v)| k == "digest" && v.len() == 64),
+        "{purge:?}"
+    );
     let response = client
         .post(format!("{url}/apps/{APP}/purge"))
         .header("cookie", &cookie)

@@ -252,8 +252,9 @@ pub(super) async fn purge(
     act(ctx, authed, app, headers, body, Action::Purge).await
 }
 
-/// A JSON action: `dry_run` says how many jobs it would touch (the
-/// confirmation step); with `expected` (that number) it acts.
+/// A JSON action: `dry_run` says how many jobs it would touch and their
+/// `digest` (the confirmation step); with that `digest` (or, for ids,
+/// `expected`: that number) it acts on those jobs, or answers 409.
 async fn act(
     ctx: Ctx,
     authed: Authed,
@@ -281,16 +282,11 @@ async fn act(
             .map_err(Problem::from)?;
         return Ok(Json(json!({
             "action": name, "dry_run": true, "matching": counted.matching,
-            "total": counted.total, "selection": chosen.words,
+            "total": counted.total, "digest": counted.digest, "selection": chosen.words,
         })));
     }
-    let Some(expected) = request.expected else {
-        return Err(Problem::bad_request(
-            "say how many jobs you expect to touch (\"expected\": the \"matching\" of a dry run first): that is the confirmation",
-        )
-        .into());
-    };
-    let done = actions::perform(&ctx, &app, action, &chosen, expected).await?;
+    let confirmation = request.confirmation(&chosen)?;
+    let done = actions::perform(&ctx, &app, action, &chosen, &confirmation).await?;
     Ok(Json(
         json!({"action": name, "done": done, "selection": chosen.words}),
     ))
