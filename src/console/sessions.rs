@@ -7,7 +7,9 @@
 //! have expired, then forgotten.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -19,6 +21,22 @@ use crate::ledger::Ledger;
 pub enum SessionError {
     #[error("the ledger cannot say which console sessions were ended: {0}")]
     Ledger(String),
+}
+
+/// The longest a request waits for the ledger's answer about its session.
+const LEDGER_WAIT: Duration = Duration::from_secs(5);
+
+/// A ledger call, bounded: a database that hangs must not hold every page.
+async fn bounded<T>(
+    call: impl Future<Output = Result<T, crate::ledger::LedgerError>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(LEDGER_WAIT, call).await {
+        Ok(result) => result.map_err(|e| SessionError::Ledger(e.to_string())),
+        Err(_) => Err(SessionError::Ledger(format!(
+            "no answer within {} s",
+            LEDGER_WAIT.as_secs()
+        ))),
+    }
 }
 
 /// Where ended sessions are kept.
@@ -60,10 +78,7 @@ impl Revocations {
             }
             Self::Ledger(ledger) => {
                 let expires = i64::try_from(session.expires).unwrap_or(i64::MAX);
-                ledger
-                    .revoke_console_session(&key, expires)
-                    .await
-                    .map_err(|e| SessionError::Ledger(e.to_string()))
+                bounded(ledger.revoke_console_session(&key, expires)).await
             }
         }
     }
@@ -76,10 +91,7 @@ impl Revocations {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains_key(&key)),
-            Self::Ledger(ledger) => ledger
-                .console_session_revoked(&key)
-                .await
-                .map_err(|e| SessionError::Ledger(e.to_string())),
+            Self::Ledger(ledger) => bounded(ledger.console_session_revoked(&key)).await,
         }
     }
 }

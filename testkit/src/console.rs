@@ -1,7 +1,9 @@
 //! The console under test: a test app whose dead-letter queue holds dead
 //! letters of several reasons, and the worker binary serving it with the
 //! console on, its ops endpoint's URL read from its first line and its logs
-//! kept (to check that the token never shows in them).
+//! kept (to check that the token never shows in them). Also dead letters
+//! published by hand, and a page's forms and links read as a browser would
+//! post and follow them.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
