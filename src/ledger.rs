@@ -13,6 +13,7 @@
 //!
 //! The schema lives in `migrations/`, applied by `sqlx::migrate!`.
 
+mod console_sessions;
 mod error;
 mod records;
 mod scope;

@@ -311,9 +311,17 @@ async fn a_session_sees_the_counts_and_purges_a_filter_after_confirming() {
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("data-test=\"confirm-count\">2<"), "{page}");
     app.wait_for_len(&app.names.dead, 7).await;
-    let mut purge = purge.to_vec();
-    purge.push(("csrf", &csrf));
-    purge.push(("back", "reason=rejected"));
+    // What the confirmation's form posts: the selection, the count, the
+    // digest of the two, and the CSRF token.
+    let purge = hidden_fields(&page, "confirm-form");
+    assert!(
+        purge.contains(&("csrf".to_string(), csrf.clone())),
+        "{purge:?}"
+    );
+    assert!(
+        purge.iter().any(|(k, v)| k == "digest" && v.len() == 64),
+        "{purge:?}"
+    );
     let response = client
         .post(format!("{url}/apps/{APP}/purge"))
         .header("cookie", &cookie)
@@ -580,20 +588,28 @@ async fn a_job_page_says_what_the_ledger_knows() {
     );
     let client = console_client();
     let cookie = console_login(&client, &worker.url, CONSOLE_TOKEN).await;
-    // The id, odd as it is, is one segment of the link the table gives.
+    // The id, odd as it is, is the query of the link the table gives.
     let (_, list) = get(
         &client,
         &format!("{}/apps/{APP}/dead", worker.url),
         Some(&cookie),
     )
     .await;
-    let href = format!("href=\"/apps/{APP}/dead/refused%2F1%20%3F%23\"");
+    let href = format!("href=\"/apps/{APP}/dead-letter?id=refused%2F1+%3F%23\"");
     assert!(list.contains(&href), "{list}");
-    let link = format!("{}/apps/{APP}/dead/refused%2F1%20%3F%23", worker.url);
-    let (status, page) = get(&client, &link, Some(&cookie)).await;
-    assert_eq!(status, 200, "{page}");
-    assert!(page.contains("data-state=\"known\""), "{page}");
-    assert!(page.contains("dead-lettered at"), "{page}");
+    // The link, and the path segment older links used.
+    for link in [
+        format!(
+            "{}/apps/{APP}/dead-letter?id=refused%2F1+%3F%23",
+            worker.url
+        ),
+        format!("{}/apps/{APP}/dead/refused%2F1%20%3F%23", worker.url),
+    ] {
+        let (status, page) = get(&client, &link, Some(&cookie)).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("data-state=\"known\""), "{page}");
+        assert!(page.contains("dead-lettered at"), "{page}");
+    }
     let (_, job) = console_api(
         &client,
         &format!("{}/api/apps/{APP}/dead/refused%2F1%20%3F%23", worker.url),

@@ -1,9 +1,11 @@
 //! The argument groups several commands share: where the queues are
 //! ([`BrokerArgs`], checked into a [`Topology`]), where the ledger is
-//! ([`LedgerArgs`]), the console's token and read limit ([`ConsoleArgs`]), and which app
+//! ([`LedgerArgs`]), the console's token, read limit and what it trusts of
+//! a proxy in front of it ([`ConsoleArgs`]), and which app
 //! of a fleet's apps file an operator command acts on ([`AppChoice`],
 //! resolved into a [`ChosenApp`]).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -74,6 +76,22 @@ pub struct ConsoleArgs {
     /// oldest first; replay and purge still read the whole queue.
     #[arg(long, env = "BROADCAST_CONSOLE_READ_LIMIT", default_value_t = DEFAULT_CONSOLE_READ_LIMIT)]
     pub console_read_limit: usize,
+    /// Mark the console's session cookie `Secure` (browsers then send it over
+    /// https only): set it when a proxy serves the console over https.
+    #[arg(long, env = "BROADCAST_CONSOLE_SECURE_COOKIE")]
+    pub console_secure_cookie: bool,
+    /// A proxy in front of the console (an IP address; repeatable, or comma
+    /// separated in the environment): from it, `X-Forwarded-For` names the
+    /// client (wrong tokens are counted by client) and `X-Forwarded-Proto:
+    /// https` makes the session cookie `Secure`. From anyone else both are
+    /// ignored.
+    #[arg(
+        long = "console-trusted-proxy",
+        env = "BROADCAST_CONSOLE_TRUSTED_PROXIES",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub console_trusted_proxies: Vec<IpAddr>,
 }
 
 impl Default for ConsoleArgs {
@@ -82,6 +100,8 @@ impl Default for ConsoleArgs {
             console_token: None,
             console_token_file: None,
             console_read_limit: DEFAULT_CONSOLE_READ_LIMIT,
+            console_secure_cookie: false,
+            console_trusted_proxies: Vec::new(),
         }
     }
 }
@@ -95,6 +115,8 @@ impl std::fmt::Debug for ConsoleArgs {
             )
             .field("console_token_file", &self.console_token_file)
             .field("console_read_limit", &self.console_read_limit)
+            .field("console_secure_cookie", &self.console_secure_cookie)
+            .field("console_trusted_proxies", &self.console_trusted_proxies)
             .finish()
     }
 }

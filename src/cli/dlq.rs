@@ -1,5 +1,8 @@
 //! `dlq list|show|replay|purge`: their flags, and each command over the dead
 //! letters [`crate::ops::dlq`] reads, with the progress and lines it prints.
+//! A dry run (`replay --dry-run`, `purge` without `--yes`) prints the digest
+//! of the jobs it selected; `--expect-digest` then acts on those very jobs,
+//! or on none if the selection matches others by then.
 
 use std::process::ExitCode;
 
@@ -10,7 +13,7 @@ use lapin::{Channel, Connection};
 
 use crate::broker::{self, QueueNames};
 use crate::cli::args::{AppChoice, BrokerArgs};
-use crate::ops::dlq::{self, Action, DeadJob, Listing, Selection};
+use crate::ops::dlq::{self, Action, Confirmation, DeadJob, Listing, SelectedIds, Selection};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -97,6 +100,10 @@ pub struct SelectArgs {
     /// Every dead letter.
     #[arg(long)]
     pub all: bool,
+    /// Act only if the selected dead letters are exactly those a dry run
+    /// selected: the digest it printed. Without it, whatever matches now.
+    #[arg(long, value_name = "DIGEST")]
+    pub expect_digest: Option<String>,
 }
 
 impl FilterArgs {
@@ -124,6 +131,25 @@ impl SelectArgs {
             bail!("say which jobs: --id, --reason, --code, --older-than-secs, --newer-than-secs, or --all");
         }
         Ok(selection)
+    }
+}
+
+/// The digest of the chosen jobs' ids, and how to act on exactly them.
+fn digest_line(chosen: &[DeadJob]) -> String {
+    let digest = SelectedIds::of(chosen.iter().map(|job| job.id.as_str())).digest();
+    format!("selection digest {digest}: to act on exactly these jobs, add --expect-digest {digest}")
+}
+
+impl SelectArgs {
+    /// With `--expect-digest`: the exit code when the chosen jobs are not
+    /// those the dry run selected (nothing is done, the channel's close
+    /// gives them all back); none when they are, or without it.
+    fn unconfirmed(&self, chosen: &[DeadJob]) -> Option<ExitCode> {
+        let digest = self.expect_digest.as_deref()?;
+        let selected = SelectedIds::of(chosen.iter().map(|job| job.id.as_str()));
+        let error = Confirmation::by_digest(digest).check(&selected).err()?;
+        eprintln!("{error}");
+        Some(ExitCode::FAILURE)
     }
 }
 
@@ -179,13 +205,21 @@ impl DlqCommand {
             } => {
                 let selection = select.selection()?;
                 let chosen = selection.read_matching(&channel, &names.dead, now).await?;
-                let crash_after = crash_after_publish(crash_at.as_deref());
-                replay(chosen, dry_run, crash_after, &channel, &names).await?
+                match select.unconfirmed(&chosen) {
+                    Some(code) => code,
+                    None => {
+                        let crash_after = crash_after_publish(crash_at.as_deref());
+                        replay(chosen, dry_run, crash_after, &channel, &names).await?
+                    }
+                }
             }
             Self::Purge { select, yes, .. } => {
                 let selection = select.selection()?;
                 let chosen = selection.read_matching(&channel, &names.dead, now).await?;
-                purge(chosen, yes, &channel, &names).await?
+                match select.unconfirmed(&chosen) {
+                    Some(code) => code,
+                    None => purge(chosen, yes, &channel, &names).await?,
+                }
             }
         };
         close(channel, connection).await;
@@ -250,6 +284,7 @@ async fn replay(
             );
         }
         println!("would replay {} job(s); nothing moved", chosen.len());
+        println!("{}", digest_line(&chosen));
         return Ok(ExitCode::SUCCESS);
     }
     let progress = ProgressBar::new(chosen.len() as u64);
@@ -289,6 +324,7 @@ async fn purge(
             "{} job(s) selected; nothing removed: purge needs --yes",
             chosen.len()
         );
+        eprintln!("{}", digest_line(&chosen));
         return Ok(ExitCode::FAILURE);
     }
     let progress = ProgressBar::new(chosen.len() as u64);

@@ -13,7 +13,7 @@ use tracing::info;
 use crate::cli::app::AppArgs;
 use crate::cli::args::{BrokerArgs, ConsoleArgs};
 use crate::cli::shutdown_signal;
-use crate::console::Console;
+use crate::console::{Console, ConsoleConfig};
 use crate::ledger::{Ledger, LedgerError};
 use crate::ops::telemetry;
 use crate::pipeline::config::defaults;
@@ -339,7 +339,7 @@ impl RunArgs {
 impl RunArgs {
     /// The console, if a token is set: it reads dead letters on the
     /// worker's broker (at most the read limit for a view) and asks the
-    /// worker's ledger about jobs.
+    /// worker's ledger about jobs and about sessions a logout ended.
     pub(super) fn console(&self) -> anyhow::Result<Option<Console>> {
         let read_limit = self.console.read_limit()?;
         let Some(token) = self.console.token()? else {
@@ -350,12 +350,14 @@ impl RunArgs {
             .as_deref()
             .map(|url| Ledger::connect_lazy_pooled(url, 2))
             .transpose()?;
-        Ok(Some(Console::new(
+        Ok(Some(Console::new(ConsoleConfig {
             token,
-            self.broker.amqp_url.clone(),
+            amqp_url: self.broker.amqp_url.clone(),
             read_limit,
             ledger,
-        )))
+            secure_cookie: self.console.console_secure_cookie,
+            trusted_proxies: self.console.console_trusted_proxies.clone(),
+        })))
     }
 }
 

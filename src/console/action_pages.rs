@@ -1,8 +1,9 @@
 //! Replay and purge from the pages: the confirmation that says how many
 //! jobs an action will touch (counted over the whole queue, whatever the
-//! list read), and the action, which sends the browser back to the table
-//! with a flash message (or, if the selection changed since, to the
-//! confirmation again).
+//! list read) and carries the digest of their ids, and the action, which
+//! acts on those very jobs and sends the browser back to the table with a
+//! flash message (or, if the matching jobs changed since, to the
+//! confirmation again, having done nothing).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -19,7 +20,7 @@ use super::dead_pages::{back_query, dead_path};
 use super::filter::Params;
 use super::pages::{layout, PageError};
 use super::{AppRef, Ctx, Problem};
-use crate::ops::dlq::Action;
+use crate::ops::dlq::{Action, Confirmation};
 
 /// The form fields that carry a selection to the next step.
 fn selection_fields(chosen: &Chosen) -> Markup {
@@ -38,15 +39,16 @@ fn selection_fields(chosen: &Chosen) -> Markup {
 }
 
 /// The confirmation: how many jobs the action will touch (counted over the
-/// whole queue, whatever the list read), and the button.
+/// whole queue, whatever the list read), and the button; `changed` says
+/// why an earlier confirmation was refused.
 fn confirm_page(
     app: &AppRef,
     action: Action,
     chosen: &Chosen,
-    counted: Counted,
+    counted: &Counted,
     csrf: Option<&str>,
     back: &str,
-    changed_from: Option<usize>,
+    changed: Option<&str>,
 ) -> Markup {
     let id = app.sdkappid;
     let count = counted.matching;
@@ -57,9 +59,9 @@ fn confirm_page(
     let body = html! {
         section #confirm.card.confirm data-test="confirm" {
             h1 { (verb) " " (count) " job(s)?" }
-            @if let Some(before) = changed_from {
+            @if let Some(why) = changed {
                 p #confirm-changed.flash.flash-error data-test="confirm-changed" {
-                    "The selection changed since you confirmed " (before) " job(s): nothing was done. Check the new count."
+                    "The dead letters changed since you confirmed: " (why) "."
                 }
             }
             p { "This will touch " strong #confirm-count data-test="confirm-count" { (count) }
@@ -68,6 +70,10 @@ fn confirm_page(
                 "Counted over the whole dead-letter queue: " (count) " of its " (counted.total)
                 " dead letter(s) match, not only those the list read."
             }
+            p #confirm-digest.muted data-test="confirm-digest" {
+                "Exactly these are acted on, or none if they change meanwhile (digest of their ids: "
+                code { (counted.digest) } ")."
+            }
             @if count == 0 {
                 p.muted { "Nothing matches: there is nothing to do." }
             } @else {
@@ -75,6 +81,7 @@ fn confirm_page(
                     input type="hidden" name="csrf" value=(csrf.unwrap_or(""));
                     input type="hidden" name="back" value=(back);
                     input type="hidden" name="expected" value=(count);
+                    input type="hidden" name="digest" value=(counted.digest);
                     (selection_fields(chosen))
                     button #confirm-button type="submit" data-test="confirm-button"
                         class=(if action == Action::Purge { "danger" } else { "primary" }) { (verb) " " (count) " job(s)" }
@@ -125,7 +132,7 @@ pub(super) async fn confirm(
         &app,
         action,
         &chosen,
-        counted,
+        &counted,
         csrf.as_deref(),
         &back,
         None,
@@ -153,7 +160,8 @@ pub(super) async fn purge(
 }
 
 /// Acts on what was confirmed, then back to the table with the count; if
-/// the selection changed meanwhile, the confirmation again (409).
+/// the matching jobs changed meanwhile, the confirmation again (409), with
+/// nothing done.
 async fn act(
     ctx: Ctx,
     authed: Authed,
@@ -165,14 +173,14 @@ async fn act(
     actions::check_csrf(&ctx, &authed, form.get("csrf"))?;
     let app = ctx.app(&app)?;
     let (_, chosen) = chosen_of(&form, Some(action))?;
-    let expected: usize = form
-        .get("expected")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| {
-            Problem::bad_request("the confirmed count (expected) is missing: confirm first")
-        })?;
+    let confirmation = Confirmation {
+        count: form.get("expected").and_then(|n| n.parse().ok()),
+        digest: Some(form.get("digest").map(str::to_string).ok_or_else(|| {
+            Problem::bad_request("which jobs were confirmed (digest) is missing: confirm first")
+        })?),
+    };
     let back = back_query(&Params::parse(form.get("back").unwrap_or("").as_bytes()));
-    match actions::perform(&ctx, &app, action, &chosen, expected).await {
+    match actions::perform(&ctx, &app, action, &chosen, &confirmation).await {
         Ok(done) => {
             let verb = if action == Action::Replay {
                 "replayed"
@@ -196,10 +204,10 @@ async fn act(
                 &app,
                 action,
                 &chosen,
-                counted,
+                &counted,
                 csrf.as_deref(),
                 &back,
-                Some(expected),
+                Some(&problem.message),
             );
             Ok((StatusCode::CONFLICT, page).into_response())
         }

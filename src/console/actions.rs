@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::auth::Authed;
 use super::filter::{parse_age, Filter, Params};
 use super::{AppRef, Ctx, Problem};
-use crate::ops::dlq::{Action, Selection};
+use crate::ops::dlq::{Action, Confirmation, Selection};
 
 /// The jobs an action is for, and the words that say which.
 #[derive(Debug, Clone)]
@@ -77,8 +77,9 @@ impl Chosen {
 }
 
 /// An action's JSON body: ids and/or a filter (or `all`), and either
-/// `dry_run` (how many would be touched) or `expected` (that many, as the
-/// dry run said: the confirmation step).
+/// `dry_run` (how many would be touched, and their `digest`) or the
+/// confirmation: `digest` (those very jobs, as the dry run said; required
+/// for a filter) and/or `expected` (that many; enough for ids alone).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionBody {
@@ -94,6 +95,8 @@ pub struct ActionBody {
     #[serde(default)]
     pub dry_run: bool,
     pub expected: Option<usize>,
+    /// The dry run's digest of the selected jobs' ids.
+    pub digest: Option<String>,
     /// For a browser session (or the `x-csrf-token` header).
     pub csrf: Option<String>,
 }
@@ -112,6 +115,25 @@ fn age(name: &str, value: &Option<Value>) -> Result<Option<i64>, Problem> {
 }
 
 impl ActionBody {
+    /// The confirmation it carries for `chosen`: a filter's must name its
+    /// jobs by their digest (a count holds when one left and another
+    /// arrived); ids alone may be confirmed by their count.
+    pub fn confirmation(&self, chosen: &Chosen) -> Result<Confirmation, Problem> {
+        let confirmation = Confirmation {
+            count: self.expected,
+            digest: self.digest.clone().filter(|d| !d.trim().is_empty()),
+        };
+        match (&confirmation.digest, confirmation.count, &chosen.filter) {
+            (Some(_), _, _) | (None, Some(_), None) => Ok(confirmation),
+            (None, Some(_), Some(_)) => Err(Problem::bad_request(
+                "a filter's action needs the \"digest\" of its dry run, which says which jobs, not only how many: nothing was done",
+            )),
+            (None, None, _) => Err(Problem::bad_request(
+                "say which jobs you confirm: the \"digest\" of a dry run (or, for ids, \"expected\": its \"matching\")",
+            )),
+        }
+    }
+
     pub fn chosen(&self) -> Result<Chosen, Problem> {
         let filter = Filter {
             reason: self.reason.clone().filter(|r| !r.is_empty()),
@@ -149,19 +171,19 @@ pub fn check_csrf(ctx: &Ctx, authed: &Authed, presented: Option<&str>) -> Result
     }
 }
 
-/// Carries the action out on the jobs chosen, if they are still the
-/// `expected` number; logs what was done.
+/// Carries the action out on the jobs chosen, if they are still those
+/// confirmed; logs what was done.
 pub async fn perform(
     ctx: &Ctx,
     app: &AppRef,
     action: Action,
     chosen: &Chosen,
-    expected: usize,
+    confirmation: &Confirmation,
 ) -> Result<usize, Problem> {
     let result = ctx
         .console
         .dead()
-        .act(&app.queues, action, &chosen.selection, expected)
+        .act(&app.queues, action, &chosen.selection, confirmation)
         .await;
     match &result {
         Ok(count) => info!(
@@ -176,7 +198,8 @@ pub async fn perform(
             sdkappid = app.sdkappid,
             action = action.as_str(),
             selection = %chosen.words,
-            expected,
+            expected = ?confirmation.count,
+            digest = ?confirmation.digest,
             error = %e,
             "console: action not carried out in full"
         ),
@@ -229,5 +252,21 @@ mod tests {
         assert!(body(serde_json::json!({"older_than": true})).is_err());
         assert!(body(serde_json::json!({"older_than": -1})).is_err());
         assert!(serde_json::from_value::<ActionBody>(serde_json::json!({"id": "a"})).is_err());
+    }
+
+    #[test]
+    fn a_filter_is_confirmed_by_its_digest_ids_by_their_count() {
+        let confirm = |v: Value| {
+            let body = serde_json::from_value::<ActionBody>(v).unwrap();
+            body.confirmation(&body.chosen().unwrap())
+        };
+        let by_count = serde_json::json!({"reason": "rejected", "expected": 2});
+        assert!(confirm(by_count).unwrap_err().message.contains("digest"));
+        let by_digest = confirm(serde_json::json!({"all": true, "digest": "ab"})).unwrap();
+        assert_eq!(by_digest.digest.as_deref(), Some("ab"));
+        let ids = confirm(serde_json::json!({"ids": ["a"], "expected": 1})).unwrap();
+        assert_eq!((ids.count, ids.digest), (Some(1), None));
+        assert!(confirm(serde_json::json!({"ids": ["a"]})).is_err());
+        assert!(confirm(serde_json::json!({"ids": ["a"], "digest": " "})).is_err());
     }
 }

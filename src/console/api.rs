@@ -15,6 +15,7 @@ use super::actions::{self, ActionBody};
 use super::auth::{Authed, CSRF_HEADER};
 use super::dead::{Lookup, View};
 use super::filter::{self, Filter, Params, FILTER_NAMES, PER_PAGE};
+use super::pages::{id_of_query, job_api_link, job_link};
 use super::view::AppView;
 use super::{AppRef, Ctx, Problem};
 use crate::ledger::ScopeFilter;
@@ -108,6 +109,9 @@ fn view_json(app: &AppRef, filter: &Filter, view: &View) -> Value {
         .map(|info| {
             let mut job = serde_json::to_value(info).unwrap_or(Value::Null);
             job["age_secs"] = info.age_secs(view.read_at_ms).into();
+            // Links that reach the job whatever its id (see `job_link`).
+            job["page"] = job_link(app.sdkappid, &info.id).into();
+            job["api"] = job_api_link(app.sdkappid, &info.id).into();
             job
         })
         .collect();
@@ -203,8 +207,21 @@ pub(super) async fn job_detail(ctx: &Ctx, app: &AppRef, id: &str) -> Result<Valu
     Err(Problem::new(axum::http::StatusCode::NOT_FOUND, missing))
 }
 
-/// `GET /api/apps/{sdkappid}/dead/{id}`: the whole dead letter (as `dlq
-/// show` prints it, with `body_text`) and `ledger`.
+/// `GET /api/apps/{sdkappid}/dead-letter?id=JOB_ID`: the whole dead
+/// letter (as `dlq show` prints it, with `body_text`) and `ledger`; any id,
+/// `summary`, `.` and `..` included.
+pub(super) async fn job_by_query(
+    State(ctx): State<Ctx>,
+    Path(app): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let id = id_of_query(raw.as_deref())?;
+    let app = ctx.app(&app)?;
+    Ok(Json(job_detail(&ctx, &app, &id).await?))
+}
+
+/// `GET /api/apps/{sdkappid}/dead/{id}`: the same, for ids a path segment
+/// carries (not `summary`, `.` or `..`).
 pub(super) async fn job(
     State(ctx): State<Ctx>,
     Path((app, id)): Path<(String, String)>,
@@ -235,8 +252,9 @@ pub(super) async fn purge(
     act(ctx, authed, app, headers, body, Action::Purge).await
 }
 
-/// A JSON action: `dry_run` says how many jobs it would touch (the
-/// confirmation step); with `expected` (that number) it acts.
+/// A JSON action: `dry_run` says how many jobs it would touch and their
+/// `digest` (the confirmation step); with that `digest` (or, for ids,
+/// `expected`: that number) it acts on those jobs, or answers 409.
 async fn act(
     ctx: Ctx,
     authed: Authed,
@@ -264,16 +282,11 @@ async fn act(
             .map_err(Problem::from)?;
         return Ok(Json(json!({
             "action": name, "dry_run": true, "matching": counted.matching,
-            "total": counted.total, "selection": chosen.words,
+            "total": counted.total, "digest": counted.digest, "selection": chosen.words,
         })));
     }
-    let Some(expected) = request.expected else {
-        return Err(Problem::bad_request(
-            "say how many jobs you expect to touch (\"expected\": the \"matching\" of a dry run first): that is the confirmation",
-        )
-        .into());
-    };
-    let done = actions::perform(&ctx, &app, action, &chosen, expected).await?;
+    let confirmation = request.confirmation(&chosen)?;
+    let done = actions::perform(&ctx, &app, action, &chosen, &confirmation).await?;
     Ok(Json(
         json!({"action": name, "done": done, "selection": chosen.words}),
     ))

@@ -1,18 +1,16 @@
 //! Who may use the console: whoever holds its token. A script sends it as
 //! `Authorization: Bearer <token>`; a browser logs in once with it and gets
-//! a session cookie that is not the token but its expiry and an HMAC of it
-//! keyed by the token, so any replica with the same token accepts it and a
-//! new token ends every session. Actions from a session carry a CSRF token,
-//! an HMAC of the session cookie, in a hidden field. Every comparison is in
-//! constant time; the token is never printed.
+//! a session cookie that is not the token but its expiry, a random session
+//! id and an HMAC of both keyed by the token, so any replica with the same
+//! token accepts it and a new token ends every session (a logout ends one:
+//! see [`super::sessions`]). Actions from a session carry a CSRF token, an
+//! HMAC of the session cookie, in a hidden field. Every comparison is in
+//! constant time; neither the token nor a session is ever printed.
 
 use std::fmt;
 
-use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -76,12 +74,40 @@ impl ConsoleToken {
     }
 }
 
+/// A browser session, from a cookie this token made. Its `Debug` hides
+/// the cookie's value.
+#[derive(Clone, PartialEq)]
+pub struct Session {
+    /// The cookie's value, which its CSRF token is made from.
+    pub value: String,
+    /// The random id a logout ends it by.
+    pub id: String,
+    /// Unix seconds.
+    pub expires: u64,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Session(<redacted>, expires {})", self.expires)
+    }
+}
+
 /// How a request proved it holds the token.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Authed {
     Bearer,
-    /// A browser session: the cookie's value, which its CSRF token is made from.
-    Session(String),
+    Session(Session),
+}
+
+/// What a request presents, before a session's revocation is looked up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    /// An `Authorization` header: whether it is `Bearer` and the token.
+    Bearer { right: bool },
+    /// A session cookie this token made, not yet expired.
+    Session(Session),
+    /// Neither (or a cookie that is not valid: expired, forged, old).
+    Nothing,
 }
 
 /// The token's checks and the values made from it.
@@ -116,25 +142,41 @@ impl Auth {
         a.ct_eq(&b).into()
     }
 
-    /// A session cookie's value that expires at `expires` (unix seconds).
+    /// A new session's cookie value, expiring at `expires` (unix seconds),
+    /// with a fresh random id: `v2.{expires}.{id}.{hmac}`.
     pub fn session_value(&self, expires: u64) -> String {
-        format!("v1.{expires}.{}", self.mac("session", &expires.to_string()))
+        let id = format!("{:032x}", rand::random::<u128>());
+        let signed = format!("{expires}.{id}");
+        format!("v2.{signed}.{}", self.mac("session", &signed))
+    }
+
+    /// The session of a cookie value this token made that has not expired
+    /// at `now` (unix seconds); none for anything else (earlier formats
+    /// included: their holders log in again).
+    pub fn session(&self, value: &str, now: u64) -> Option<Session> {
+        let mut parts = value.splitn(4, '.');
+        let (Some("v2"), Some(expires), Some(id), Some(tag)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let at = expires.parse::<u64>().ok()?;
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let expected = self.mac("session", &format!("{at}.{id}"));
+        let matches: bool = expected.as_bytes().ct_eq(tag.as_bytes()).into();
+        (matches && at > now).then(|| Session {
+            value: value.to_string(),
+            id: id.to_string(),
+            expires: at,
+        })
     }
 
     /// Whether a session cookie's value is one this token made and has
-    /// not expired at `now` (unix seconds).
+    /// not expired at `now` (its revocation aside).
     pub fn session_valid(&self, value: &str, now: u64) -> bool {
-        let mut parts = value.splitn(3, '.');
-        let (Some("v1"), Some(expires), Some(tag)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return false;
-        };
-        let Ok(at) = expires.parse::<u64>() else {
-            return false;
-        };
-        let expected = self.mac("session", &at.to_string());
-        let matches: bool = expected.as_bytes().ct_eq(tag.as_bytes()).into();
-        matches && at > now
+        self.session(value, now).is_some()
     }
 
     /// The CSRF token of a session.
@@ -149,18 +191,18 @@ impl Auth {
             .into()
     }
 
-    /// How the request proves it holds the token, if it does. A bearer
-    /// header that is wrong is refused even with a good cookie.
-    pub fn check(&self, headers: &HeaderMap, now: u64) -> Option<Authed> {
+    /// What the request presents. An `Authorization` header decides alone:
+    /// a wrong one is refused even with a good cookie.
+    pub fn credential(&self, headers: &HeaderMap, now: u64) -> Credential {
         if let Some(value) = headers.get(AUTHORIZATION) {
-            let presented = value.to_str().ok()?.strip_prefix("Bearer ")?;
-            return self
-                .token_matches(presented.trim())
-                .then_some(Authed::Bearer);
+            let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
+            let right = presented.is_some_and(|token| self.token_matches(token.trim()));
+            return Credential::Bearer { right };
         }
-        let session = cookie(headers, SESSION_COOKIE)?;
-        self.session_valid(&session, now)
-            .then_some(Authed::Session(session))
+        match cookie(headers, SESSION_COOKIE).and_then(|value| self.session(&value, now)) {
+            Some(session) => Credential::Session(session),
+            None => Credential::Nothing,
+        }
     }
 
     /// Whether a request may act: bearer requests may; a session needs its
@@ -169,7 +211,7 @@ impl Auth {
         match authed {
             Authed::Bearer => true,
             Authed::Session(session) => {
-                presented_csrf.is_some_and(|csrf| self.csrf_valid(session, csrf))
+                presented_csrf.is_some_and(|csrf| self.csrf_valid(&session.value, csrf))
             }
         }
     }
@@ -187,37 +229,36 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
-/// The `Set-Cookie` that logs a browser in.
-pub fn login_cookie(value: &str) -> String {
-    format!("{SESSION_COOKIE}={value}; Path=/; Max-Age={SESSION_SECS}; HttpOnly; SameSite=Strict")
+/// The attribute that keeps a cookie off plain http, when the console is
+/// served over https.
+fn secure_attr(secure: bool) -> &'static str {
+    if secure {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// The `Set-Cookie` that logs a browser in; `secure` over https.
+pub fn login_cookie(value: &str, secure: bool) -> String {
+    format!(
+        "{SESSION_COOKIE}={value}; Path=/; Max-Age={SESSION_SECS}; HttpOnly; SameSite=Strict{}",
+        secure_attr(secure)
+    )
 }
 
 /// The `Set-Cookie` that logs it out.
-pub fn logout_cookie() -> String {
-    format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict")
+pub fn logout_cookie(secure: bool) -> String {
+    format!(
+        "{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{}",
+        secure_attr(secure)
+    )
 }
 
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Lets through only requests that hold the token, with how they did in
-/// their extensions; the rest get 401 and the login form (or, under
-/// `/api/`, a JSON error), which says nothing else.
-pub(super) async fn require(
-    State(ctx): State<super::Ctx>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match ctx.console.auth().check(request.headers(), unix_now()) {
-        Some(authed) => {
-            request.extensions_mut().insert(authed);
-            next.run(request).await
-        }
-        None => super::unauthorized(request.uri()),
-    }
 }
 
 #[cfg(test)]
@@ -241,22 +282,42 @@ mod tests {
     }
 
     #[test]
-    fn a_session_is_the_expiry_and_its_hmac_never_the_token() {
+    fn a_session_is_an_expiry_an_id_and_their_hmac_never_the_token() {
         let (a, now) = (auth(), 1_000_000);
         let value = a.session_value(now + 60);
         assert!(!value.contains("s3cret"));
-        assert!(a.session_valid(&value, now));
+        let session = a.session(&value, now).expect("valid");
+        assert_eq!((session.expires, session.id.len()), (now + 60, 32));
+        assert!(
+            !format!("{session:?}").contains(&session.id),
+            "Debug hides it"
+        );
         assert!(!a.session_valid(&value, now + 60), "expired");
-        // Another token's session, a changed expiry, garbage: refused.
-        let other = Auth::new(ConsoleToken::new("other").unwrap());
-        assert!(!other.session_valid(&value, now));
+        let other = a.session_value(now + 60);
+        assert_ne!(
+            a.session(&other, now).unwrap().id,
+            session.id,
+            "ids are drawn"
+        );
+        // Another token's session, a changed expiry or id, garbage, and the
+        // earlier format: refused.
+        let by_other = Auth::new(ConsoleToken::new("other").unwrap());
+        assert!(!by_other.session_valid(&value, now));
         let stretched = value.replacen(&(now + 60).to_string(), &(now + 9999).to_string(), 1);
         assert!(!a.session_valid(&stretched, now));
+        let swapped = value.replacen(&session.id, &"0".repeat(32), 1);
+        assert!(!a.session_valid(&swapped, now));
+        let v1 = format!(
+            "v1.{}.{}",
+            now + 60,
+            a.mac("session", &(now + 60).to_string())
+        );
         for bad in [
             "",
-            "v1",
-            "v1.x.y",
-            "v2.99999999999.00",
+            "v2",
+            "v2.x.y.z",
+            "v2.99999999999.00.00",
+            v1.as_str(),
             &value[..value.len() - 1],
         ] {
             assert!(!a.session_valid(bad, now), "{bad:?}");
@@ -266,36 +327,52 @@ mod tests {
     #[test]
     fn csrf_tokens_belong_to_their_session() {
         let a = auth();
-        let (one, two) = (a.session_value(10), a.session_value(20));
+        let (one, two) = (a.session_value(10), a.session_value(10));
         let csrf = a.csrf(&one);
         assert!(a.csrf_valid(&one, &csrf));
         assert!(!a.csrf_valid(&two, &csrf));
         assert!(!a.csrf_valid(&one, ""));
-        let session = Authed::Session(one.clone());
+        let session = Authed::Session(a.session(&one, 0).unwrap());
         assert!(a.may_act(&session, Some(&csrf)));
         assert!(!a.may_act(&session, None));
         assert!(a.may_act(&Authed::Bearer, None));
     }
 
     #[test]
-    fn requests_prove_the_token_by_bearer_or_cookie() {
+    fn requests_present_a_bearer_or_a_cookie() {
         let (a, now) = (auth(), 1_000);
         let mut headers = HeaderMap::new();
-        assert_eq!(a.check(&headers, now), None);
-        let session = a.session_value(now + 10);
+        assert_eq!(a.credential(&headers, now), Credential::Nothing);
+        let value = a.session_value(now + 10);
         headers.insert(
             COOKIE,
-            HeaderValue::from_str(&format!("x=1; {SESSION_COOKIE}={session}")).unwrap(),
+            HeaderValue::from_str(&format!("x=1; {SESSION_COOKIE}={value}")).unwrap(),
         );
-        assert_eq!(a.check(&headers, now), Some(Authed::Session(session)));
-        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer wrong"));
-        assert_eq!(a.check(&headers, now), None, "a wrong bearer is refused");
+        assert_eq!(
+            a.credential(&headers, now),
+            Credential::Session(a.session(&value, now).unwrap())
+        );
+        assert_eq!(
+            a.credential(&headers, now + 10),
+            Credential::Nothing,
+            "expired"
+        );
+        for wrong in ["Bearer wrong", "Basic czNjcmV0LXRva2Vu", "s3cret-token"] {
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(wrong));
+            let refused = Credential::Bearer { right: false };
+            assert_eq!(a.credential(&headers, now), refused, "{wrong}");
+        }
         headers.insert(
             AUTHORIZATION,
             HeaderValue::from_static("Bearer s3cret-token"),
         );
-        assert_eq!(a.check(&headers, now), Some(Authed::Bearer));
-        assert!(login_cookie("v").contains("HttpOnly; SameSite=Strict"));
-        assert!(logout_cookie().contains("Max-Age=0"));
+        assert_eq!(
+            a.credential(&headers, now),
+            Credential::Bearer { right: true }
+        );
+        assert!(login_cookie("v", false).ends_with("HttpOnly; SameSite=Strict"));
+        assert!(login_cookie("v", true).ends_with("SameSite=Strict; Secure"));
+        assert!(logout_cookie(false).contains("Max-Age=0"));
+        assert!(logout_cookie(true).ends_with("; Secure"));
     }
 }

@@ -10,7 +10,8 @@
 //! missing. After each read the console waits (briefly) until the broker
 //! has put back what it held, so the next page finds them. Actions (a pass
 //! of `walk`) run [`dlq::act_on_each`], as `dlq replay` and `dlq purge` do,
-//! on at most as many jobs as the operator confirmed.
+//! on the very dead letters the operator confirmed (by the digest of their
+//! ids) or on none, never on one that arrived since.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
@@ -23,7 +24,9 @@ use serde_json::Value;
 
 use super::walk::Walk;
 use crate::broker::{self, QueueNames};
-use crate::ops::dlq::{self, Action, DeadInfo, DeadJob, Selection};
+use crate::ops::dlq::{
+    self, Action, Confirmation, DeadInfo, DeadJob, SelectedIds, Selection, SelectionChanged,
+};
 
 /// The longest the console waits for the broker to put back what it read.
 const GIVE_BACK_WAIT: Duration = Duration::from_secs(3);
@@ -81,12 +84,15 @@ pub enum Lookup {
     NotAmongFirst { read: usize, total: usize },
 }
 
-/// How many dead letters a selection matches, of how many in the queue.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How many dead letters a selection matches, of how many in the queue,
+/// and which (the digest a confirmation carries).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Counted {
     pub matching: usize,
     /// Dead letters in the queue, every one read to count them.
     pub total: usize,
+    /// The [`SelectedIds::digest`] of those matching.
+    pub digest: String,
 }
 
 /// Why the dead letters could not be read or acted on.
@@ -96,8 +102,8 @@ pub enum DeadError {
     Broker(String),
     #[error("page {page} is past the last page ({pages})")]
     PageOutOfRange { page: usize, pages: usize },
-    #[error("the selection matches {matching} job(s) now, not the {expected} confirmed: nothing was done; confirm again")]
-    Changed { matching: usize, expected: usize },
+    #[error(transparent)]
+    Changed(#[from] SelectionChanged),
     #[error("stopped after {done} job(s): {error}")]
     Interrupted { done: usize, error: String },
 }
@@ -291,47 +297,61 @@ impl DeadLetters {
         })
     }
 
-    /// How many dead letters `selection` matches now, the whole queue read
-    /// (no read limit: an action's confirmation counts every match).
+    /// How many dead letters `selection` matches now, and which, the whole
+    /// queue read (no read limit: an action's confirmation counts every
+    /// match).
     pub async fn count(&self, queue: &str, selection: &Selection) -> Result<Counted, DeadError> {
         let lock = self.lock(queue);
         let _reading = lock.lock().await;
-        self.count_held(queue, selection).await
+        Ok(self.count_held(queue, selection).await?.0)
     }
 
-    async fn count_held(&self, queue: &str, selection: &Selection) -> Result<Counted, DeadError> {
+    /// The count, and the ids of the matches (held only as ids).
+    async fn count_held(
+        &self,
+        queue: &str,
+        selection: &Selection,
+    ) -> Result<(Counted, SelectedIds), DeadError> {
         let channel = self.channel(false).await?;
         let now = dlq::now_ms();
-        let mut matching = 0;
+        let mut selected = SelectedIds::default();
         let read = dlq::read_each(&channel, queue, |dead| {
-            matching += usize::from(selection.matches(&dead.info, now));
+            if selection.matches(&dead.info, now) {
+                selected.push(&dead.id);
+            }
             ControlFlow::Continue(())
         })
         .await;
         let total = read.as_ref().copied().unwrap_or(0);
         self.give_back(channel, queue, total).await;
         read?;
-        Ok(Counted { matching, total })
+        let counted = Counted {
+            matching: selected.len(),
+            total,
+            digest: selected.digest(),
+        };
+        Ok((counted, selected))
     }
 
-    /// Replays or purges the dead letters `selection` matches, if they are
-    /// still the `expected` number the operator confirmed, and never more.
+    /// Replays or purges the dead letters `selection` matches if they are
+    /// still those the operator confirmed, and only those: a dead letter
+    /// that arrives between the check and the action is left alone.
     pub async fn act(
         &self,
         names: &QueueNames,
         action: Action,
         selection: &Selection,
-        expected: usize,
+        confirmation: &Confirmation,
     ) -> Result<usize, DeadError> {
         let lock = self.lock(&names.dead);
         let _acting = lock.lock().await;
-        let matching = self.count_held(&names.dead, selection).await?.matching;
-        if matching != expected {
-            return Err(DeadError::Changed { matching, expected });
-        }
+        let (_, mut confirmed) = self.count_held(&names.dead, selection).await?;
+        confirmation.check(&confirmed)?;
         let channel = self.channel(true).await?;
         let mut walk = Walk::default();
-        let result = walk.run(&channel, names, action, selection, expected).await;
+        let result = walk
+            .run(&channel, names, action, selection, &mut confirmed)
+            .await;
         self.give_back(channel, &names.dead, walk.read - walk.acted)
             .await;
         result.map(|()| walk.acted)

@@ -11,7 +11,7 @@ use super::api::{job_detail, listing_query};
 use super::auth::Authed;
 use super::dead::View;
 use super::filter::{human_age, query, Filter, Params, FILTER_NAMES};
-use super::pages::{layout, segment, summary_table, when, PageError};
+use super::pages::{id_of_query, job_link, layout, summary_table, when, PageError};
 use super::{AppRef, Ctx, Problem};
 use crate::broker::DeadReason;
 use crate::ops::dlq::DeadInfo;
@@ -80,7 +80,7 @@ fn row(sdkappid: u64, info: &DeadInfo, now_ms: i64) -> Markup {
     html! {
         tr data-test="dead-row" data-job-id=(info.id) {
             td { input.select-job type="checkbox" name="id" value=(info.id) data-test="select-job" aria-label="select"; }
-            td.id { a href=(format!("/apps/{sdkappid}/dead/{}", segment(&info.id))) data-test="job-link" { (info.id) } }
+            td.id { a href=(job_link(sdkappid, &info.id)) data-test="job-link" { (info.id) } }
             td { span.badge.badge-reason { (info.reason) } }
             td.num { (info.error_code.map_or("-".into(), |c| c.to_string())) }
             td.num { (info.age_secs(now_ms).map_or("?".into(), human_age)) }
@@ -223,14 +223,29 @@ fn job_actions(sdkappid: u64, id: &str, csrf: Option<&str>) -> Markup {
     }
 }
 
-/// `GET /apps/{sdkappid}/dead/{id}`: the whole dead letter.
+/// `GET /apps/{sdkappid}/dead-letter?id=JOB_ID`: the whole dead letter.
+pub(super) async fn job_by_query(
+    State(ctx): State<Ctx>,
+    Extension(authed): Extension<Authed>,
+    Path(app): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Markup, PageError> {
+    let id = id_of_query(raw.as_deref())?;
+    job_page(&ctx, &authed, &app, &id).await
+}
+
+/// `GET /apps/{sdkappid}/dead/{id}`: the same, as links before had it.
 pub(super) async fn job(
     State(ctx): State<Ctx>,
     Extension(authed): Extension<Authed>,
     Path((app, id)): Path<(String, String)>,
 ) -> Result<Markup, PageError> {
-    let app = ctx.app(&app)?;
-    let report = job_detail(&ctx, &app, &id).await?;
+    job_page(&ctx, &authed, &app, &id).await
+}
+
+async fn job_page(ctx: &Ctx, authed: &Authed, app: &str, id: &str) -> Result<Markup, PageError> {
+    let app = ctx.app(app)?;
+    let report = job_detail(ctx, &app, id).await?;
     let why = &report["why"];
     let at = |key: &str| why[key].as_i64().map_or("-".into(), when);
     let facts = [
@@ -255,7 +270,7 @@ pub(super) async fn job(
         .flatten()
         .map(|(k, v)| (k.clone(), compact(v)))
         .collect();
-    let csrf = ctx.csrf(&authed);
+    let csrf = ctx.csrf(authed);
     let sdkappid = app.sdkappid;
     let body = html! {
         p.crumbs { a href="/" { "Apps" } " / " a href=(format!("/apps/{sdkappid}")) { (sdkappid) } " / "
@@ -263,7 +278,7 @@ pub(super) async fn job(
         h1 { "Dead letter " code #job-id data-test="job-id" { (id) } }
         section #job-detail.card data-test="job-detail" {
             dl.facts { @for (name, value) in &facts { dt { (name) } dd { (value) } } }
-            (job_actions(sdkappid, &id, csrf.as_deref()))
+            (job_actions(sdkappid, id, csrf.as_deref()))
         }
         section.card {
             h2 { "Body" span.muted { " (" (compact(&report["body_bytes"])) " bytes)" } }

@@ -1,5 +1,8 @@
 //! Logging in and out: the login form (all an unauthenticated visitor ever
-//! sees), the session cookie it sets for the right token, and logout.
+//! sees), the session cookie it sets for the right token (`Secure` over
+//! https), wrong tokens counted against their client as the gate counts a
+//! wrong bearer, and logout, which ends the session for every replica that
+//! shares the ledger (or, without one, for this replica).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -8,12 +11,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use maud::{html, Markup};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::auth::{self, Authed, SESSION_SECS};
+use super::client::Client;
 use super::filter::Params;
+use super::gate::{throttled_words, with_retry_after, wrong_token};
 use super::pages::{layout, PageError};
-use super::Ctx;
+use super::redirect::local_path;
+use super::{Ctx, Problem};
 
 /// The login form, with what went wrong if anything; `next` is where to go after.
 pub(super) fn login_page(next: &str, error: Option<&str>) -> Markup {
@@ -39,52 +45,65 @@ pub(super) async fn login_form() -> Markup {
     login_page("/", None)
 }
 
-/// Where to go after logging in: a path of this site, nothing else.
-fn local_path(next: Option<&str>) -> &str {
-    match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p,
-        _ => "/",
-    }
-}
-
-/// `POST /login`: the right token gets the session cookie and goes on; a
-/// wrong one gets the form again, a moment later.
-pub(super) async fn login(State(ctx): State<Ctx>, body: Bytes) -> Response {
+/// `POST /login`: the right token gets the session cookie and goes on at
+/// once; a wrong one gets the form again, a moment later, or 429 past its
+/// client's budget of wrong tokens.
+pub(super) async fn login(
+    State(ctx): State<Ctx>,
+    Extension(client): Extension<Client>,
+    body: Bytes,
+) -> Response {
     let form = Params::parse(&body);
     let next = local_path(form.get("next")).to_string();
     let presented = form.get("token").unwrap_or("");
     if !ctx.console.auth().token_matches(presented) {
-        warn!("console: a login with a wrong token");
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let page = login_page(&next, Some("That is not the console's token."));
-        return (StatusCode::UNAUTHORIZED, page).into_response();
+        return match wrong_token(&ctx, &client, "a login").await {
+            Ok(()) => {
+                let page = login_page(&next, Some("That is not the console's token."));
+                (StatusCode::UNAUTHORIZED, page).into_response()
+            }
+            Err(secs) => {
+                let page = login_page(&next, Some(&throttled_words(secs)));
+                with_retry_after(page.into_response(), secs)
+            }
+        };
     }
-    info!("console: logged in");
+    info!(client = %client.addr, "console: logged in");
     let session = ctx
         .console
         .auth()
         .session_value(auth::unix_now() + SESSION_SECS);
+    let cookie = auth::login_cookie(&session, ctx.console.secure_cookie(&client));
     (
         StatusCode::SEE_OTHER,
-        [(LOCATION, next), (SET_COOKIE, auth::login_cookie(&session))],
+        [(LOCATION, next), (SET_COOKIE, cookie)],
     )
         .into_response()
 }
 
-/// `POST /logout`: clears the cookie (with the session's CSRF token).
+/// `POST /logout` (with the session's CSRF token): ends the session for
+/// good, so a copy of the cookie opens nothing more, then clears it.
 pub(super) async fn logout(
     State(ctx): State<Ctx>,
     Extension(authed): Extension<Authed>,
+    Extension(client): Extension<Client>,
     body: Bytes,
 ) -> Result<Response, PageError> {
     let form = Params::parse(&body);
     super::actions::check_csrf(&ctx, &authed, form.get("csrf"))?;
+    if let Authed::Session(session) = &authed {
+        // Not ended, not cleared: the operator sees why and tries again.
+        ctx.console
+            .sessions()
+            .end(session, auth::unix_now())
+            .await
+            .map_err(Problem::from)?;
+        info!(client = %client.addr, "console: logged out");
+    }
+    let cookie = auth::logout_cookie(ctx.console.secure_cookie(&client));
     Ok((
         StatusCode::SEE_OTHER,
-        [
-            (LOCATION, "/login".to_string()),
-            (SET_COOKIE, auth::logout_cookie()),
-        ],
+        [(LOCATION, "/login".to_string()), (SET_COOKIE, cookie)],
     )
         .into_response())
 }
@@ -92,15 +111,6 @@ pub(super) async fn logout(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_local_paths_are_followed_after_login() {
-        assert_eq!(local_path(Some("/apps/1?x=1")), "/apps/1?x=1");
-        for bad in ["//evil.example", "https://evil.example", "/\\evil", ""] {
-            assert_eq!(local_path(Some(bad)), "/", "{bad}");
-        }
-        assert_eq!(local_path(None), "/");
-    }
 
     #[test]
     fn pages_escape_what_they_show() {

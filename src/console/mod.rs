@@ -5,7 +5,12 @@
 //! per-minute [`history`] and its [`chart`]), and each app's dead letters,
 //! read, replayed and purged through [`crate::ops::dlq`] ([`dead`]).
 //!
-//! - [`auth`]: the token, the session cookie, CSRF tokens, the gate.
+//! - [`auth`]: the token, the session cookie, CSRF tokens; `gate`: the
+//!   check every page and API call passes; [`client`]: who sent a request
+//!   (the peer, or behind a trusted proxy the hop it forwarded);
+//!   [`throttle`]: each client's budget of wrong tokens; [`sessions`]: the
+//!   sessions a logout ended (in the ledger, or in memory); `redirect`: where
+//!   a login may go on to.
 //! - [`filter`]: query strings and forms, parsed and checked.
 //! - [`history`], [`chart`]: the last hour of calls, and its SVG.
 //! - [`view`]: an app's state as the pages and the API show it.
@@ -26,15 +31,21 @@ mod actions;
 mod api;
 pub mod auth;
 pub mod chart;
+pub mod client;
 pub mod dead;
 mod dead_pages;
 pub mod filter;
+mod gate;
 pub mod history;
 mod login;
 mod pages;
+mod redirect;
+pub mod sessions;
+pub mod throttle;
 pub mod view;
 mod walk;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, Request};
@@ -54,7 +65,29 @@ use crate::ops::status::WorkerStatus;
 use crate::ops::telemetry::StatusBoard;
 pub use auth::ConsoleToken;
 use auth::{Auth, Authed};
+use client::{Client, Proxies};
 use dead::{DeadError, DeadLetters};
+use sessions::{Revocations, SessionError};
+use throttle::Throttle;
+
+/// How a console is set up.
+#[derive(Debug)]
+pub struct ConsoleConfig {
+    /// Open to the holders of this token.
+    pub token: ConsoleToken,
+    /// The broker its dead letters are read on.
+    pub amqp_url: String,
+    /// Dead letters a view reads at most.
+    pub read_limit: usize,
+    /// The ledger's records of a job, and the sessions a logout ended
+    /// (without it, those are kept in this process's memory).
+    pub ledger: Option<Ledger>,
+    /// Always mark the session cookie `Secure`: the console is served over
+    /// https (by a proxy in front of it).
+    pub secure_cookie: bool,
+    /// Proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
+    pub trusted_proxies: Vec<IpAddr>,
+}
 
 /// The console: its token's checks, its broker connection for the dead
 /// letters, and the ledger it asks about a job. Cheap to clone.
@@ -66,27 +99,44 @@ struct Inner {
     dead: DeadLetters,
     /// A handle on the ledger in no scope: a job is looked up in its app's.
     ledger: Option<Ledger>,
+    sessions: Revocations,
+    throttle: Throttle,
+    proxies: Proxies,
+    secure_cookie: bool,
 }
 
 impl Console {
-    /// A console for the holders of `token`, reading dead letters on the
-    /// broker at `amqp_url` (at most `read_limit` of a queue for a view),
-    /// and the ledger's records if one is given.
-    pub fn new(
-        token: ConsoleToken,
-        amqp_url: String,
-        read_limit: usize,
-        ledger: Option<Ledger>,
-    ) -> Self {
+    pub fn new(config: ConsoleConfig) -> Self {
         Self(Arc::new(Inner {
-            auth: Auth::new(token),
-            dead: DeadLetters::new(amqp_url, read_limit),
-            ledger,
+            auth: Auth::new(config.token),
+            dead: DeadLetters::new(config.amqp_url, config.read_limit),
+            sessions: Revocations::new(config.ledger.clone()),
+            ledger: config.ledger,
+            throttle: Throttle::default(),
+            proxies: Proxies::new(config.trusted_proxies),
+            secure_cookie: config.secure_cookie,
         }))
     }
 
     pub fn auth(&self) -> &Auth {
         &self.0.auth
+    }
+
+    fn sessions(&self) -> &Revocations {
+        &self.0.sessions
+    }
+
+    fn throttle(&self) -> &Throttle {
+        &self.0.throttle
+    }
+
+    fn proxies(&self) -> &Proxies {
+        &self.0.proxies
+    }
+
+    /// Whether a cookie set for `client` is `Secure`.
+    fn secure_cookie(&self, client: &Client) -> bool {
+        self.0.secure_cookie || client.https
     }
 
     fn dead(&self) -> &DeadLetters {
@@ -136,6 +186,12 @@ impl Problem {
             StatusCode::FORBIDDEN,
             "the CSRF token is missing or wrong (a stale form, or a request from elsewhere): nothing was done",
         )
+    }
+}
+
+impl From<SessionError> for Problem {
+    fn from(e: SessionError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
     }
 }
 
@@ -194,7 +250,7 @@ impl Ctx {
     /// The CSRF token a page's forms carry (none for a bearer request).
     fn csrf(&self, authed: &Authed) -> Option<String> {
         match authed {
-            Authed::Session(session) => Some(self.console.auth().csrf(session)),
+            Authed::Session(session) => Some(self.console.auth().csrf(&session.value)),
             Authed::Bearer => None,
         }
     }
@@ -209,6 +265,7 @@ pub fn router(console: Console, board: StatusBoard) -> Router {
         .route("/apps/{app}", get(pages::app))
         .route("/apps/{app}/dead", get(dead_pages::list))
         .route("/apps/{app}/dead/{id}", get(dead_pages::job))
+        .route("/apps/{app}/dead-letter", get(dead_pages::job_by_query))
         .route("/apps/{app}/confirm", post(action_pages::confirm))
         .route("/apps/{app}/replay", post(action_pages::replay))
         .route("/apps/{app}/purge", post(action_pages::purge))
@@ -217,14 +274,19 @@ pub fn router(console: Console, board: StatusBoard) -> Router {
         .route("/api/apps/{app}/dead", get(api::dead))
         .route("/api/apps/{app}/dead/summary", get(api::summary))
         .route("/api/apps/{app}/dead/{id}", get(api::job))
+        .route("/api/apps/{app}/dead-letter", get(api::job_by_query))
         .route("/api/apps/{app}/replay", post(api::replay))
         .route("/api/apps/{app}/purge", post(api::purge))
-        .route_layer(middleware::from_fn_with_state(ctx.clone(), auth::require));
+        .route_layer(middleware::from_fn_with_state(ctx.clone(), gate::require));
     Router::new()
         .route("/login", get(login::login_form).post(login::login))
         .route("/static/{file}", get(static_file))
         .merge(gated)
         .layer(middleware::from_fn(safe_headers))
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            client::identify,
+        ))
         .with_state(ctx)
 }
 
@@ -249,6 +311,15 @@ async fn safe_headers(request: Request, next: Next) -> Response {
         .entry(CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// A problem as a page, or under `/api/` as JSON.
+fn problem_response(uri: &Uri, problem: Problem) -> Response {
+    if uri.path().starts_with("/api/") {
+        api::ApiError::from(problem).into_response()
+    } else {
+        pages::PageError(problem).into_response()
+    }
 }
 
 /// 401: the login form for a page, a JSON error under `/api/`; nothing else.

@@ -6,12 +6,11 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use maud::{html, Markup, DOCTYPE};
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 use super::auth::Authed;
 use super::chart::chart;
 use super::dead::{SummaryRow, View};
-use super::filter::{human_age, query};
+use super::filter::{human_age, query, Params};
 use super::view::{AppView, FILL_MINUTES};
 use super::{Ctx, Problem};
 use crate::ops::dlq::Selection;
@@ -70,9 +69,32 @@ pub(super) fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
     }
 }
 
-/// An id as one segment of a path.
-pub(super) fn segment(id: &str) -> String {
-    utf8_percent_encode(id, NON_ALPHANUMERIC).to_string()
+/// A dead letter's page. The id goes in the query, where nothing rewrites
+/// it: in a path, `.` and `..` are normalised away by browsers and HTTP
+/// clients (even %-encoded), and the API's `dead/summary` is a route of its
+/// own. `/apps/{app}/dead/{id}` still answers for ids it can carry.
+pub(super) fn job_link(sdkappid: u64, id: &str) -> String {
+    format!(
+        "/apps/{sdkappid}/dead-letter?{}",
+        query(&[("id", id.to_string())])
+    )
+}
+
+/// The same dead letter in the API.
+pub(super) fn job_api_link(sdkappid: u64, id: &str) -> String {
+    format!("/api{}", job_link(sdkappid, id))
+}
+
+/// The one `id` of a job's query (`?id=...`), as written: not trimmed.
+pub(super) fn id_of_query(raw: Option<&str>) -> Result<String, Problem> {
+    let params = Params::parse(raw.unwrap_or("").as_bytes());
+    params.only(&["id"]).map_err(Problem::bad_request)?;
+    let mut ids = params.all("id");
+    match ids.len() {
+        1 => Ok(ids.remove(0)),
+        0 => Err(Problem::bad_request("say which dead letter: ?id=JOB_ID")),
+        n => Err(Problem::bad_request(format!("one id at a time, not {n}"))),
+    }
 }
 
 /// A count with thousands separated: `100,000`.
@@ -343,7 +365,25 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_one_path_segment() {
-        assert_eq!(segment("a/b c?"), "a%2Fb%20c%3F");
+    fn a_job_link_carries_any_id_in_its_query() {
+        assert_eq!(
+            job_link(7, "a/b c?+"),
+            "/apps/7/dead-letter?id=a%2Fb+c%3F%2B"
+        );
+        assert_eq!(job_api_link(7, ".."), "/api/apps/7/dead-letter?id=..");
+        for id in ["..", ".", "summary", " x ", "a+b", "日本", "%2F", "#"] {
+            let link = job_link(7, id);
+            let query = link.split_once('?').map(|(_, q)| q);
+            assert_eq!(id_of_query(query).unwrap(), id, "{link}");
+        }
+        for bad in [
+            None,
+            Some(""),
+            Some("id="),
+            Some("id=a&id=b"),
+            Some("id=a&x=1"),
+        ] {
+            assert!(id_of_query(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! One pass of a replay or purge over an app's dead-letter queue, for
 //! [`super::dead::DeadLetters::act`]: the dead letters read in queue order
 //! on a confirming channel, the matching ones handed a chunk at a time to
-//! [`dlq::act_on_each`], as `dlq replay` and `dlq purge` do, and never more
-//! than the operator confirmed.
+//! [`dlq::act_on_each`], as `dlq replay` and `dlq purge` do: only those
+//! among the ids the operator confirmed, each copy once.
 
 use std::collections::HashSet;
 
@@ -10,7 +10,7 @@ use lapin::Channel;
 
 use super::dead::DeadError;
 use crate::broker::QueueNames;
-use crate::ops::dlq::{self, Action, DeadJob, Selection};
+use crate::ops::dlq::{self, Action, DeadJob, SelectedIds, Selection};
 
 /// Jobs held at once while an action runs.
 const CHUNK: usize = 200;
@@ -28,25 +28,27 @@ pub(super) struct Walk {
 }
 
 impl Walk {
-    /// Acts on the dead letters `selection` matches, in queue order, a
-    /// chunk at a time, until `expected` are done or the queue is read.
+    /// Acts on the dead letters `selection` matches whose ids are among
+    /// those `confirmed` (taking each out as it goes), in queue order, a
+    /// chunk at a time, until every confirmed one is done or the queue is
+    /// read.
     pub async fn run(
         &mut self,
         channel: &Channel,
         names: &QueueNames,
         action: Action,
         selection: &Selection,
-        expected: usize,
+        confirmed: &mut SelectedIds,
     ) -> Result<(), DeadError> {
         let now = dlq::now_ms();
-        while self.acted < expected {
+        while !confirmed.is_empty() {
             let mut chunk = Vec::new();
-            while chunk.len() < CHUNK && self.acted + chunk.len() < expected {
+            while chunk.len() < CHUNK && !confirmed.is_empty() {
                 let Some(dead) = dlq::next(channel, &names.dead).await? else {
                     break;
                 };
                 self.read += 1;
-                if self.take(&dead, selection, now) {
+                if self.take(&dead, selection, now, confirmed) {
                     chunk.push(dead);
                 }
             }
@@ -66,11 +68,18 @@ impl Walk {
         Ok(())
     }
 
-    fn take(&mut self, dead: &DeadJob, selection: &Selection, now: i64) -> bool {
+    fn take(
+        &mut self,
+        dead: &DeadJob,
+        selection: &Selection,
+        now: i64,
+        confirmed: &mut SelectedIds,
+    ) -> bool {
         if !selection.matches(&dead.info, now)
             || self
                 .replayed
                 .contains(&(dead.id.clone(), dead.info.replays))
+            || !confirmed.take(&dead.id)
         {
             return false;
         }

@@ -7,7 +7,8 @@
 //! dead-letter queue, so an interruption at any point loses nothing (at worst
 //! the job is in both queues with the same id and replay count, which the
 //! ledger treats as one). Also what `dlq list` and `dlq show` print: the
-//! listing with its summary, and the whole dead letter.
+//! listing with its summary, and the whole dead letter; and (in `confirm`)
+//! what an operator confirmed of a selection, by the digest of its ids.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
@@ -22,6 +23,9 @@ use serde_json::Value;
 
 use crate::broker::{self, headers, BrokerError};
 use crate::pipeline::job;
+
+mod confirm;
+pub use confirm::{selection_digest, Confirmation, SelectedIds, SelectionChanged};
 
 /// One dead letter, held unacked while the command runs.
 pub struct DeadJob {

@@ -1,7 +1,9 @@
 //! The console under test: a test app whose dead-letter queue holds dead
 //! letters of several reasons, and the worker binary serving it with the
 //! console on, its ops endpoint's URL read from its first line and its logs
-//! kept (to check that the token never shows in them).
+//! kept (to check that the token never shows in them). Also dead letters
+//! published by hand, and a page's forms and links read as a browser would
+//! post and follow them.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
@@ -215,4 +217,96 @@ pub async fn console_api_post(
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
+}
+
+/// Publishes one dead letter straight to the app's dead-letter exchange, as
+/// the worker would have dead-lettered it with `reason` a moment ago; with
+/// no `id` its id is its body's digest.
+pub async fn add_dead_letter(app: &TestApp, id: Option<&str>, reason: &str, body: &[u8]) {
+    use broadcast_worker::broker::headers;
+    use lapin::types::{AMQPValue, FieldTable};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut table = FieldTable::default();
+    table.insert(headers::REASON.into(), AMQPValue::LongString(reason.into()));
+    table.insert(
+        headers::ERROR_INFO.into(),
+        AMQPValue::LongString("added by a test".into()),
+    );
+    table.insert(headers::FIRST_SEEN.into(), AMQPValue::LongLongInt(now));
+    table.insert(
+        headers::DEAD_LETTERED_AT.into(),
+        AMQPValue::LongLongInt(now),
+    );
+    let mut properties = lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(table);
+    if let Some(id) = id {
+        properties = properties.with_message_id(id.into());
+    }
+    app.publish_dead_letters(std::iter::once((body.to_vec(), properties)), 1)
+        .await;
+}
+
+/// Text as maud escapes it in an attribute or an element, back as it was.
+pub fn html_unescape(text: &str) -> String {
+    text.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The attributes of one HTML tag's text (`<input a="b" c="d">`), unescaped.
+fn attributes(tag: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = tag;
+    while let Some(eq) = rest.find("=\"") {
+        let name = rest[..eq]
+            .rsplit([' ', '<'])
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let value_start = eq + 2;
+        let Some(len) = rest[value_start..].find('"') else {
+            break;
+        };
+        out.push((name, html_unescape(&rest[value_start..value_start + len])));
+        rest = &rest[value_start + len + 1..];
+    }
+    out
+}
+
+/// The hidden fields of the form whose id is `form_id` on `page`, in order,
+/// their values unescaped: what a browser would post with it.
+pub fn hidden_fields(page: &str, form_id: &str) -> Vec<(String, String)> {
+    let start = page
+        .find(&format!("id=\"{form_id}\""))
+        .unwrap_or_else(|| panic!("no form {form_id:?} in {page}"));
+    let form = &page[start..];
+    let form = &form[..form.find("</form>").unwrap_or(form.len())];
+    form.split("<input")
+        .skip(1)
+        .filter_map(|input| {
+            let tag = &input[..input.find('>').unwrap_or(input.len())];
+            let attrs = attributes(tag);
+            let get = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            (get("type").as_deref() == Some("hidden"))
+                .then(|| Some((get("name")?, get("value").unwrap_or_default())))
+                .flatten()
+        })
+        .collect()
+}
+
+/// The `href` of the first link on `page` whose tag holds `marker` (an
+/// attribute such as `data-test="job-link"` after a row's `data-job-id`),
+/// unescaped.
+pub fn href_after(page: &str, marker: &str) -> Option<String> {
+    let at = page.find(marker)?;
+    let rest = &page[at..];
+    let href = rest.find("href=\"")? + "href=\"".len();
+    let len = rest[href..].find('"')?;
+    Some(html_unescape(&rest[href..href + len]))
 }
