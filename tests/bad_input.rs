@@ -313,3 +313,35 @@ async fn deadlines_as_floats_or_numeric_strings_are_kept_and_others_refused() {
     }
     app.stop_worker().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_console_reads_and_purges_a_dead_letter_that_is_not_utf8() {
+    let app = spawn_app("bad-utf8-console", 50.0).await;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let (_connection, channel) = rewriting_channel(&proxy).await;
+    let odd_id = BasicProperties::default().with_message_id("NOT-UTF8".into());
+    broker::publish_confirmed(&channel, &app.names.dlx, "", b"{}", odd_id)
+        .await
+        .unwrap();
+    app.wait_for_len(&app.names.dead, 1).await;
+    let worker = console_worker(
+        env!("CARGO_BIN_EXE_broadcast-worker"),
+        &app,
+        &[("BROADCAST_CONSOLE_TOKEN", CONSOLE_TOKEN)],
+    );
+    let client = console_client();
+    let (status, listing) =
+        console_api(&client, &format!("{}/api/apps/{APP}/dead", worker.url)).await;
+    assert_eq!(status, 200, "{listing}");
+    let id = "\u{fffd}\u{fffd}-odd-\u{fffd}";
+    assert_eq!(listing["jobs"][0]["id"], id, "{listing}");
+    let (status, purged) = console_api_post(
+        &client,
+        &format!("{}/api/apps/{APP}/purge", worker.url),
+        json!({"ids": [id], "expected": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{purged}");
+    app.wait_for_len(&app.names.dead, 0).await;
+    worker.stop().await;
+}

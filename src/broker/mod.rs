@@ -164,10 +164,12 @@ pub fn header_time_ms(properties: &BasicProperties, name: &str) -> Result<Option
             return text_ms(name, &String::from_utf8_lossy(text.as_bytes())).map(Some)
         }
         AMQPValue::ShortString(text) => return text_ms(name, text.as_str()).map(Some),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "{name} is a {}, not a time: give unix milliseconds as a number or a numeric string",
             other.get_type()
-        )),
+        ))
+        }
     };
     float_ms(name, number).map(Some)
 }
