@@ -142,7 +142,7 @@ impl BenchFleet {
     /// On standard error, where the quota went in the last `window`: calls
     /// per app, and the gaps between each app's consecutive arrivals.
     fn explain_gaps(&self, window: Duration) {
-        let now_ms = broadcast_worker::broker::unix_ms(std::time::SystemTime::now());
+        let now_ms = broadcast_worker::clock::now_ms();
         let since = now_ms - window.as_millis() as u64;
         let (mut per_app, mut gaps) = (Vec::new(), Vec::new());
         for app in &self.apps {

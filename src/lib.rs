@@ -20,6 +20,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod clock;
 pub mod console;
 pub mod fleet;
 pub mod ledger;

@@ -257,7 +257,7 @@ fn deadline(value: AMQPValue) -> Option<FieldTable> {
 #[tokio::test]
 async fn deadlines_as_floats_or_numeric_strings_are_kept_and_others_refused() {
     let mut app = spawn_app("bad-deadline", 50.0).await;
-    let now_ms = broker::unix_ms(std::time::SystemTime::now()) as f64;
+    let now_ms = broadcast_worker::clock::now_ms() as f64;
     let past = now_ms - 60_000.0;
     let future = now_ms + 600_000.0;
     let cases = [

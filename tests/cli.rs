@@ -11,7 +11,7 @@ use broadcast_worker::broker::{self, QueueNames, Topology};
 use broadcast_worker::ledger::{CallJob, Ledger, Scope};
 use broadcast_worker::tencent::body::BroadcastBody;
 use broadcast_worker::tencent::client::{ApiClient, ApiConfig};
-use broadcast_worker::tencent::usersig::unix_now;
+use broadcast_worker::clock::now_secs;
 use broadcast_worker::tencent::usersig::{self, Claims, SecretKey};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
@@ -224,7 +224,7 @@ async fn simulate_answers_as_documented() {
             &Claims {
                 identifier: "administrator".into(),
                 sdkappid: 1400000000,
-                time: unix_now(),
+                time: now_secs(),
                 expire: 3600,
                 userbuf: None,
             },
@@ -280,7 +280,7 @@ async fn simulate_repeat_by_random_drops_other_content_under_the_same_random() {
         &Claims {
             identifier: "administrator".into(),
             sdkappid: 1400000000,
-            time: unix_now(),
+            time: now_secs(),
             expire: 3600,
             userbuf: None,
         },
@@ -345,7 +345,7 @@ fn sig(key: &str, sdkappid: u64, identifier: &str) -> usersig::UserSig {
         &Claims {
             identifier: identifier.into(),
             sdkappid,
-            time: unix_now(),
+            time: now_secs(),
             expire: 3600,
             userbuf: None,
         },

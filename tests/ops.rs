@@ -247,7 +247,7 @@ async fn logs_of_failing_calls_carry_no_secret() {
             .into(),
             ..FaultPlan::default()
         });
-        let started = usersig::unix_now();
+        let started = broadcast_worker::clock::now_secs();
         let mut command = Command::new(env!("CARGO_BIN_EXE_broadcast-worker"));
         let mut child = command
             .arg("run")
@@ -284,7 +284,7 @@ async fn logs_of_failing_calls_carry_no_secret() {
         .await;
         signal(&child, "-TERM");
         wait_exit(&mut child, Duration::from_secs(20)).await;
-        let ended = usersig::unix_now();
+        let ended = broadcast_worker::clock::now_secs();
         let logs = reader.join().unwrap();
         let logs = String::from_utf8_lossy(&logs);
         assert!(

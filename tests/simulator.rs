@@ -8,7 +8,7 @@ use broadcast_worker::tencent::simulator::{
     DropPoint, Fault, FaultPlan, RepeatBy, Simulator, SimulatorConfig, SimulatorSet,
     SpawnedSimulator, SpawnedSimulatorSet,
 };
-use broadcast_worker::tencent::usersig::unix_now;
+use broadcast_worker::clock::now_secs;
 use broadcast_worker::tencent::usersig::{self, Claims, SecretKey, UserSig};
 use serde_json::json;
 
@@ -50,7 +50,7 @@ fn sig_for(key: &str, sdkappid: u64, identifier: &str, time: u64, expire: u64) -
 }
 
 fn good_sig() -> UserSig {
-    sig_for(KEY, APP, ADMIN, unix_now(), 86_400)
+    sig_for(KEY, APP, ADMIN, now_secs(), 86_400)
 }
 
 fn text_body(text: &str, random: u32) -> Vec<u8> {
@@ -144,7 +144,7 @@ async fn repeat_by_random_drops_the_same_random_whatever_the_content() {
 async fn usersig_failures_get_their_codes() {
     let sim = start(1000.0).await;
     let c = client(&sim, ADMIN, Duration::from_secs(5));
-    let now = unix_now();
+    let now = now_secs();
     let cases = [
         (sig_for("wrong-key", APP, ADMIN, now, 3600), 70009),
         (sig_for(KEY, APP, ADMIN, now - 7200, 3600), 70001),
@@ -552,7 +552,7 @@ async fn two_apps_each_take_their_own_calls_at_their_own_rate() {
     let sims = start_two(1.0, 1.0).await;
     let a = app_client(&sims, APP, ADMIN);
     let b = app_client(&sims, APP_B, ADMIN_B);
-    let sig_b = sig_for(KEY_B, APP_B, ADMIN_B, unix_now(), 3600);
+    let sig_b = sig_for(KEY_B, APP_B, ADMIN_B, now_secs(), 3600);
     // One call each within the same second: each app has its own window.
     let sent_a = send(&a, &good_sig(), text_body("for a", 1)).await;
     let sent_b = send(&b, &sig_b, text_body("for b", 1)).await;
@@ -599,7 +599,7 @@ async fn two_apps_each_take_their_own_calls_at_their_own_rate() {
 async fn a_call_is_checked_against_the_app_its_sdkappid_names() {
     let sims = start_two(1000.0, 1000.0).await;
     let b = app_client(&sims, APP_B, ADMIN_B);
-    let now = unix_now();
+    let now = now_secs();
     // Signed with A's key for B: B's key does not verify it.
     let a_key_for_b = sig_for(KEY, APP_B, ADMIN_B, now, 3600);
     assert_eq!(
@@ -698,7 +698,7 @@ async fn with_several_apps_the_simulator_endpoints_need_one_named() {
     assert_eq!(status, 204);
     let a = app_client(&sims, APP, ADMIN);
     let b = app_client(&sims, APP_B, ADMIN_B);
-    let sig_b = sig_for(KEY_B, APP_B, ADMIN_B, unix_now(), 3600);
+    let sig_b = sig_for(KEY_B, APP_B, ADMIN_B, now_secs(), 3600);
     assert_eq!(send(&a, &good_sig(), text_body("a", 1)).await.error_code, 0);
     assert_eq!(send(&b, &sig_b, text_body("b", 1)).await.error_code, 10002);
     let (_, calls_b) = get_json(&sims, &format!("/simulator/calls?sdkappid={APP_B}")).await;

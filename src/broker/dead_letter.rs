@@ -3,13 +3,12 @@
 //! published with.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
 
 use lapin::types::{AMQPValue, LongString, ShortString};
 use lapin::BasicProperties;
 
 use super::frame::{properties_bytes, MAX_HEADER_TEXT};
-use super::unix_ms;
+use crate::clock;
 use crate::text::cut_text;
 
 /// The headers the project reads and writes on jobs and dead letters.
@@ -189,7 +188,7 @@ impl DeadLetter {
         );
         set(
             headers::DEAD_LETTERED_AT,
-            AMQPValue::LongLongInt(i64::try_from(unix_ms(SystemTime::now())).unwrap_or(i64::MAX)),
+            AMQPValue::LongLongInt(clock::now_ms_i64()),
         );
         without_expiration(original).with_headers(table)
     }

@@ -9,8 +9,6 @@ mod topology;
 pub use dead_letter::{headers, DeadLetter, DeadReason};
 pub use topology::{QueueNames, Topology, DEAD_DELIVERY_LIMIT};
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -232,8 +230,5 @@ pub async fn ready_count(channel: &Channel, queue: &str) -> Result<u32, lapin::E
     Ok(declared.message_count())
 }
 
-pub fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+// Kept for `pipeline`'s callers until its rewrite imports `crate::clock`.
+pub use crate::clock::unix_ms;

@@ -16,6 +16,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::broker::{self, headers};
 use crate::cli::run::RunArgs;
+use crate::clock;
 use crate::ops::enqueue::{job_properties, new_job_id, text_job, PublishOptions};
 use crate::ops::telemetry;
 use crate::pipeline::config::defaults;
@@ -231,7 +232,7 @@ impl DemoArgs {
             let mut properties = job_properties(&new_job_id(), &PublishOptions::default())
                 .map_err(anyhow::Error::msg)?;
             if job.expired {
-                let passed = broker::unix_ms(SystemTime::now() - Duration::from_secs(60));
+                let passed = clock::unix_ms(SystemTime::now() - Duration::from_secs(60));
                 let mut table = FieldTable::default();
                 table.insert(
                     ShortString::from(headers::DEADLINE),

@@ -13,6 +13,7 @@ use lapin::{Channel, Connection};
 
 use crate::broker::{self, QueueNames};
 use crate::cli::args::{AppChoice, BrokerArgs};
+use crate::clock;
 use crate::ops::dlq::{self, Action, Confirmation, DeadJob, Listing, SelectedIds, Selection};
 
 #[derive(Debug, Subcommand)]
@@ -173,7 +174,7 @@ impl DlqCommand {
         let connection = broker::connect(&broker_args.amqp_url, "broadcast-worker dlq").await?;
         let channel = broker::confirm_channel(&connection).await?;
         declare_existing(&channel, &names.dead).await?;
-        let now = dlq::now_ms();
+        let now = clock::now_ms_i64();
         let code = match self {
             Self::List {
                 filter,

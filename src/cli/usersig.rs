@@ -10,6 +10,7 @@ use base64::Engine;
 use clap::Subcommand;
 
 use crate::cli::app::AppArgs;
+use crate::clock;
 use crate::tencent::usersig::{self, Claims};
 
 #[derive(Debug, Subcommand)]
@@ -66,7 +67,7 @@ fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     let claims = Claims {
         identifier: args.app.identifier()?,
         sdkappid: args.app.sdkappid()?,
-        time: args.time.unwrap_or_else(usersig::unix_now),
+        time: args.time.unwrap_or_else(clock::now_secs),
         expire: args.expire,
         userbuf,
     };
@@ -80,7 +81,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Some(sig) if sig != "-" => sig,
         _ => read_stdin()?,
     };
-    let now = args.at.unwrap_or_else(usersig::unix_now);
+    let now = args.at.unwrap_or_else(clock::now_secs);
     match usersig::verify(
         &sig,
         &key,

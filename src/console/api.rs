@@ -21,7 +21,7 @@ use super::{AppRef, Ctx, Problem};
 use crate::ledger::ScopeFilter;
 use crate::ops::dlq::{Action, Selection};
 use crate::ops::jobs::{self, Answer};
-use crate::ops::status::now_ms;
+use crate::clock::now_ms;
 
 /// A problem, as JSON.
 pub struct ApiError(Problem);

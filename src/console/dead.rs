@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use super::walk::Walk;
 use crate::broker::{self, QueueNames};
+use crate::clock;
 use crate::ops::dlq::{
     self, Action, Confirmation, DeadInfo, DeadJob, SelectedIds, Selection, SelectionChanged,
 };
@@ -231,7 +232,7 @@ impl DeadLetters {
         page: usize,
         per_page: usize,
     ) -> Result<View, DeadError> {
-        let now = dlq::now_ms();
+        let now = clock::now_ms_i64();
         let (mut counts, mut matching, mut jobs) = (BTreeMap::new(), 0, Vec::new());
         let skip = (page - 1).saturating_mul(per_page);
         let reading = self
@@ -313,7 +314,7 @@ impl DeadLetters {
         selection: &Selection,
     ) -> Result<(Counted, SelectedIds), DeadError> {
         let channel = self.channel(false).await?;
-        let now = dlq::now_ms();
+        let now = clock::now_ms_i64();
         let mut selected = SelectedIds::default();
         let read = dlq::read_each(&channel, queue, |dead| {
             if selection.matches(&dead.info, now) {

@@ -15,7 +15,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::{debug, warn};
 
-use super::auth::{unix_now, Authed, Credential};
+use crate::clock;
+
+use super::auth::{Authed, Credential};
 use super::client::Client;
 use super::throttle::{retry_after_secs, Verdict, FAILURE_DELAY};
 use super::{Ctx, Problem};
@@ -73,7 +75,7 @@ pub(super) async fn require(State(ctx): State<Ctx>, mut request: Request, next: 
             addr: [0, 0, 0, 0].into(),
             https: false,
         });
-    let authed = match ctx.console.auth().credential(request.headers(), unix_now()) {
+    let authed = match ctx.console.auth().credential(request.headers(), clock::now_secs()) {
         Credential::Bearer { right: true } => Authed::Bearer,
         Credential::Bearer { right: false } => {
             return match wrong_token(&ctx, &client, "a request").await {

@@ -20,6 +20,7 @@ use super::gate::{throttled_words, with_retry_after, wrong_token};
 use super::pages::{layout, PageError};
 use super::redirect::local_path;
 use super::{Ctx, Problem};
+use crate::clock;
 
 /// The login form, with what went wrong if anything; `next` is where to go after.
 pub(super) fn login_page(next: &str, error: Option<&str>) -> Markup {
@@ -72,7 +73,7 @@ pub(super) async fn login(
     let session = ctx
         .console
         .auth()
-        .session_value(auth::unix_now() + SESSION_SECS);
+        .session_value(clock::now_secs() + SESSION_SECS);
     let cookie = auth::login_cookie(&session, ctx.console.secure_cookie(&client));
     (
         StatusCode::SEE_OTHER,
@@ -95,7 +96,7 @@ pub(super) async fn logout(
         // Not ended, not cleared: the operator sees why and tries again.
         ctx.console
             .sessions()
-            .end(session, auth::unix_now())
+            .end(session, clock::now_secs())
             .await
             .map_err(Problem::from)?;
         info!(client = %client.addr, "console: logged out");

@@ -14,7 +14,7 @@ use super::filter::{human_age, query, Params};
 use super::view::{AppView, FILL_MINUTES};
 use super::{Ctx, Problem};
 use crate::ops::dlq::Selection;
-use crate::ops::status::now_ms;
+use crate::clock::now_ms;
 
 /// A problem, as a page.
 pub struct PageError(pub Problem);

@@ -104,7 +104,7 @@ pub fn quota_used(calls: u32, rate: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::broker::QueueNames;
-    use crate::ops::status::now_ms;
+    use crate::clock::now_ms;
 
     #[test]
     fn an_app_reads_as_its_status_says() {

@@ -10,6 +10,7 @@ use lapin::Channel;
 
 use super::dead::DeadError;
 use crate::broker::QueueNames;
+use crate::clock;
 use crate::ops::dlq::{self, Action, DeadJob, SelectedIds, Selection};
 
 /// Jobs held at once while an action runs.
@@ -40,7 +41,7 @@ impl Walk {
         selection: &Selection,
         confirmed: &mut SelectedIds,
     ) -> Result<(), DeadError> {
-        let now = dlq::now_ms();
+        let now = clock::now_ms_i64();
         while !confirmed.is_empty() {
             let mut chunk = Vec::new();
             while chunk.len() < CHUNK && !confirmed.is_empty() {

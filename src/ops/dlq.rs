@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
-use std::time::SystemTime;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
@@ -362,10 +361,6 @@ pub async fn act_on_each(
         done(&info);
     }
     Ok(acted)
-}
-
-pub fn now_ms() -> i64 {
-    i64::try_from(broker::unix_ms(SystemTime::now())).unwrap_or(i64::MAX)
 }
 
 /// What `dlq list` prints: the matching dead letters in the order asked, at

@@ -11,6 +11,7 @@ use lapin::{BasicProperties, Channel, PublisherConfirm};
 
 use crate::broker::headers;
 use crate::broker::{self, BrokerError};
+use crate::clock;
 use crate::pipeline::job;
 use crate::pipeline::CallRules;
 
@@ -74,10 +75,10 @@ pub fn job_properties(id: &str, options: &PublishOptions) -> Result<BasicPropert
         .with_message_id(id)
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
-        .with_timestamp(crate::tencent::usersig::unix_now());
+        .with_timestamp(clock::now_secs());
     if let Some(deadline_in) = options.deadline_in {
         let mut headers = FieldTable::default();
-        let deadline = broker::unix_ms(SystemTime::now() + deadline_in);
+        let deadline = clock::unix_ms(SystemTime::now() + deadline_in);
         headers.insert(
             headers::DEADLINE.into(),
             AMQPValue::LongLongInt(i64::try_from(deadline).unwrap_or(i64::MAX)),

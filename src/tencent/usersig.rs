@@ -286,7 +286,7 @@ impl Signer {
                     &Claims {
                         identifier: self.identifier.clone(),
                         sdkappid: self.sdkappid,
-                        time: unix_now(),
+                        time: crate::clock::now_secs(),
                         expire: self.ttl.as_secs().max(1),
                         userbuf: None,
                     },
@@ -301,14 +301,6 @@ impl Signer {
     pub fn invalidate(&mut self) {
         self.current = None;
     }
-}
-
-/// Unix seconds now.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::state::{content_key, random_key, unix_now_ms, Delivery};
+use super::state::{content_key, random_key, Delivery};
 use super::{RepeatBy, Simulator, SimulatorConfig};
 use crate::tencent::elements::{check_one_custom, parse_body, BodyError, ParsedBody};
-use crate::tencent::usersig::{self, unix_now, VerifyError};
+use crate::clock;
+use crate::tencent::usersig::{self, VerifyError};
 
 /// The service's answer to one call.
 #[derive(Debug)]
@@ -103,7 +104,7 @@ impl Simulator {
             .then(|| String::from_utf8_lossy(body).into_owned());
         state.deliveries.push(Delivery {
             msg_seq,
-            received_at_ms: unix_now_ms(),
+            received_at_ms: clock::now_ms(),
             bytes: body.len(),
             body: body_json,
             raw_body,
@@ -210,7 +211,7 @@ fn check_usersig(config: &SimulatorConfig, caller: &Caller) -> Result<(), Answer
         &config.secret_key,
         caller.sdkappid,
         caller.identifier,
-        unix_now(),
+        clock::now_secs(),
     );
     let Err(e) = verified else {
         return Ok(());

@@ -18,8 +18,9 @@ use serde_json::json;
 use super::checks::Answer;
 use super::faults::{DropPoint, FaultPlan};
 use super::set::{SelectError, Selection, SimulatorSet};
-use super::state::{unix_now_ms, CallRecord, Delivery};
+use super::state::{CallRecord, Delivery};
 use super::Simulator;
+use crate::clock;
 use crate::tencent::client::SEND_BROADCAST_PATH;
 
 /// The API path, other `/v4/` paths, and `/simulator/*`.
@@ -84,7 +85,7 @@ impl Simulator {
             state.faults.next(&body)
         };
         let mut record = CallRecord {
-            received_at_ms: unix_now_ms(),
+            received_at_ms: clock::now_ms(),
             random: body_random(&body),
             bytes: body.len(),
             error_code: None,

@@ -3,7 +3,7 @@
 //! fault plan.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -178,13 +178,6 @@ pub(super) fn content_key(
 pub(super) fn random_key(random: u32) -> [u8; 32] {
     let canonical = json!(["Random", random]).to_string();
     Sha256::digest(canonical.as_bytes()).into()
-}
-
-pub(super) fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
