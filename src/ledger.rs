@@ -30,7 +30,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use crate::ops::telemetry;
+use crate::telemetry;
 
 use records::{CopyRow, RecordRow};
 

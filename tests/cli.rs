@@ -8,10 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use broadcast_worker::broker::{self, QueueNames, Topology};
+use broadcast_worker::clock::now_secs;
 use broadcast_worker::ledger::{CallJob, Ledger, Scope};
 use broadcast_worker::tencent::body::BroadcastBody;
 use broadcast_worker::tencent::client::{ApiClient, ApiConfig};
-use broadcast_worker::clock::now_secs;
 use broadcast_worker::tencent::usersig::{self, Claims, SecretKey};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};

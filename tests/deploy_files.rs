@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use broadcast_worker::ops::telemetry;
+use broadcast_worker::telemetry;
 
 const DASHBOARD: &str = "deploy/grafana/broadcast-worker.json";
 const ALERTS: &str = "deploy/prometheus/alerts.yml";

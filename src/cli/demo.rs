@@ -18,8 +18,8 @@ use crate::broker::{self, headers};
 use crate::cli::run::RunArgs;
 use crate::clock;
 use crate::ops::enqueue::{job_properties, new_job_id, text_job, PublishOptions};
-use crate::ops::telemetry;
 use crate::pipeline::config::defaults;
+use crate::telemetry;
 use crate::tencent::simulator::{Simulator, SimulatorConfig};
 use crate::tencent::usersig::SecretKey;
 

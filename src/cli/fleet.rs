@@ -22,8 +22,10 @@ use crate::fleet::apps::{read_apps_file, AppEntry};
 use crate::fleet::balance::Presence;
 use crate::fleet::{Fleet, Loader};
 use crate::ledger::Ledger;
-use crate::ops::telemetry;
+use crate::ops_endpoint;
 use crate::pipeline::WorkerConfig;
+use crate::status::StatusBoard;
+use crate::telemetry;
 
 /// Ledger connections a fleet's apps share.
 const LEDGER_CONNECTIONS: u32 = 16;
@@ -133,9 +135,9 @@ impl RunArgs {
         }
         let metrics = telemetry::install_recorder()?;
         telemetry::describe();
-        let board = telemetry::StatusBoard::default();
+        let board = StatusBoard::default();
         let console_on = console.is_some();
-        let ops = telemetry::serve(self.metrics_addr, metrics, board.clone(), console)
+        let ops = ops_endpoint::serve(self.metrics_addr, metrics, board.clone(), console)
             .await
             .with_context(|| format!("cannot listen on {} for metrics", self.metrics_addr))?;
         announce_ops(ops, console_on);

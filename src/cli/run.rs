@@ -15,12 +15,14 @@ use crate::cli::args::{BrokerArgs, ConsoleArgs};
 use crate::cli::shutdown_signal;
 use crate::console::{Console, ConsoleConfig};
 use crate::ledger::{Ledger, LedgerError};
-use crate::ops::telemetry;
+use crate::ops_endpoint;
 use crate::pipeline::config::defaults;
 use crate::pipeline::crash::{self, CrashPoint};
 use crate::pipeline::{
     AppFaultPolicy, CallRules, CustomMerge, InDoubtPolicy, Worker, WorkerConfig,
 };
+use crate::status::StatusBoard;
+use crate::telemetry;
 use crate::tencent::body::MAX_BODY_BYTES;
 use crate::tencent::classify::Classifier;
 use crate::tencent::client::ApiConfig;
@@ -299,9 +301,9 @@ impl RunArgs {
         telemetry::describe();
         let sdkappid = config.api.sdkappid;
         let worker = Worker::new(config)?;
-        let board = telemetry::StatusBoard::of(sdkappid, worker.status());
+        let board = StatusBoard::of(sdkappid, worker.status());
         let console_on = console.is_some();
-        let ops = telemetry::serve(self.metrics_addr, metrics, board, console)
+        let ops = ops_endpoint::serve(self.metrics_addr, metrics, board, console)
             .await
             .with_context(|| format!("cannot listen on {} for metrics", self.metrics_addr))?;
         announce_ops(ops, console_on);

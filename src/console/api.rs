@@ -18,10 +18,10 @@ use super::filter::{self, Filter, Params, FILTER_NAMES, PER_PAGE};
 use super::pages::{id_of_query, job_api_link, job_link};
 use super::view::AppView;
 use super::{AppRef, Ctx, Problem};
+use crate::clock::now_ms;
 use crate::ledger::ScopeFilter;
 use crate::ops::dlq::{Action, Selection};
 use crate::ops::jobs::{self, Answer};
-use crate::clock::now_ms;
 
 /// A problem, as JSON.
 pub struct ApiError(Problem);

@@ -5,7 +5,7 @@
 
 use maud::{html, Markup};
 
-use super::history::MinutePoint;
+use crate::status::history::MinutePoint;
 
 const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 170.0;

@@ -75,7 +75,11 @@ pub(super) async fn require(State(ctx): State<Ctx>, mut request: Request, next: 
             addr: [0, 0, 0, 0].into(),
             https: false,
         });
-    let authed = match ctx.console.auth().credential(request.headers(), clock::now_secs()) {
+    let authed = match ctx
+        .console
+        .auth()
+        .credential(request.headers(), clock::now_secs())
+    {
         Credential::Bearer { right: true } => Authed::Bearer,
         Credential::Bearer { right: false } => {
             return match wrong_token(&ctx, &client, "a request").await {

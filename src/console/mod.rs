@@ -24,7 +24,7 @@
 //! script or style; the stylesheet and script are files of this binary),
 //! and every page is rendered with `maud`, which escapes what it inserts.
 //!
-//! [`WorkerStatus`]: crate::ops::status::WorkerStatus
+//! [`WorkerStatus`]: crate::status::WorkerStatus
 
 mod action_pages;
 mod actions;
@@ -36,7 +36,6 @@ pub mod dead;
 mod dead_pages;
 pub mod filter;
 mod gate;
-pub mod history;
 mod login;
 mod pages;
 mod redirect;
@@ -61,8 +60,7 @@ use axum::{Json, Router};
 
 use crate::broker::QueueNames;
 use crate::ledger::Ledger;
-use crate::ops::status::WorkerStatus;
-use crate::ops::telemetry::StatusBoard;
+use crate::status::{StatusBoard, WorkerStatus};
 pub use auth::ConsoleToken;
 use auth::{Auth, Authed};
 use client::{Client, Proxies};

@@ -13,8 +13,8 @@ use super::dead::{SummaryRow, View};
 use super::filter::{human_age, query, Params};
 use super::view::{AppView, FILL_MINUTES};
 use super::{Ctx, Problem};
-use crate::ops::dlq::Selection;
 use crate::clock::now_ms;
+use crate::ops::dlq::Selection;
 
 /// A problem, as a page.
 pub struct PageError(pub Problem);
@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn a_badge_has_one_class_attribute() {
-        let status = crate::ops::status::WorkerStatus::for_app(1);
+        let status = crate::status::WorkerStatus::for_app(1);
         let view = AppView::of(1, &status, 0, false);
         let html = badges(&view).into_string();
         assert_eq!(html.matches("class=").count(), 1, "{html}");

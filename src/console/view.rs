@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
-use super::history::MinutePoint;
-use crate::ops::status::{Failure, WorkerStatus};
+use crate::status::history::MinutePoint;
+use crate::status::{Failure, WorkerStatus};
 
 /// Minutes the "recent" fill is the mean over.
 pub const FILL_MINUTES: u64 = 5;

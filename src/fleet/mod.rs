@@ -21,8 +21,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::ops::telemetry::{self, StatusBoard, WorkerStatus};
 use crate::pipeline::{Worker, WorkerConfig};
+use crate::status::{StatusBoard, WorkerStatus};
+use crate::telemetry;
 use apps::AppEntry;
 use balance::Presence;
 

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::broker::DeadReason;
 use crate::ledger::{InFlightCall, Known, Ledger};
-use crate::ops::telemetry;
+use crate::telemetry;
 
 use super::decision::{on_redelivery, Redelivery};
 use super::delivery::{Outbox, Pending};

@@ -14,7 +14,7 @@ use tracing::warn;
 
 use crate::broker::frame::MAX_HEADER_TEXT;
 use crate::broker::BrokerError;
-use crate::ops::telemetry;
+use crate::telemetry;
 use crate::text::cut_text;
 
 use super::config::CallRules;

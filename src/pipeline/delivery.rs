@@ -10,7 +10,7 @@ use lapin::{Acker, BasicProperties, Channel};
 use tracing::warn;
 
 use crate::broker::{self, BrokerError, DeadLetter, DeadReason};
-use crate::ops::telemetry;
+use crate::telemetry;
 
 /// Where a session's dead letters go: its channel in confirm mode, and the
 /// room a dead letter's properties have in its connection's frames.

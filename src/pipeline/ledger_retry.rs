@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::ledger::{Ledger, LedgerError};
-use crate::ops::telemetry::WorkerStatus;
+use crate::status::WorkerStatus;
 
 /// Retries of a refused statement before the ledger counts as down.
 pub const REFUSALS_BEFORE_DOWN: u32 = 5;

@@ -62,7 +62,7 @@ use tracing::{info, warn};
 
 use crate::broker::BrokerError;
 use crate::ledger::{LedgerError, LedgerSession, Ownership};
-use crate::ops::telemetry::WorkerStatus;
+use crate::status::WorkerStatus;
 use crate::tencent::client::{ApiClient, TransportError};
 use crate::tencent::usersig::Signer;
 use crash::CrashHook;
@@ -141,7 +141,7 @@ impl Worker {
             WorkerStatus::for_app(config.api.sdkappid)
                 .with_queues(config.topology.names.clone(), config.rate),
         );
-        metrics::gauge!(crate::ops::telemetry::RATE, crate::ops::telemetry::SDKAPPID => status.app.clone())
+        metrics::gauge!(crate::telemetry::RATE, crate::telemetry::SDKAPPID => status.app.clone())
             .set(config.rate);
         // Every record the worker reads or writes is its app's and queue's.
         let scope = config.ledger_scope();

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::broker::DeadReason;
-use crate::ops::telemetry;
+use crate::telemetry;
 use crate::tencent::classify::Outcome;
 use crate::tencent::client::{ApiResponse, TransportError};
 

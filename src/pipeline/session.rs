@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::{self, BrokerError, DeadReason};
-use crate::ops::status::sample_queues;
-use crate::ops::telemetry;
+use crate::status::sample_queues;
+use crate::telemetry;
 
 use super::decoder::{Decoder, Incoming};
 use super::delivery::Outbox;

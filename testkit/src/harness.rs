@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broadcast_worker::broker::{self, QueueNames};
-use broadcast_worker::ops::telemetry::WorkerStatus;
 use broadcast_worker::pipeline::{Worker, WorkerConfig, WorkerError};
+use broadcast_worker::status::WorkerStatus;
 use broadcast_worker::tencent::client::ApiConfig;
 use broadcast_worker::tencent::simulator::{
     Fault, FaultPlan, FaultRule, Simulator, SimulatorConfig, SpawnedSimulator,

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::state::{content_key, random_key, Delivery};
 use super::{RepeatBy, Simulator, SimulatorConfig};
-use crate::tencent::elements::{check_one_custom, parse_body, BodyError, ParsedBody};
 use crate::clock;
+use crate::tencent::elements::{check_one_custom, parse_body, BodyError, ParsedBody};
 use crate::tencent::usersig::{self, VerifyError};
 
 /// The service's answer to one call.

@@ -1,25 +1,20 @@
 //! One app's worker as others see it (health checks, the fleet, the
 //! console, tests): flags for its state, set with their gauges, and its
 //! recent flow (calls per minute, the rate in force, the last failure, the
-//! queues' counts, the oldest unsettled job) under one short lock. Also the
-//! sampler that counts the app's queues on the broker every few seconds.
+//! queues' counts, the oldest unsettled job) under one short lock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
 
-use lapin::Channel;
 use serde::Serialize;
 
-use crate::broker::{self, QueueNames};
-use crate::console::history::History;
-use crate::ops::telemetry::{
+use super::history::History;
+use crate::broker::QueueNames;
+use crate::clock::now_ms;
+use crate::telemetry::{
     APP_ACTIVE, APP_SERVED, BACKLOG_JOBS, CONNECTED, HALTED, LEDGER_DOWN, OLDEST_UNSETTLED_SECONDS,
     SDKAPPID,
 };
-
-/// How often the replica counts each app's queues.
-pub const SAMPLE_QUEUES_EVERY: Duration = Duration::from_secs(5);
 
 /// What others (health checks, tests, the fleet, the console) can see of
 /// one app's worker.
@@ -78,10 +73,6 @@ pub struct QueueCounts {
     /// Dead letters in the dead-letter queue.
     pub dead_letters: u64,
     pub sampled_at_ms: u64,
-}
-
-pub fn now_ms() -> u64 {
-    broker::unix_ms(SystemTime::now())
 }
 
 impl WorkerStatus {
@@ -200,30 +191,6 @@ impl WorkerStatus {
     pub fn flow(&self) -> Flow {
         self.with_flow(|flow| flow.clone())
     }
-}
-
-/// Counts the app's jobs and dead letters every few seconds with passive
-/// declares on `channel` (its own: a failed declare closes it), until the
-/// channel fails or the task is aborted with its session.
-pub async fn sample_queues(channel: Channel, queues: QueueNames, status: Arc<WorkerStatus>) {
-    let mut tick = tokio::time::interval(SAMPLE_QUEUES_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let (Ok(jobs), Ok(dead)) = (
-            ready(&channel, &queues.jobs).await,
-            ready(&channel, &queues.dead).await,
-        ) else {
-            tracing::debug!("cannot count the app's queues: sampling stops until the next session");
-            return;
-        };
-        status.set_queue_counts(jobs, dead);
-    }
-}
-
-/// Messages ready in `queue`, by a passive declare.
-async fn ready(channel: &Channel, queue: &str) -> Result<u64, lapin::Error> {
-    Ok(u64::from(broker::ready_count(channel, queue).await?))
 }
 
 #[cfg(test)]
