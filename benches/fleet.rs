@@ -13,7 +13,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use broadcast_worker::broker::{self, QueueNames, Topology};
-use broadcast_worker::tencent::simulator::{SimulatorConfig, SimulatorSet, SpawnedSimulatorSet};
+use broadcast_worker::simulator::{SimulatorConfig, SimulatorSet, SpawnedSimulatorSet};
 use broadcast_worker::tencent::usersig::SecretKey;
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;

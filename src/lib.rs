@@ -27,6 +27,7 @@ pub mod ledger;
 pub mod ops;
 pub mod ops_endpoint;
 pub mod pipeline;
+pub mod simulator;
 pub mod status;
 pub mod telemetry;
 pub mod tencent;

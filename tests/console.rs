@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use broadcast_worker::tencent::simulator::{Fault, FaultPlan};
+use broadcast_worker::simulator::{Fault, FaultPlan};
 use reqwest::{Client, Response};
 use serde_json::{json, Value};
 use testkit::*;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use broadcast_worker::broker::{self, QueueNames, Topology};
 use broadcast_worker::ledger::{JobState, Ledger};
-use broadcast_worker::tencent::simulator::{Fault, FaultPlan, FaultRule};
+use broadcast_worker::simulator::{Fault, FaultPlan, FaultRule};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use broadcast_worker::ledger::Ledger;
-use broadcast_worker::tencent::simulator::{DropPoint, Fault, FaultPlan};
+use broadcast_worker::simulator::{DropPoint, Fault, FaultPlan};
 use serde_json::{json, Value};
 use testkit::*;
 

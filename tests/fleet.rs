@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use broadcast_worker::tencent::simulator::{Fault, FaultPlan};
+use broadcast_worker::simulator::{Fault, FaultPlan};
 use serde_json::Value;
 use testkit::*;
 

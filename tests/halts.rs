@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use broadcast_worker::ledger::Ledger;
-use broadcast_worker::tencent::simulator::{Fault, FaultPlan};
+use broadcast_worker::simulator::{Fault, FaultPlan};
 use testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_broadcast-worker");

@@ -363,10 +363,10 @@ async fn jobs_show_answers_where_a_broadcast_is() {
     app.config.ledger = Some(ledger_for(&db).await);
     app.sim
         .simulator
-        .set_faults(broadcast_worker::tencent::simulator::FaultPlan {
-            rules: vec![broadcast_worker::tencent::simulator::FaultRule {
+        .set_faults(broadcast_worker::simulator::FaultPlan {
+            rules: vec![broadcast_worker::simulator::FaultRule {
                 body_contains: "BANNED".into(),
-                fault: broadcast_worker::tencent::simulator::Fault {
+                fault: broadcast_worker::simulator::Fault {
                     code: Some(80001),
                     ..Default::default()
                 },
@@ -512,8 +512,8 @@ async fn a_call_that_may_have_been_delivered_is_dead_lettered_whole() {
     // once their dead letters are out, before the ledger records them.
     app.sim
         .simulator
-        .set_faults(broadcast_worker::tencent::simulator::FaultPlan {
-            always: Some(broadcast_worker::tencent::simulator::Fault {
+        .set_faults(broadcast_worker::simulator::FaultPlan {
+            always: Some(broadcast_worker::simulator::Fault {
                 code: Some(70500),
                 ..Default::default()
             }),

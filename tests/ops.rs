@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use broadcast_worker::tencent::simulator::{DropPoint, Fault, FaultPlan, FaultRule};
+use broadcast_worker::simulator::{DropPoint, Fault, FaultPlan, FaultRule};
 use broadcast_worker::tencent::usersig::{self, Claims, SecretKey};
 use testkit::*;
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use broadcast_worker::ledger::{JobState, Ledger};
 use broadcast_worker::pipeline::CustomMerge;
+use broadcast_worker::simulator::{Fault, FaultPlan, RepeatBy};
 use broadcast_worker::tencent::body::call_random;
-use broadcast_worker::tencent::simulator::{Fault, FaultPlan, RepeatBy};
 use serde_json::{json, Value};
 use testkit::*;
 

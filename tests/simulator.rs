@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use broadcast_worker::clock::now_secs;
-use broadcast_worker::tencent::body::BroadcastBody;
-use broadcast_worker::tencent::client::{ApiClient, ApiConfig, ApiResponse, TransportError};
-use broadcast_worker::tencent::simulator::{
+use broadcast_worker::simulator::{
     DropPoint, Fault, FaultPlan, RepeatBy, Simulator, SimulatorConfig, SimulatorSet,
     SpawnedSimulator, SpawnedSimulatorSet,
 };
+use broadcast_worker::tencent::body::BroadcastBody;
+use broadcast_worker::tencent::client::{ApiClient, ApiConfig, ApiResponse, TransportError};
 use broadcast_worker::tencent::usersig::{self, Claims, SecretKey, UserSig};
 use serde_json::json;
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use broadcast_worker::tencent::simulator::{Fault, FaultPlan};
+use broadcast_worker::simulator::{Fault, FaultPlan};
 use serde_json::{json, Value};
 use testkit::*;
 

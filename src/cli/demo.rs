@@ -19,8 +19,8 @@ use crate::cli::run::RunArgs;
 use crate::clock;
 use crate::ops::enqueue::{job_properties, new_job_id, text_job, PublishOptions};
 use crate::pipeline::config::defaults;
+use crate::simulator::{Simulator, SimulatorConfig};
 use crate::telemetry;
-use crate::tencent::simulator::{Simulator, SimulatorConfig};
 use crate::tencent::usersig::SecretKey;
 
 /// The demo's app: a made-up SDKAppID with a key drawn at each start.
@@ -155,7 +155,7 @@ impl DemoArgs {
     async fn start_simulator(
         &self,
         key: SecretKey,
-    ) -> anyhow::Result<crate::tencent::simulator::SpawnedSimulator> {
+    ) -> anyhow::Result<crate::simulator::SpawnedSimulator> {
         let mut config = SimulatorConfig::new(DEMO_SDKAPPID, DEMO_ADMIN, key);
         config.rate = self.rate;
         config.known_accounts = Some(DEMO_ACCOUNTS.iter().map(|a| a.to_string()).collect());

@@ -13,8 +13,8 @@ use anyhow::{anyhow, bail, Context};
 use crate::cli::app::AppArgs;
 use crate::cli::shutdown_signal;
 use crate::fleet::apps::read_apps_file;
+use crate::simulator::{FaultPlan, RepeatBy, SimulatorConfig, SimulatorSet};
 use crate::tencent::body::MAX_BODY_BYTES;
-use crate::tencent::simulator::{FaultPlan, RepeatBy, SimulatorConfig, SimulatorSet};
 use crate::tencent::usersig::SecretKey;
 
 #[derive(Debug, clap::Args)]

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use broadcast_worker::tencent::simulator::FaultPlan;
+use broadcast_worker::simulator::FaultPlan;
 
 use crate::harness::{
     refuse_bodies_containing, spawn_app, text_job, TestApp, ADMIN, AMQP_URL, APP, KEY,

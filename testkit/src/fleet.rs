@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use broadcast_worker::tencent::simulator::SimulatorConfig;
+use broadcast_worker::simulator::SimulatorConfig;
 use serde_json::Value;
 
 use crate::harness::{spawn_app_named, unique_prefix, TestApp, ADMIN, AMQP_URL};

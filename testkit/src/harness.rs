@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use broadcast_worker::broker::{self, QueueNames};
 use broadcast_worker::pipeline::{Worker, WorkerConfig, WorkerError};
-use broadcast_worker::status::WorkerStatus;
-use broadcast_worker::tencent::client::ApiConfig;
-use broadcast_worker::tencent::simulator::{
+use broadcast_worker::simulator::{
     Fault, FaultPlan, FaultRule, Simulator, SimulatorConfig, SpawnedSimulator,
 };
+use broadcast_worker::status::WorkerStatus;
+use broadcast_worker::tencent::client::ApiConfig;
 use broadcast_worker::tencent::usersig::SecretKey;
 use futures_util::StreamExt;
 use lapin::options::{

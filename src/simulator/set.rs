@@ -5,16 +5,11 @@
 //! another SDKAppID, exactly as before sets existed.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use tokio::net::TcpListener;
-
+use super::app::{Simulator, SimulatorConfig};
 use super::checks::{unknown_app, url_sdkappid, Answer, UrlParams};
 use super::state::Stats;
-use super::{spawn_router, Simulator, SimulatorConfig};
 
 /// Why a set of apps cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -148,54 +143,6 @@ impl SimulatorSet {
             Selection::App(simulator) => Ok(simulator),
             Selection::Every => Err(SelectError::WhichApp(self.apps.keys().copied().collect())),
         }
-    }
-
-    /// The HTTP routes: the API path, other `/v4/` paths, and `/simulator/*`.
-    pub fn router(&self) -> Router {
-        super::routes::router(self.clone())
-    }
-
-    /// Serves until `shutdown` completes.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-    }
-
-    /// Binds `addr` (port 0 for any) and serves in the background, on a
-    /// thread and runtime of its own, until the returned handle is dropped.
-    pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<SpawnedSimulatorSet> {
-        let (addr, stop) = spawn_router(self.router(), addr)?;
-        Ok(SpawnedSimulatorSet {
-            set: self,
-            addr,
-            _stop: stop,
-        })
-    }
-}
-
-/// A set of apps serving in the background; stops when dropped.
-pub struct SpawnedSimulatorSet {
-    pub set: SimulatorSet,
-    pub addr: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-impl SpawnedSimulatorSet {
-    /// The base URL to give every app's client.
-    pub fn base_url(&self) -> url::Url {
-        url::Url::parse(&format!("http://{}/", self.addr)).expect("a socket address makes a URL")
-    }
-
-    /// The app with this SDKAppID; panics when it is not served (for tests).
-    pub fn app(&self, sdkappid: u64) -> &Simulator {
-        self.set
-            .get(sdkappid)
-            .unwrap_or_else(|| panic!("no app with sdkappid {sdkappid} is simulated here"))
     }
 }
 

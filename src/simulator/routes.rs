@@ -15,11 +15,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::app::Simulator;
 use super::checks::Answer;
 use super::faults::{DropPoint, FaultPlan};
 use super::set::{SelectError, Selection, SimulatorSet};
 use super::state::{CallRecord, Delivery};
-use super::Simulator;
 use crate::clock;
 use crate::tencent::client::SEND_BROADCAST_PATH;
 

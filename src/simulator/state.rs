@@ -37,7 +37,7 @@ pub struct Stats {
     /// Messages delivered (repeats not counted).
     pub deliveries: u64,
     /// Calls answered OK but not delivered again: repeats by the configured
-    /// [`super::RepeatBy`].
+    /// [`super::app::RepeatBy`].
     pub repeats_dropped: u64,
     /// Answers given with each ErrorCode (0 included).
     pub answers_by_code: BTreeMap<i64, u64>,
@@ -74,7 +74,7 @@ pub struct Delivery {
     pub raw_body: Option<String>,
 }
 
-/// The simulated service's memory, behind the [`super::Simulator`]'s lock.
+/// The simulated service's memory, behind the [`super::app::Simulator`]'s lock.
 pub(super) struct ServiceState {
     next_msg_seq: u64,
     /// Arrival times of the calls that passed the frequency limit, newest last.
@@ -173,7 +173,7 @@ pub(super) fn content_key(
     Sha256::digest(canonical.as_bytes()).into()
 }
 
-/// What makes two calls "the same message" under [`super::RepeatBy::Random`]:
+/// What makes two calls "the same message" under [`super::app::RepeatBy::Random`]:
 /// the `Random` alone. Tagged so it never equals a [`content_key`].
 pub(super) fn random_key(random: u32) -> [u8; 32] {
     let canonical = json!(["Random", random]).to_string();

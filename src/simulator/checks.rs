@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use super::app::{RepeatBy, Simulator, SimulatorConfig};
 use super::state::{content_key, random_key, Delivery};
-use super::{RepeatBy, Simulator, SimulatorConfig};
 use crate::clock;
 use crate::tencent::elements::{check_one_custom, parse_body, BodyError, ParsedBody};
 use crate::tencent::usersig::{self, VerifyError};
