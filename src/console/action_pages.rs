@@ -15,11 +15,12 @@ use maud::{html, Markup};
 
 use super::actions::{self, Chosen};
 use super::auth::Authed;
-use super::dead::{Counted, DeadError};
+use super::context::{AppRef, Ctx, Problem};
+use super::dead::Counted;
+use super::dead_error::DeadError;
 use super::dead_pages::{back_query, dead_path};
 use super::filter::Params;
 use super::pages::{layout, PageError};
-use super::{AppRef, Ctx, Problem};
 use crate::ops::dlq::{Action, Confirmation};
 
 /// The form fields that carry a selection to the next step.

@@ -8,8 +8,8 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::auth::Authed;
+use super::context::{AppRef, Ctx, Problem};
 use super::filter::{parse_age, Filter, Params};
-use super::{AppRef, Ctx, Problem};
 use crate::ops::dlq::{Action, Confirmation, Selection};
 
 /// The jobs an action is for, and the words that say which.

@@ -13,11 +13,11 @@ use serde_json::{json, Value};
 
 use super::actions::{self, ActionBody};
 use super::auth::{Authed, CSRF_HEADER};
+use super::context::{AppRef, Ctx, Problem};
 use super::dead::{Lookup, View};
 use super::filter::{self, Filter, Params, FILTER_NAMES, PER_PAGE};
 use super::pages::{id_of_query, job_api_link, job_link};
 use super::view::AppView;
-use super::{AppRef, Ctx, Problem};
 use crate::clock::now_ms;
 use crate::ledger::ScopeFilter;
 use crate::ops::dlq::{Action, Selection};

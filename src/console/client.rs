@@ -7,10 +7,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 
 /// The request's client, as the console's handlers find it in the
 /// request's extensions.
@@ -98,21 +95,6 @@ impl Proxies {
             .is_some_and(|proto| proto.eq_ignore_ascii_case("https"));
         Client { addr, https }
     }
-}
-
-/// Puts the request's [`Client`] into its extensions for what follows.
-pub(super) async fn identify(
-    State(ctx): State<super::Ctx>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let client = ctx.console.proxies().client(peer, request.headers());
-    request.extensions_mut().insert(client);
-    next.run(request).await
 }
 
 #[cfg(test)]

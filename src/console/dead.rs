@@ -22,12 +22,11 @@ use lapin::{Channel, Connection};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::dead_error::DeadError;
 use super::walk::Walk;
 use crate::broker::{self, QueueNames};
 use crate::clock;
-use crate::ops::dlq::{
-    self, Action, Confirmation, DeadInfo, DeadJob, SelectedIds, Selection, SelectionChanged,
-};
+use crate::ops::dlq::{self, Action, Confirmation, DeadInfo, DeadJob, SelectedIds, Selection};
 
 /// The longest the console waits for the broker to put back what it read.
 const GIVE_BACK_WAIT: Duration = Duration::from_secs(3);
@@ -94,25 +93,6 @@ pub struct Counted {
     pub total: usize,
     /// The [`SelectedIds::digest`] of those matching.
     pub digest: String,
-}
-
-/// Why the dead letters could not be read or acted on.
-#[derive(Debug, thiserror::Error)]
-pub enum DeadError {
-    #[error("the broker cannot be reached or refused: {0}")]
-    Broker(String),
-    #[error("page {page} is past the last page ({pages})")]
-    PageOutOfRange { page: usize, pages: usize },
-    #[error(transparent)]
-    Changed(#[from] SelectionChanged),
-    #[error("stopped after {done} job(s): {error}")]
-    Interrupted { done: usize, error: String },
-}
-
-impl From<broker::BrokerError> for DeadError {
-    fn from(e: broker::BrokerError) -> Self {
-        Self::Broker(e.to_string())
-    }
 }
 
 /// The console's broker connection and its locks, one per dead-letter queue.

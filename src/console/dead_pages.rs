@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use super::api::{job_detail, listing_query};
 use super::auth::Authed;
+use super::context::{AppRef, Ctx, Problem};
 use super::dead::View;
 use super::filter::{human_age, query, Filter, Params, FILTER_NAMES};
 use super::pages::{id_of_query, job_link, layout, summary_table, when, PageError};
-use super::{AppRef, Ctx, Problem};
 use crate::broker::DeadReason;
 use crate::ops::dlq::DeadInfo;
 

@@ -9,18 +9,20 @@
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::header::RETRY_AFTER;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use tracing::{debug, warn};
 
-use crate::clock;
-
+use super::api::ApiError;
 use super::auth::{Authed, Credential};
 use super::client::Client;
+use super::context::{Ctx, Problem};
+use super::pages::{login_page, PageError};
 use super::throttle::{retry_after_secs, Verdict, FAILURE_DELAY};
-use super::{Ctx, Problem};
+use crate::clock;
 
 /// What to answer a wrong token from `client`: 401 after a moment within
 /// its budget, else 429 at once. `what` says which kind, for the log.
@@ -61,7 +63,7 @@ pub(super) fn throttled_words(secs: u64) -> String {
 fn throttled(uri: &Uri, secs: u64) -> Response {
     let words = throttled_words(secs);
     let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, words);
-    with_retry_after(super::problem_response(uri, problem), secs)
+    with_retry_after(problem_response(uri, problem), secs)
 }
 
 /// Lets through only requests that hold the token, with how they did in
@@ -83,13 +85,13 @@ pub(super) async fn require(State(ctx): State<Ctx>, mut request: Request, next: 
         Credential::Bearer { right: true } => Authed::Bearer,
         Credential::Bearer { right: false } => {
             return match wrong_token(&ctx, &client, "a request").await {
-                Ok(()) => super::unauthorized(request.uri()),
+                Ok(()) => unauthorized(request.uri()),
                 Err(secs) => throttled(request.uri(), secs),
             };
         }
         Credential::Session(session) => match ctx.console.sessions().ended(&session).await {
             Ok(false) => Authed::Session(session),
-            Ok(true) => return super::unauthorized(request.uri()),
+            Ok(true) => return unauthorized(request.uri()),
             Err(e) => {
                 // Refused rather than let through: it may be a session
                 // someone ended. A bearer token still works meanwhile.
@@ -98,11 +100,35 @@ pub(super) async fn require(State(ctx): State<Ctx>, mut request: Request, next: 
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("{e}; try again, or use the bearer token"),
                 );
-                return super::problem_response(request.uri(), problem);
+                return problem_response(request.uri(), problem);
             }
         },
-        Credential::Nothing => return super::unauthorized(request.uri()),
+        Credential::Nothing => return unauthorized(request.uri()),
     };
     request.extensions_mut().insert(authed);
     next.run(request).await
+}
+
+/// A problem as a page, or under `/api/` as JSON.
+fn problem_response(uri: &Uri, problem: Problem) -> Response {
+    if uri.path().starts_with("/api/") {
+        ApiError::from(problem).into_response()
+    } else {
+        PageError(problem).into_response()
+    }
+}
+
+/// 401: the login form for a page, a JSON error under `/api/`; nothing else.
+fn unauthorized(uri: &Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        let body = serde_json::json!({"error": "unauthorized: log in, or send Authorization: Bearer <token>"});
+        let mut response = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        response.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"broadcast-worker console\""),
+        );
+        return response;
+    }
+    let next = uri.path_and_query().map_or("/", |p| p.as_str());
+    (StatusCode::UNAUTHORIZED, login_page(next, None)).into_response()
 }

@@ -1,8 +1,9 @@
-//! Logging in and out: the login form (all an unauthenticated visitor ever
-//! sees), the session cookie it sets for the right token (`Secure` over
-//! https), wrong tokens counted against their client as the gate counts a
-//! wrong bearer, and logout, which ends the session for every replica that
-//! shares the ledger (or, without one, for this replica).
+//! Logging in and out: the login form (drawn by [`login_page`], all an
+//! unauthenticated visitor ever sees), the session cookie it sets for the
+//! right token (`Secure` over https), wrong tokens counted against their
+//! client as the gate counts a wrong bearer, and logout, which ends the
+//! session for every replica that shares the ledger (or, without one, for
+//! this replica).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -10,36 +11,17 @@ use axum::http::header::{LOCATION, SET_COOKIE};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use maud::{html, Markup};
+use maud::Markup;
 use tracing::info;
 
 use super::auth::{self, Authed, SESSION_SECS};
 use super::client::Client;
+use super::context::{Ctx, Problem};
 use super::filter::Params;
 use super::gate::{throttled_words, with_retry_after, wrong_token};
-use super::pages::{layout, PageError};
+use super::pages::{login_page, PageError};
 use super::redirect::local_path;
-use super::{Ctx, Problem};
 use crate::clock;
-
-/// The login form, with what went wrong if anything; `next` is where to go after.
-pub(super) fn login_page(next: &str, error: Option<&str>) -> Markup {
-    let body = html! {
-        div.card.login-card {
-            h1 { "Log in" }
-            @if let Some(error) = error {
-                p #login-error.flash.flash-error data-test="login-error" { (error) }
-            }
-            form #login-form data-test="login-form" method="post" action="/login" {
-                input type="hidden" name="next" value=(next);
-                label for="token" { "Console token" }
-                input #token type="password" name="token" autocomplete="current-password" required autofocus;
-                button #login-submit.primary type="submit" data-test="login-submit" { "Log in" }
-            }
-        }
-    };
-    layout("Log in", None, body)
-}
 
 /// `GET /login`.
 pub(super) async fn login_form() -> Markup {
@@ -107,20 +89,4 @@ pub(super) async fn logout(
         [(LOCATION, "/login".to_string()), (SET_COOKIE, cookie)],
     )
         .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pages_escape_what_they_show() {
-        let page = login_page("/\"><script>alert(1)</script>", Some("<b>no</b>")).into_string();
-        assert!(!page.contains("<script>alert(1)"), "{page}");
-        assert!(page.contains("&lt;b&gt;no&lt;/b&gt;"));
-        assert!(
-            !page.contains("style="),
-            "no inline style: the CSP forbids it"
-        );
-    }
 }

@@ -2,21 +2,26 @@
 //! endpoint by `run` when a console token is set. It owns everything behind
 //! `/`, `/login`, `/logout`, `/static/...`, `/apps/...` and `/api/...`: who
 //! may see them ([`auth`]), each app's flow from its [`WorkerStatus`] (the
-//! per-minute [`history`] and its [`chart`]), and each app's dead letters,
-//! read, replayed and purged through [`crate::ops::dlq`] ([`dead`]).
+//! per-minute [`History`] charted by [`chart`]), and each app's dead
+//! letters, read, replayed and purged through [`crate::ops::dlq`] ([`dead`]).
 //!
+//! - this file: the routes, the middleware that identifies the client and
+//!   sets the security headers, the static files.
+//! - `context`: the [`Console`] and what every handler shares (the request's
+//!   context, the app it names, a [`Problem`]).
 //! - [`auth`]: the token, the session cookie, CSRF tokens; `gate`: the
-//!   check every page and API call passes; [`client`]: who sent a request
-//!   (the peer, or behind a trusted proxy the hop it forwarded);
-//!   [`throttle`]: each client's budget of wrong tokens; [`sessions`]: the
-//!   sessions a logout ended (in the ledger, or in memory); `redirect`: where
-//!   a login may go on to.
+//!   check every page and API call passes, and the 401 and problem answers;
+//!   [`client`]: who sent a request (the peer, or behind a trusted proxy the
+//!   hop it forwarded); [`throttle`]: each client's budget of wrong tokens;
+//!   [`sessions`]: the sessions a logout ended (in the ledger, or in
+//!   memory); `redirect`: where a login may go on to.
 //! - [`filter`]: query strings and forms, parsed and checked.
-//! - [`history`], [`chart`]: the last hour of calls, and its SVG.
+//! - [`chart`]: the SVG of the last hour of calls.
 //! - [`view`]: an app's state as the pages and the API show it.
 //! - [`dead`]: the dead letters over the console's own broker connection,
 //!   a view reading no more than the read limit of a queue (`walk`: one pass
-//!   of a replay or purge, over the whole queue).
+//!   of a replay or purge, over the whole queue; [`dead_error`]: why either
+//!   failed).
 //! - `login`, `pages`, `dead_pages`, `action_pages`: the HTML; `api`: the JSON;
 //!   `actions`: replay and purge, shared by both.
 //!
@@ -25,6 +30,7 @@
 //! and every page is rendered with `maud`, which escapes what it inserts.
 //!
 //! [`WorkerStatus`]: crate::status::WorkerStatus
+//! [`History`]: crate::status::history::History
 
 mod action_pages;
 mod actions;
@@ -32,7 +38,9 @@ mod api;
 pub mod auth;
 pub mod chart;
 pub mod client;
+mod context;
 pub mod dead;
+pub mod dead_error;
 mod dead_pages;
 pub mod filter;
 mod gate;
@@ -44,215 +52,23 @@ pub mod throttle;
 pub mod view;
 mod walk;
 
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::net::SocketAddr;
 
-use axum::extract::{Path, Request};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, WWW_AUTHENTICATE,
-    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
 };
-use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 
-use crate::broker::QueueNames;
-use crate::ledger::Ledger;
-use crate::status::{StatusBoard, WorkerStatus};
+use crate::status::StatusBoard;
 pub use auth::ConsoleToken;
-use auth::{Auth, Authed};
-use client::{Client, Proxies};
-use dead::{DeadError, DeadLetters};
-use sessions::{Revocations, SessionError};
-use throttle::Throttle;
-
-/// How a console is set up.
-#[derive(Debug)]
-pub struct ConsoleConfig {
-    /// Open to the holders of this token.
-    pub token: ConsoleToken,
-    /// The broker its dead letters are read on.
-    pub amqp_url: String,
-    /// Dead letters a view reads at most.
-    pub read_limit: usize,
-    /// The ledger's records of a job, and the sessions a logout ended
-    /// (without it, those are kept in this process's memory).
-    pub ledger: Option<Ledger>,
-    /// Always mark the session cookie `Secure`: the console is served over
-    /// https (by a proxy in front of it).
-    pub secure_cookie: bool,
-    /// Proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
-    pub trusted_proxies: Vec<IpAddr>,
-}
-
-/// The console: its token's checks, its broker connection for the dead
-/// letters, and the ledger it asks about a job. Cheap to clone.
-#[derive(Clone)]
-pub struct Console(Arc<Inner>);
-
-struct Inner {
-    auth: Auth,
-    dead: DeadLetters,
-    /// A handle on the ledger in no scope: a job is looked up in its app's.
-    ledger: Option<Ledger>,
-    sessions: Revocations,
-    throttle: Throttle,
-    proxies: Proxies,
-    secure_cookie: bool,
-}
-
-impl Console {
-    pub fn new(config: ConsoleConfig) -> Self {
-        Self(Arc::new(Inner {
-            auth: Auth::new(config.token),
-            dead: DeadLetters::new(config.amqp_url, config.read_limit),
-            sessions: Revocations::new(config.ledger.clone()),
-            ledger: config.ledger,
-            throttle: Throttle::default(),
-            proxies: Proxies::new(config.trusted_proxies),
-            secure_cookie: config.secure_cookie,
-        }))
-    }
-
-    pub fn auth(&self) -> &Auth {
-        &self.0.auth
-    }
-
-    fn sessions(&self) -> &Revocations {
-        &self.0.sessions
-    }
-
-    fn throttle(&self) -> &Throttle {
-        &self.0.throttle
-    }
-
-    fn proxies(&self) -> &Proxies {
-        &self.0.proxies
-    }
-
-    /// Whether a cookie set for `client` is `Secure`.
-    fn secure_cookie(&self, client: &Client) -> bool {
-        self.0.secure_cookie || client.https
-    }
-
-    fn dead(&self) -> &DeadLetters {
-        &self.0.dead
-    }
-
-    fn ledger(&self) -> Option<&Ledger> {
-        self.0.ledger.as_ref()
-    }
-}
-
-/// What every console handler gets.
-#[derive(Clone)]
-struct Ctx {
-    console: Console,
-    board: StatusBoard,
-}
-
-/// An app the request names, with its status and queues.
-struct AppRef {
-    sdkappid: u64,
-    status: Arc<WorkerStatus>,
-    queues: QueueNames,
-}
-
-/// A request the console cannot answer as asked, in words for the operator.
-#[derive(Debug)]
-pub struct Problem {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl Problem {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    fn forbidden() -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "the CSRF token is missing or wrong (a stale form, or a request from elsewhere): nothing was done",
-        )
-    }
-}
-
-impl From<SessionError> for Problem {
-    fn from(e: SessionError) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-    }
-}
-
-impl From<DeadError> for Problem {
-    fn from(e: DeadError) -> Self {
-        let status = match &e {
-            DeadError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
-            DeadError::PageOutOfRange { .. } => StatusCode::NOT_FOUND,
-            DeadError::Changed { .. } => StatusCode::CONFLICT,
-            DeadError::Interrupted { .. } => StatusCode::BAD_GATEWAY,
-        };
-        Self::new(status, e.to_string())
-    }
-}
-
-impl Ctx {
-    /// The app `{app}` names: a number this process serves.
-    fn app(&self, app: &str) -> Result<AppRef, Problem> {
-        let sdkappid: u64 = app.parse().map_err(|_| {
-            Problem::bad_request(format!(
-                "the app must be an SDKAppID (a number), not {app:?}"
-            ))
-        })?;
-        let apps = self.board.apps();
-        let served: Vec<String> = apps.iter().map(|(a, _)| a.to_string()).collect();
-        let status = apps
-            .into_iter()
-            .find(|(a, _)| *a == sdkappid)
-            .map(|(_, status)| status)
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "this process serves no app {sdkappid}; it serves {}",
-                        if served.is_empty() {
-                            "none yet".into()
-                        } else {
-                            served.join(", ")
-                        }
-                    ),
-                )
-            })?;
-        let queues = status.queues.clone().ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                format!("app {sdkappid} has no queues yet"),
-            )
-        })?;
-        Ok(AppRef {
-            sdkappid,
-            status,
-            queues,
-        })
-    }
-
-    /// The CSRF token a page's forms carry (none for a bearer request).
-    fn csrf(&self, authed: &Authed) -> Option<String> {
-        match authed {
-            Authed::Session(session) => Some(self.console.auth().csrf(&session.value)),
-            Authed::Bearer => None,
-        }
-    }
-}
+use context::Ctx;
+pub use context::{Console, ConsoleConfig, Problem};
 
 /// The console's routes over the apps of `board`.
 pub fn router(console: Console, board: StatusBoard) -> Router {
@@ -281,11 +97,19 @@ pub fn router(console: Console, board: StatusBoard) -> Router {
         .route("/static/{file}", get(static_file))
         .merge(gated)
         .layer(middleware::from_fn(safe_headers))
-        .layer(middleware::from_fn_with_state(
-            ctx.clone(),
-            client::identify,
-        ))
+        .layer(middleware::from_fn_with_state(ctx.clone(), identify))
         .with_state(ctx)
+}
+
+/// Puts the request's [`client::Client`] into its extensions for what follows.
+async fn identify(State(ctx): State<Ctx>, mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let client = ctx.console.proxies().client(peer, request.headers());
+    request.extensions_mut().insert(client);
+    next.run(request).await
 }
 
 /// What the browser must not do with the console's responses: run inline
@@ -309,30 +133,6 @@ async fn safe_headers(request: Request, next: Next) -> Response {
         .entry(CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
-}
-
-/// A problem as a page, or under `/api/` as JSON.
-fn problem_response(uri: &Uri, problem: Problem) -> Response {
-    if uri.path().starts_with("/api/") {
-        api::ApiError::from(problem).into_response()
-    } else {
-        pages::PageError(problem).into_response()
-    }
-}
-
-/// 401: the login form for a page, a JSON error under `/api/`; nothing else.
-fn unauthorized(uri: &Uri) -> Response {
-    if uri.path().starts_with("/api/") {
-        let body = serde_json::json!({"error": "unauthorized: log in, or send Authorization: Bearer <token>"});
-        let mut response = (StatusCode::UNAUTHORIZED, Json(body)).into_response();
-        response.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"broadcast-worker console\""),
-        );
-        return response;
-    }
-    let next = uri.path_and_query().map_or("/", |p| p.as_str());
-    (StatusCode::UNAUTHORIZED, login::login_page(next, None)).into_response()
 }
 
 const CSS: &str = include_str!("static/console.css");

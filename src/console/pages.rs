@@ -1,5 +1,5 @@
 //! The console's HTML outside the dead letters: the layout every page
-//! shares, the list of apps, an app's page, and error pages. Rendered with `maud`, which
+//! shares, the list of apps, an app's page, error pages and the login form. Rendered with `maud`, which
 //! escapes every value it inserts.
 
 use axum::extract::{Path, State};
@@ -9,10 +9,10 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::auth::Authed;
 use super::chart::chart;
+use super::context::{Ctx, Problem};
 use super::dead::{SummaryRow, View};
 use super::filter::{human_age, query, Params};
 use super::view::{AppView, FILL_MINUTES};
-use super::{Ctx, Problem};
 use crate::clock::now_ms;
 use crate::ops::dlq::Selection;
 
@@ -332,6 +332,25 @@ pub(super) async fn app(
     ))
 }
 
+/// The login form, with what went wrong if anything; `next` is where to go after.
+pub(super) fn login_page(next: &str, error: Option<&str>) -> Markup {
+    let body = html! {
+        div.card.login-card {
+            h1 { "Log in" }
+            @if let Some(error) = error {
+                p #login-error.flash.flash-error data-test="login-error" { (error) }
+            }
+            form #login-form data-test="login-form" method="post" action="/login" {
+                input type="hidden" name="next" value=(next);
+                label for="token" { "Console token" }
+                input #token type="password" name="token" autocomplete="current-password" required autofocus;
+                button #login-submit.primary type="submit" data-test="login-submit" { "Log in" }
+            }
+        }
+    };
+    layout("Log in", None, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,5 +404,16 @@ mod tests {
         ] {
             assert!(id_of_query(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn pages_escape_what_they_show() {
+        let page = login_page("/\"><script>alert(1)</script>", Some("<b>no</b>")).into_string();
+        assert!(!page.contains("<script>alert(1)"), "{page}");
+        assert!(page.contains("&lt;b&gt;no&lt;/b&gt;"));
+        assert!(
+            !page.contains("style="),
+            "no inline style: the CSP forbids it"
+        );
     }
 }

@@ -100,7 +100,7 @@ impl Revocations {
 mod tests {
     use super::*;
     use crate::console::auth::Auth;
-    use crate::console::ConsoleToken;
+    use crate::console::auth::ConsoleToken;
 
     #[tokio::test]
     async fn a_logout_ends_that_session_only_and_is_forgotten_after_expiry() {

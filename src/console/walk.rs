@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use lapin::Channel;
 
-use super::dead::DeadError;
+use super::dead_error::DeadError;
 use crate::broker::QueueNames;
 use crate::clock;
 use crate::ops::dlq::{self, Action, DeadJob, SelectedIds, Selection};
