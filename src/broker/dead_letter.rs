@@ -269,7 +269,7 @@ fn without_expiration(original: &BasicProperties) -> BasicProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{header_i64, header_str};
+    use crate::broker::header_values::{header_i64, header_str};
     use lapin::types::FieldTable;
 
     fn every_property() -> BasicProperties {

@@ -7,7 +7,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ExchangeKind};
 use tracing::warn;
 
-use super::BrokerError;
+use super::error::BrokerError;
 
 /// The names a prefix gives: `{prefix}.jobs`, `{prefix}.dead`, `{prefix}.dlx`.
 #[derive(Debug, Clone, PartialEq, Eq)]
