@@ -12,14 +12,26 @@
 //! sender session that owns the call.
 //!
 //! The schema lives in `migrations/`, applied by `sqlx::migrate!`.
+//!
+//! - this file: arriving jobs and copies looked up, `jobs show`, pruning.
+//! - `handle`: the [`Ledger`] handle: its pool, its scope, the migrations,
+//!   the metrics of its statements.
+//! - `records`: job and call states, rows, what an arriving job is known as.
+//! - `session`: a sender's fenced session: recording and taking over calls.
+//! - `settle`: the session's writes that settle a call.
+//! - `scope`, `error`: whose records these are; the ledger's errors.
+//! - `console_sessions`: the console's ended sessions, shared by the replicas.
 
 mod console_sessions;
 mod error;
+mod handle;
 mod records;
 mod scope;
 mod session;
+mod settle;
 
 pub use error::LedgerError;
+pub use handle::Ledger;
 pub use records::{classify_record, CallJob, CallState, InFlightCall, JobReport, JobState, Known};
 pub use scope::{Scope, ScopeFilter};
 pub use session::{Begun, LedgerSession, Ownership, TakeOver};
@@ -27,76 +39,9 @@ pub use session::{Begun, LedgerSession, Ownership, TakeOver};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
-
-use crate::telemetry;
-
 use records::{CopyRow, RecordRow};
 
-/// A handle on the ledger, working in one scope; cheap to clone. Its
-/// statements read and write the rows of its scope, and read legacy rows
-/// (`app = 0 AND queue = ''`) as its own after them.
-#[derive(Clone)]
-pub struct Ledger {
-    pool: PgPool,
-    scope: Scope,
-}
-
-impl std::fmt::Debug for Ledger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The pool's options hold the database URL, password included.
-        write!(f, "Ledger({})", self.scope)
-    }
-}
-
 impl Ledger {
-    /// A pool that connects on first use, so a worker can start while the
-    /// database is down and wait for it. The handle is in the legacy scope
-    /// until [`Ledger::in_scope`] puts it in a deployment's.
-    pub fn connect_lazy(url: &str) -> Result<Self, LedgerError> {
-        Self::connect_lazy_pooled(url, 4)
-    }
-
-    /// The same, with up to `connections` connections (a fleet's apps share them).
-    pub fn connect_lazy_pooled(url: &str, connections: u32) -> Result<Self, LedgerError> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|e: sqlx::Error| LedgerError::Url(e.to_string()))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(connections.max(1))
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy_with(options.application_name("broadcast-worker"));
-        Ok(Self {
-            pool,
-            scope: Scope::legacy(),
-        })
-    }
-
-    /// The same database, with records of this scope.
-    pub fn in_scope(self, scope: Scope) -> Self {
-        Self { scope, ..self }
-    }
-
-    pub fn scope(&self) -> &Scope {
-        &self.scope
-    }
-
-    /// Counts an operation's round trips and time, by app (and the trips
-    /// by operation, so that a cost per call can be told apart).
-    fn spent(&self, op: &'static str, started: std::time::Instant, round_trips: u64) {
-        let app = self.scope.app.to_string();
-        metrics::counter!(telemetry::LEDGER_ROUND_TRIPS, telemetry::SDKAPPID => app.clone(), "op" => op)
-            .increment(round_trips);
-        metrics::histogram!(telemetry::LEDGER_SECONDS, telemetry::SDKAPPID => app)
-            .record(started.elapsed().as_secs_f64());
-    }
-
-    pub async fn migrate(&self) -> Result<(), LedgerError> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
-        Ok(())
-    }
-
     /// One query for a whole set of arriving jobs: their ids and replay
     /// counts. A row of this scope wins over a legacy one.
     pub async fn lookup(

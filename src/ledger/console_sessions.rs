@@ -7,7 +7,8 @@
 //! random, and its cookie is good only with the token that signed it. They
 //! are not counted in the ledger's metrics, which are the worker's, by app.
 
-use super::{Ledger, LedgerError};
+use super::error::LedgerError;
+use super::handle::Ledger;
 
 impl Ledger {
     /// Ends the session `session_hash` until `expires_at` (unix seconds),

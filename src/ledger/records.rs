@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::Scope;
+use super::scope::Scope;
 
 /// Where a job stands: the `state` of a `jobs` row, spelled the same in SQL,
 /// in `jobs show --json` and here.
