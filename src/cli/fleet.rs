@@ -7,25 +7,19 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::app::SecretArgs;
-use crate::cli::run::{announce_ops, migrate_until_done, RunArgs};
-use crate::cli::shutdown_signal;
+use crate::cli::lifecycle::{serve_until_signal, Lifecycle, Words};
+use crate::cli::run::RunArgs;
 use crate::console::Console;
 use crate::fleet::apps::{read_apps_file, AppEntry};
 use crate::fleet::balance::Presence;
 use crate::fleet::{Fleet, Loader};
 use crate::ledger::Ledger;
-use crate::ops_endpoint;
 use crate::pipeline::WorkerConfig;
-use crate::status::StatusBoard;
-use crate::telemetry;
 
 /// Ledger connections a fleet's apps share.
 const LEDGER_CONNECTIONS: u32 = 16;
@@ -121,64 +115,43 @@ impl RunArgs {
             .fleet_configs(&path, ledger.as_ref())
             .map_err(anyhow::Error::msg)?;
         info!(apps = apps.len(), file = %path.display(), prefix = %self.broker.queue_prefix, "starting the fleet");
-        match &ledger {
-            None => tracing::warn!(
-                "no DATABASE_URL: running without a ledger, delivery is at least once"
-            ),
-            Some(ledger) if !self.no_migrate => {
-                tokio::select! {
-                    result = migrate_until_done(ledger) => result?,
-                    _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
-                }
-            }
-            Some(_) => info!("ledger in use (migrations skipped)"),
-        }
-        let metrics = telemetry::install_recorder()?;
-        telemetry::describe();
-        let board = StatusBoard::default();
-        let console_on = console.is_some();
-        let ops = ops_endpoint::serve(self.metrics_addr, metrics, board.clone(), console)
-            .await
-            .with_context(|| format!("cannot listen on {} for metrics", self.metrics_addr))?;
-        announce_ops(ops, console_on);
-
-        let reload = Arc::new(Notify::new());
-        tokio::spawn(forward_sighup(reload.clone()));
+        let life = Lifecycle {
+            ledger: ledger.as_ref(),
+            migrate: !self.no_migrate,
+            on_migrated: Box::new(|| {}),
+            metrics_addr: self.metrics_addr,
+            console,
+            shutdown_timeout_secs: self.shutdown_timeout_secs,
+            words: FLEET,
+        };
         let presence = Presence::new(self.broker.amqp_url.clone(), &self.broker.queue_prefix);
         let load: Loader = {
             let (args, path, ledger) = (self.clone(), path.clone(), ledger.clone());
             Box::new(move || args.fleet_configs(&path, ledger.as_ref()))
         };
-        let shutdown = CancellationToken::new();
-        let fleet = Fleet::new(board, presence);
-        let task = tokio::spawn(fleet.run(apps, load, reload, shutdown.clone()));
-        tokio::pin!(task);
-        tokio::select! {
-            result = &mut task => {
-                result?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            _ = shutdown_signal() => {}
-        }
-        info!(
-            timeout_secs = self.shutdown_timeout_secs,
-            "shutting down: every app finishes its call in flight"
-        );
-        shutdown.cancel();
-        let timeout = Duration::from_secs(self.shutdown_timeout_secs);
-        match tokio::time::timeout(timeout, &mut task).await {
-            Ok(result) => {
-                result?;
-                info!("stopped");
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(_) => {
-                tracing::error!("shutdown timed out; unsettled jobs return to their queues when the connections close");
-                Ok(ExitCode::FAILURE)
-            }
-        }
+        serve_until_signal(life, |board, shutdown| {
+            // Listening for SIGHUP before the endpoint is announced: a
+            // reload asked once it is up finds the fleet listening.
+            let reload = Arc::new(Notify::new());
+            tokio::spawn(forward_sighup(reload.clone()));
+            let fleet = Fleet::new(board, presence);
+            Ok(async move {
+                fleet.run(apps, load, reload, shutdown).await;
+                Ok(())
+            })
+        })
+        .await
     }
 }
+
+/// What a fleet's life says of itself.
+const FLEET: Words = Words {
+    no_ledger: "no DATABASE_URL: running without a ledger, delivery is at least once",
+    migrations_skipped: "ledger in use (migrations skipped)",
+    shutting_down: "shutting down: every app finishes its call in flight",
+    timed_out:
+        "shutdown timed out; unsettled jobs return to their queues when the connections close",
+};
 
 /// Each SIGHUP asks the fleet to read its apps file again.
 async fn forward_sighup(reload: Arc<Notify>) {

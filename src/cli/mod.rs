@@ -2,12 +2,15 @@
 //! has to do. Each command parses its flags (with environment fallbacks),
 //! builds what it needs, and returns an exit code.
 //!
-//! - this file: [`Cli`], the [`Command`] dispatch, logging, [`shutdown_signal`].
+//! - this file: [`Cli`], the [`Command`] dispatch, logging.
+//! - [`signal`]: [`signal::shutdown_signal`], SIGINT or SIGTERM.
 //! - [`args`]: the broker and ledger flags several commands share, and
 //!   `--app`, which points `enqueue`, `dlq` and `jobs show` at one app of a
 //!   fleet's apps file.
 //! - [`app`]: the app's identity and secret key (`run`, `simulate`, `usersig`).
-//! - [`run`]: `run`, the worker's settings checked into a worker configuration.
+//! - [`run`]: `run`, the worker's settings checked into a worker configuration;
+//!   `fleet`: `run --apps-file`, each app's settings and the fleet's reloads;
+//!   `lifecycle`: the life both share (migrate, serve, signal, timeout).
 //! - [`demo`]: `demo`, the simulator, a worker and a sample burst in one process.
 //! - [`enqueue`]: `enqueue`, publishing jobs from lines or `--text`.
 //! - [`dlq`]: `dlq list|show|replay|purge`.
@@ -22,7 +25,9 @@ pub mod dlq;
 pub mod enqueue;
 mod fleet;
 pub mod jobs;
+mod lifecycle;
 pub mod run;
+pub mod signal;
 pub mod simulate;
 pub mod usersig;
 
@@ -113,27 +118,5 @@ impl Cli {
             Command::Simulate(args) => args.run().await,
             Command::Usersig(command) => command.run(),
         }
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

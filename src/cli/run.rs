@@ -1,28 +1,26 @@
 //! `run`: the worker's settings, checked into a [`WorkerConfig`], and the
-//! worker's life: migrate the ledger, serve the ops endpoint, consume until
-//! SIGINT or SIGTERM, then finish the call in flight.
+//! one app's worker run through the life [`serve_until_signal`] gives
+//! `run` (migrate the ledger, serve the ops endpoint, consume until SIGINT
+//! or SIGTERM, then finish the call in flight); `run --apps-file` goes on
+//! in `fleet`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use tokio_util::sync::CancellationToken;
+use anyhow::bail;
 use tracing::info;
 
 use crate::cli::app::AppArgs;
 use crate::cli::args::{BrokerArgs, ConsoleArgs};
-use crate::cli::shutdown_signal;
+use crate::cli::lifecycle::{serve_until_signal, Lifecycle, Words};
 use crate::console::{Console, ConsoleConfig};
-use crate::ledger::{Ledger, LedgerError};
-use crate::ops_endpoint;
+use crate::ledger::Ledger;
 use crate::pipeline::config::defaults;
 use crate::pipeline::crash::{self, CrashPoint};
 use crate::pipeline::{
     AppFaultPolicy, CallRules, CustomMerge, InDoubtPolicy, Worker, WorkerConfig,
 };
-use crate::status::StatusBoard;
-use crate::telemetry;
 use crate::tencent::body::MAX_BODY_BYTES;
 use crate::tencent::classify::Classifier;
 use crate::tencent::client::ApiConfig;
@@ -283,60 +281,36 @@ impl RunArgs {
             sdkappid = config.api.sdkappid,
             "starting the worker"
         );
-        let shutdown = CancellationToken::new();
-        match &config.ledger {
-            None => tracing::warn!("no DATABASE_URL: running without a ledger, delivery is at least once (a crash between a call and its acks repeats the call)"),
-            Some(ledger) if !self.no_migrate => {
-                let migrated = tokio::select! {
-                    result = migrate_until_done(ledger) => result,
-                    _ = shutdown_signal() => return Ok(ExitCode::SUCCESS),
-                };
-                migrated?;
-                info!(in_doubt = ?config.in_doubt, resend_window = ?config.resend_window, "ledger ready: each job is delivered once");
-            }
-            Some(_) => info!("ledger in use (migrations skipped): each job is delivered once"),
-        }
-        // The recorder first: the worker's status sets its gauges as it is made.
-        let metrics = telemetry::install_recorder()?;
-        telemetry::describe();
-        let sdkappid = config.api.sdkappid;
-        let worker = Worker::new(config)?;
-        let board = StatusBoard::of(sdkappid, worker.status());
-        let console_on = console.is_some();
-        let ops = ops_endpoint::serve(self.metrics_addr, metrics, board, console)
-            .await
-            .with_context(|| format!("cannot listen on {} for metrics", self.metrics_addr))?;
-        announce_ops(ops, console_on);
-        let task = tokio::spawn(worker.run(shutdown.clone()));
-        tokio::pin!(task);
-        tokio::select! {
-            result = &mut task => {
-                result??;
-                return Ok(ExitCode::SUCCESS);
-            }
-            _ = shutdown_signal() => {}
-        }
-        info!(
-            timeout_secs = self.shutdown_timeout_secs,
-            "shutting down: finishing the call in flight"
-        );
-        shutdown.cancel();
-        let timeout = Duration::from_secs(self.shutdown_timeout_secs);
-        match tokio::time::timeout(timeout, &mut task).await {
-            Ok(result) => {
-                result??;
-                info!("stopped");
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(_) => {
-                tracing::error!(
-                    "shutdown timed out; unsettled jobs return to the queue when the connection closes"
-                );
-                Ok(ExitCode::FAILURE)
-            }
-        }
+        let ledger = config.ledger.clone();
+        let (in_doubt, resend_window) = (config.in_doubt, config.resend_window);
+        let life = Lifecycle {
+            ledger: ledger.as_ref(),
+            migrate: !self.no_migrate,
+            on_migrated: Box::new(move || {
+                info!(in_doubt = ?in_doubt, resend_window = ?resend_window, "ledger ready: each job is delivered once");
+            }),
+            metrics_addr: self.metrics_addr,
+            console,
+            shutdown_timeout_secs: self.shutdown_timeout_secs,
+            words: ONE_APP,
+        };
+        serve_until_signal(life, move |board, shutdown| {
+            let sdkappid = config.api.sdkappid;
+            let worker = Worker::new(config)?;
+            board.insert(sdkappid, worker.status());
+            Ok(async move { Ok(worker.run(shutdown).await?) })
+        })
+        .await
     }
 }
+
+/// What one app's life says of itself.
+const ONE_APP: Words = Words {
+    no_ledger: "no DATABASE_URL: running without a ledger, delivery is at least once (a crash between a call and its acks repeats the call)",
+    migrations_skipped: "ledger in use (migrations skipped): each job is delivered once",
+    shutting_down: "shutting down: finishing the call in flight",
+    timed_out: "shutdown timed out; unsettled jobs return to the queue when the connection closes",
+};
 
 impl RunArgs {
     /// The console, if a token is set: it reads dead letters on the
@@ -360,32 +334,5 @@ impl RunArgs {
             secure_cookie: self.console.console_secure_cookie,
             trusted_proxies: self.console.console_trusted_proxies.clone(),
         })))
-    }
-}
-
-/// Prints and logs where the ops endpoint listens, and what it serves.
-pub(super) fn announce_ops(ops: SocketAddr, console: bool) {
-    println!("ops endpoint listening on http://{ops}");
-    if console {
-        info!(%ops, "ops endpoint: /metrics, /healthz, /readyz, and the console at /");
-    } else {
-        info!(%ops, "ops endpoint: /metrics, /healthz, /readyz (no console: BROADCAST_CONSOLE_TOKEN is not set)");
-    }
-}
-
-/// Applies the migrations, waiting for the database if it is down; a failing
-/// migration itself is an error.
-pub(super) async fn migrate_until_done(ledger: &Ledger) -> anyhow::Result<()> {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match ledger.migrate().await {
-            Ok(()) => return Ok(()),
-            Err(LedgerError::Database(e)) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "the ledger database is not reachable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => return Err(e.into()),
-        }
     }
 }

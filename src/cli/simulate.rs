@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 
 use crate::cli::app::AppArgs;
-use crate::cli::shutdown_signal;
+use crate::cli::signal::shutdown_signal;
 use crate::fleet::apps::read_apps_file;
 use crate::simulator::{FaultPlan, RepeatBy, SimulatorConfig, SimulatorSet};
 use crate::tencent::body::MAX_BODY_BYTES;
