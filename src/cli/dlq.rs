@@ -1,5 +1,6 @@
 //! `dlq list|show|replay|purge`: their flags, and each command over the dead
-//! letters [`crate::ops::dlq`] reads, with the progress and lines it prints.
+//! letters [`crate::ops::dlq`] reads, with the progress and lines it prints
+//! (the listing's table and JSON among them).
 //! A dry run (`replay --dry-run`, `purge` without `--yes`) prints the digest
 //! of the jobs it selected; `--expect-digest` then acts on those very jobs,
 //! or on none if the selection matches others by then.
@@ -10,11 +11,14 @@ use anyhow::bail;
 use clap::Subcommand;
 use indicatif::ProgressBar;
 use lapin::{Channel, Connection};
+use serde_json::Value;
 
 use crate::broker::{self, QueueNames};
 use crate::cli::args::{AppChoice, BrokerArgs};
 use crate::clock;
-use crate::ops::dlq::{self, Action, Confirmation, DeadJob, Listing, SelectedIds, Selection};
+use crate::ops::dlq::{
+    self, Action, Confirmation, DeadInfo, DeadJob, Listing, SelectedIds, Selection,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -188,9 +192,9 @@ impl DlqCommand {
                     Listing::read(&channel, &names.dead, &selection, now, newest_first, limit)
                         .await?;
                 if json {
-                    println!("{}", listing.json());
+                    println!("{}", listing_json(&listing));
                 } else {
-                    println!("{}", listing.table(now));
+                    println!("{}", listing_table(&listing, now));
                 }
                 ExitCode::SUCCESS
             }
@@ -247,6 +251,53 @@ async fn declare_existing(channel: &Channel, queue: &str) -> anyhow::Result<()> 
 async fn close(channel: Channel, connection: Connection) {
     let _ = channel.close(200, "dlq done".into()).await;
     let _ = connection.close(200, "dlq done".into()).await;
+}
+
+/// `dlq list --json`: the total, the summary by reason and code, the jobs shown.
+fn listing_json(listing: &Listing) -> Value {
+    let summary: Vec<Value> = listing
+        .summary
+        .iter()
+        .map(|((reason, code), count)| {
+            serde_json::json!({"reason": reason, "code": code, "count": count})
+        })
+        .collect();
+    serde_json::json!({"total": listing.total, "summary": summary, "jobs": listing.shown})
+}
+
+/// `dlq list`: a row per job shown under a header, then the counts, as lines.
+fn listing_table(listing: &Listing, now_ms: i64) -> String {
+    let mut lines = vec![format!(
+        "{:<36} {:<18} {:>6} {:>8} {:>8} {:>7}  INFO",
+        "ID", "REASON", "CODE", "AGE", "ATTEMPTS", "REPLAYS"
+    )];
+    lines.extend(listing.shown.iter().map(|info| table_row(info, now_ms)));
+    let counts: Vec<String> = listing
+        .summary
+        .iter()
+        .map(|((reason, code), n)| format!("{reason}/{code}: {n}"))
+        .collect();
+    lines.push(format!(
+        "{} of {} dead letters match; by reason/code: {}",
+        listing.summary.values().sum::<usize>(),
+        listing.total,
+        counts.join(", ")
+    ));
+    lines.join("\n")
+}
+
+fn table_row(info: &DeadInfo, now_ms: i64) -> String {
+    format!(
+        "{:<36} {:<18} {:>6} {:>8} {:>8} {:>7}  {}",
+        info.id,
+        info.reason,
+        info.error_code.map_or("-".into(), |c| c.to_string()),
+        info.age_secs(now_ms)
+            .map_or("?".into(), |a| format!("{a}s")),
+        info.attempts.map_or("-".into(), |a| a.to_string()),
+        info.replays,
+        info.error_info.as_deref().unwrap_or("")
+    )
 }
 
 fn show(found: Option<DeadJob>, job_id: &str, names: &QueueNames) -> anyhow::Result<ExitCode> {

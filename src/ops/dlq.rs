@@ -6,9 +6,11 @@
 //! published to the jobs queue with confirms and only then removed from the
 //! dead-letter queue, so an interruption at any point loses nothing (at worst
 //! the job is in both queues with the same id and replay count, which the
-//! ledger treats as one). Also what `dlq list` and `dlq show` print: the
-//! listing with its summary, and the whole dead letter; and (in `confirm`)
-//! what an operator confirmed of a selection, by the digest of its ids.
+//! ledger treats as one). Also what `dlq list` reads (a listing with its
+//! summary, holding only what it shows); in `confirm`, what an operator
+//! confirmed of a selection, by the digest of its ids; in `report`, a whole
+//! dead letter as JSON (`dlq show`, the console). How the CLI prints a
+//! listing is the CLI's ([`crate::cli::dlq`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
@@ -18,12 +20,12 @@ use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::broker::{self, headers, BrokerError};
 use crate::pipeline::job;
 
 mod confirm;
+mod report;
 pub use confirm::{selection_digest, Confirmation, SelectedIds, SelectionChanged};
 
 /// One dead letter, held unacked while the command runs.
@@ -402,111 +404,6 @@ impl Listing {
             shown: collect.finish(),
         })
     }
-
-    pub fn json(&self) -> Value {
-        let summary: Vec<Value> = self
-            .summary
-            .iter()
-            .map(|((reason, code), count)| {
-                serde_json::json!({"reason": reason, "code": code, "count": count})
-            })
-            .collect();
-        serde_json::json!({"total": self.total, "summary": summary, "jobs": self.shown})
-    }
-
-    /// A row per job shown under a header, then the counts, as lines.
-    pub fn table(&self, now_ms: i64) -> String {
-        let mut lines = vec![format!(
-            "{:<36} {:<18} {:>6} {:>8} {:>8} {:>7}  INFO",
-            "ID", "REASON", "CODE", "AGE", "ATTEMPTS", "REPLAYS"
-        )];
-        lines.extend(self.shown.iter().map(|info| table_row(info, now_ms)));
-        let counts: Vec<String> = self
-            .summary
-            .iter()
-            .map(|((reason, code), n)| format!("{reason}/{code}: {n}"))
-            .collect();
-        lines.push(format!(
-            "{} of {} dead letters match; by reason/code: {}",
-            self.summary.values().sum::<usize>(),
-            self.total,
-            counts.join(", ")
-        ));
-        lines.join("\n")
-    }
-}
-
-fn table_row(info: &DeadInfo, now_ms: i64) -> String {
-    format!(
-        "{:<36} {:<18} {:>6} {:>8} {:>8} {:>7}  {}",
-        info.id,
-        info.reason,
-        info.error_code.map_or("-".into(), |c| c.to_string()),
-        info.age_secs(now_ms)
-            .map_or("?".into(), |a| format!("{a}s")),
-        info.attempts.map_or("-".into(), |a| a.to_string()),
-        info.replays,
-        info.error_info.as_deref().unwrap_or("")
-    )
-}
-
-impl DeadJob {
-    /// The whole dead letter, for `dlq show`: why it died, its body (as JSON
-    /// when it is JSON), its properties and every header.
-    pub fn report(&self) -> Value {
-        let body = serde_json::from_slice::<Value>(&self.body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()));
-        let p = &self.properties;
-        let headers = p
-            .headers()
-            .as_ref()
-            .map_or_else(|| serde_json::json!({}), table_to_json);
-        serde_json::json!({
-            "id": self.id,
-            "why": self.info,
-            "body": body,
-            "properties": {
-                "message_id": p.message_id().as_ref().map(|s| s.to_string()),
-                "content_type": p.content_type().as_ref().map(|s| s.to_string()),
-                "timestamp": p.timestamp(),
-                "expiration": p.expiration().as_ref().map(|s| s.to_string()),
-                "delivery_mode": p.delivery_mode(),
-                "headers": headers,
-            },
-        })
-    }
-}
-
-/// An AMQP header value as JSON.
-fn amqp_to_json(value: &AMQPValue) -> Value {
-    use AMQPValue as V;
-    match value {
-        V::Boolean(b) => (*b).into(),
-        V::ShortShortInt(v) => (*v).into(),
-        V::ShortShortUInt(v) => (*v).into(),
-        V::ShortInt(v) => (*v).into(),
-        V::ShortUInt(v) => (*v).into(),
-        V::LongInt(v) => (*v).into(),
-        V::LongUInt(v) => (*v).into(),
-        V::LongLongInt(v) => (*v).into(),
-        V::Float(v) => (*v).into(),
-        V::Double(v) => (*v).into(),
-        V::Timestamp(v) => (*v).into(),
-        V::ShortString(s) => s.as_str().into(),
-        V::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned().into(),
-        V::FieldArray(items) => items.as_slice().iter().map(amqp_to_json).collect(),
-        V::FieldTable(table) => table_to_json(table),
-        V::Void => Value::Null,
-        other => format!("{other:?}").into(),
-    }
-}
-
-fn table_to_json(table: &FieldTable) -> Value {
-    table
-        .inner()
-        .iter()
-        .map(|(k, v)| (k.to_string(), amqp_to_json(v)))
-        .collect()
 }
 
 #[cfg(test)]
