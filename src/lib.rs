@@ -1,22 +1,23 @@
 //! broadcast-worker: a rate-limited RabbitMQ worker for Tencent Cloud Chat's
 //! `send_broadcast_msg`.
 //!
-//! A map of the modules, in the order data flows:
-//! - [`tencent`]: the external API, with no AMQP and no SQL: the request body
-//!   and its element rules, the UserSig, the HTTP client, the classification
-//!   of answers, and a local simulator of the service.
-//! - [`broker`]: RabbitMQ: topology, publishing with confirms, dead letters and
-//!   the header names they carry.
-//! - [`ledger`]: the delivery record in PostgreSQL that makes delivery once.
-//! - [`pipeline`]: the worker: deliveries in, calls out, each job settled.
-//! - [`ops`]: what operators use: telemetry and status, the dead-letter queue,
-//!   `enqueue`, `jobs show`.
-//! - [`console`]: the operator's web console and its JSON API on the ops
-//!   endpoint: each app's flow, its dead letters, replay and purge.
-//! - [`fleet`]: one process serving many apps: the apps file, a worker per
-//!   app, reloads, and the active senders spread over the replicas.
-//! - [`cli`]: the subcommands and their settings.
+//! A map of the modules, one line each, from the floor up: a module
+//! imports only modules above it in this list (`.ci/structure.py` checks
+//! that no file imports, directly or not, one that imports it).
+//! - [`clock`]: unix time, written once; imports nothing of the crate.
 //! - [`text`]: text about producer input, cut to a bound with a marker.
+//! - [`telemetry`]: metric names and descriptions, the Prometheus recorder; imports nothing of the crate.
+//! - [`tencent`]: the external API, no AMQP, no SQL: body, element rules, UserSig, client, classification.
+//! - [`simulator`]: a local `send_broadcast_msg`, a test double and the demo's engine.
+//! - [`broker`]: RabbitMQ: topology, confirmed publishing, dead letters and their headers.
+//! - [`ledger`]: the delivery record in PostgreSQL that makes delivery once.
+//! - [`status`]: each app's worker as others see it: flags, recent flow, the board, the queue sampler.
+//! - [`pipeline`]: the worker: deliveries in, calls out, each job settled.
+//! - [`fleet`]: one process serving many apps: the apps file, a worker per app, reloads, balancing.
+//! - [`ops`]: what operators use above the worker: the dead-letter queue, `enqueue`, `jobs show`.
+//! - [`console`]: the operator's web console and its JSON API: each app's flow, dead letters, replay, purge.
+//! - [`ops_endpoint`]: `/metrics`, `/healthz`, `/readyz`, with the console's routes mounted.
+//! - [`cli`]: the subcommands, their settings, and the life `run` shares with the fleet.
 
 pub mod broker;
 pub mod cli;

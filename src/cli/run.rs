@@ -1,5 +1,5 @@
 //! `run`: the worker's settings, checked into a [`WorkerConfig`], and the
-//! one app's worker run through the life [`serve_until_signal`] gives
+//! one app's worker run through the life `lifecycle::serve_until_signal` gives
 //! `run` (migrate the ledger, serve the ops endpoint, consume until SIGINT
 //! or SIGTERM, then finish the call in flight); `run --apps-file` goes on
 //! in `fleet`.
