@@ -11,7 +11,7 @@ use crate::tencent::client::ApiConfig;
 use crate::tencent::usersig::SecretKey;
 
 use super::crash::CrashPoint;
-use super::limiter::SlowDown;
+use super::pacer::SlowDown;
 
 /// Defaults, in the units the command line takes them.
 pub mod defaults {
