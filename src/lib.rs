@@ -25,5 +25,6 @@ pub mod fleet;
 pub mod ledger;
 pub mod ops;
 pub mod pipeline;
+pub mod settings;
 pub mod tencent;
 pub mod text;

@@ -122,26 +122,7 @@ impl<B: Book> Session<'_, B> {
             why = connection_lost(connection) => SessionEnd::Broker(why),
         };
         sampler.abort();
-        // Stop consuming, then hand back everything not settled; bounded in
-        // time, since the connection may be gone.
-        let wind_down = async {
-            let _ = channels
-                .consume
-                .basic_cancel(
-                    channels.consumer_tag.as_str().into(),
-                    BasicCancelOptions::default(),
-                )
-                .await;
-            consumer_task.abort();
-            if matches!(end, SessionEnd::Stopped) {
-                send.hand_back().await;
-            }
-            let _ = channels.consume.close(200, "worker stopping".into()).await;
-            let _ = channels.publish.close(200, "worker stopping".into()).await;
-        };
-        if tokio::time::timeout(WIND_DOWN, wind_down).await.is_err() {
-            warn!("the broker did not answer while the session wound down: closing the connection, which returns every unsettled job");
-        }
+        send.wind_down(&channels, consumer_task, &end).await;
         send.settler.book.close();
         self.status.set_consuming(false);
         Ok(end)
@@ -277,6 +258,35 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
             status: self.status,
             crash: self.crash,
             stop: self.stop,
+        }
+    }
+
+    /// Stops consuming, then (when the session stopped, rather than lost
+    /// its broker) hands back everything not settled; bounded in time, since
+    /// the connection may be gone.
+    async fn wind_down(
+        &mut self,
+        channels: &Channels,
+        consumer_task: tokio::task::JoinHandle<()>,
+        end: &SessionEnd,
+    ) {
+        let wind_down = async {
+            let _ = channels
+                .consume
+                .basic_cancel(
+                    channels.consumer_tag.as_str().into(),
+                    BasicCancelOptions::default(),
+                )
+                .await;
+            consumer_task.abort();
+            if matches!(end, SessionEnd::Stopped) {
+                self.hand_back().await;
+            }
+            let _ = channels.consume.close(200, "worker stopping".into()).await;
+            let _ = channels.publish.close(200, "worker stopping".into()).await;
+        };
+        if tokio::time::timeout(WIND_DOWN, wind_down).await.is_err() {
+            warn!("the broker did not answer while the session wound down: closing the connection, which returns every unsettled job");
         }
     }
 
