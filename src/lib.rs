@@ -13,6 +13,7 @@
 //! - [`ledger`]: the delivery record in PostgreSQL that makes delivery once.
 //! - [`status`]: each app's worker as others see it: flags, recent flow, the board, the queue sampler.
 //! - [`pipeline`]: the worker: deliveries in, calls out, each job settled.
+//! - [`settings`]: an app's sending settings, from flags or an apps file, checked and applied once.
 //! - [`fleet`]: one process serving many apps: the apps file, a worker per app, reloads, balancing.
 //! - [`ops`]: what operators use above the worker: the dead-letter queue, `enqueue`, `jobs show`.
 //! - [`console`]: the operator's web console and its JSON API: each app's flow, dead letters, replay, purge.
@@ -28,6 +29,7 @@ pub mod ledger;
 pub mod ops;
 pub mod ops_endpoint;
 pub mod pipeline;
+pub mod settings;
 pub mod simulator;
 pub mod status;
 pub mod telemetry;

@@ -133,9 +133,9 @@ proptest! {
             let key = format!("{:?}", batch.key);
             for q in &batch.jobs {
                 prop_assert_eq!(&q.job.key, &batch.key, "a call mixed merge keys");
-                *seen.entry(q.tag).or_insert(0) += 1;
-                if let Some(prev) = last_per_key.insert(key.clone(), q.tag) {
-                    prop_assert!(q.tag > prev, "job {} sent after {} of its key", q.tag, prev);
+                *seen.entry(q.delivery).or_insert(0) += 1;
+                if let Some(prev) = last_per_key.insert(key.clone(), q.delivery) {
+                    prop_assert!(q.delivery > prev, "job {} sent after {} of its key", q.delivery, prev);
                 }
             }
             Ok(())

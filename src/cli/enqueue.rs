@@ -14,6 +14,7 @@ use crate::broker;
 use crate::cli::args::{AppChoice, BrokerArgs, ChosenApp};
 use crate::ops::enqueue::{publish_lines, text_job, LineResult, PublishOptions};
 use crate::pipeline::{CallRules, CustomMerge};
+use crate::settings::AppSettings;
 use crate::tencent::body::MAX_BODY_BYTES;
 
 /// Confirms kept outstanding while publishing.
@@ -94,13 +95,16 @@ impl EnqueueArgs {
     /// The publishing options; lines are checked with the chosen app's
     /// settings from the apps file, which go over the flags as in `run`.
     fn options(&self, chosen: &ChosenApp) -> anyhow::Result<PublishOptions> {
-        let entry = chosen.entry();
-        let max_batch_bytes = entry
-            .and_then(|e| e.max_batch_bytes)
-            .unwrap_or(self.max_batch_bytes);
-        let custom_merge = entry
-            .and_then(|e| e.custom_merge)
-            .unwrap_or(self.custom_merge);
+        let flags = AppSettings {
+            max_batch_bytes: self.max_batch_bytes,
+            custom_merge: self.custom_merge,
+            ..AppSettings::default()
+        };
+        let settings = match chosen.entry() {
+            Some(entry) => entry.settings_over(&flags).map_err(anyhow::Error::msg)?,
+            None => flags,
+        };
+        let (max_batch_bytes, custom_merge) = (settings.max_batch_bytes, settings.custom_merge);
         Ok(PublishOptions {
             deadline_in: positive_secs("--deadline-secs", self.deadline_secs)?,
             expiration: positive_secs("--expiration-secs", self.expiration_secs)?,

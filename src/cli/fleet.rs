@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tracing::info;
 
-use crate::cli::app::SecretArgs;
+use crate::cli::args::BrokerArgs;
 use crate::cli::lifecycle::{serve_until_signal, Lifecycle, Words};
 use crate::cli::run::RunArgs;
 use crate::console::Console;
@@ -32,45 +32,26 @@ impl RunArgs {
         entry: &AppEntry,
         ledger: Option<&Ledger>,
     ) -> anyhow::Result<WorkerConfig> {
-        let mut args = self.clone();
-        args.apps_file = None;
-        args.database_url = None;
-        args.broker.queue_prefix = entry.queue_prefix(&self.broker.queue_prefix);
-        args.app.sdkappid = Some(entry.sdkappid);
-        args.app.identifier = Some(entry.identifier.clone());
-        args.app.secret = SecretArgs {
-            secret_key: None,
-            secret_key_file: Some(entry.secret_key_file.clone()),
-        };
-        let e = entry.clone();
-        macro_rules! over {
-            ($($field:ident),*) => { $( if let Some(v) = e.$field { args.$field = v; } )* };
+        let settings = entry
+            .settings_over(&self.sending)
+            .map_err(anyhow::Error::msg)?;
+        let mistakes = settings.mistakes();
+        if !mistakes.is_empty() {
+            anyhow::bail!("{}", mistakes.join("; "));
         }
-        over!(
-            base_url,
-            rate,
-            rate_guard_ms,
-            max_batch_bytes,
-            custom_merge,
-            class_overrides,
-            on_app_fault,
-            app_fault_probe_secs,
-            max_attempts,
-            max_retry_age_secs,
-            backoff_min_ms,
-            backoff_max_ms,
-            request_timeout_ms,
-            connect_timeout_ms,
-            usersig_ttl_secs,
-            resend_window_secs,
-            in_doubt
-        );
-        if e.max_jobs_per_call.is_some() {
-            args.max_jobs_per_call = e.max_jobs_per_call;
+        for warning in settings.warnings() {
+            tracing::warn!(sdkappid = entry.sdkappid, "{warning}");
         }
-        let mut config = args.worker_config()?;
-        config.ledger = ledger.cloned();
-        Ok(config)
+        let topology = BrokerArgs {
+            queue_prefix: entry.queue_prefix(&self.broker.queue_prefix),
+            ..self.broker.clone()
+        }
+        .check()?;
+        let api = settings
+            .api(entry.sdkappid, entry.identifier.clone())
+            .map_err(anyhow::Error::msg)?;
+        let key = entry.secret_key().map_err(anyhow::Error::msg)?;
+        self.config_for(topology, api, key, &settings, ledger.cloned())
     }
 
     /// Every app of the file with its settings, or every mistake found.

@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context};
 use crate::cli::app::AppArgs;
 use crate::cli::signal::shutdown_signal;
 use crate::fleet::apps::read_apps_file;
+use crate::settings::AppSettings;
 use crate::simulator::{FaultPlan, RepeatBy, SimulatorConfig, SimulatorSet};
 use crate::tencent::body::MAX_BODY_BYTES;
 use crate::tencent::usersig::SecretKey;
@@ -114,7 +115,14 @@ impl SimulateArgs {
                 let key = entry
                     .secret_key()
                     .map_err(|e| anyhow!("app {}: {e}", entry.sdkappid))?;
-                let rate = entry.rate.unwrap_or(self.rate);
+                let flags = AppSettings {
+                    rate: self.rate,
+                    ..AppSettings::default()
+                };
+                let rate = entry
+                    .settings_over(&flags)
+                    .map_err(|e| anyhow!("app {}: {e}", entry.sdkappid))?
+                    .rate;
                 Ok(self.simulator_config(entry.sdkappid, entry.identifier, key, rate))
             })
             .collect()

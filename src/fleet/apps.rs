@@ -1,19 +1,15 @@
 //! The apps file: one `[[app]]` table per app a fleet serves, read and
-//! checked whole, every mistake reported at once with where it is. Which
-//! settings an app may set is this struct's fields; anything else is an
-//! unknown key.
+//! checked whole, every mistake reported at once with where it is. An entry
+//! is the app's identity and key, and any of the [`AppSettings`] by their
+//! names, over the command line's; anything else is an unknown key.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::pipeline::{AppFaultPolicy, CustomMerge, InDoubtPolicy};
-use crate::tencent::body::MAX_BODY_BYTES;
+use crate::settings::AppSettings;
 use crate::tencent::usersig::SecretKey;
-
-/// The fastest rate an app may be given, in calls per second.
-pub const MAX_RATE: f64 = 100.0;
 
 /// Why an apps file cannot be used; each line says one mistake.
 #[derive(Debug, thiserror::Error)]
@@ -42,29 +38,13 @@ struct AppsFile {
 /// One app, as the file gives it. Settings left out take the value of the
 /// command line (or its environment variable, or its default).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AppEntry {
     pub sdkappid: u64,
     pub identifier: String,
     pub secret_key_file: PathBuf,
-    pub base_url: Option<String>,
-    pub rate: Option<f64>,
-    pub rate_guard_ms: Option<u64>,
-    pub max_batch_bytes: Option<usize>,
-    pub max_jobs_per_call: Option<usize>,
-    pub custom_merge: Option<CustomMerge>,
-    pub class_overrides: Option<String>,
-    pub on_app_fault: Option<AppFaultPolicy>,
-    pub app_fault_probe_secs: Option<f64>,
-    pub max_attempts: Option<u32>,
-    pub max_retry_age_secs: Option<u64>,
-    pub backoff_min_ms: Option<u64>,
-    pub backoff_max_ms: Option<u64>,
-    pub request_timeout_ms: Option<u64>,
-    pub connect_timeout_ms: Option<u64>,
-    pub usersig_ttl_secs: Option<u64>,
-    pub resend_window_secs: Option<u64>,
-    pub in_doubt: Option<InDoubtPolicy>,
+    /// The entry's other keys: settings, by their names.
+    #[serde(flatten)]
+    pub settings: toml::Table,
 }
 
 impl AppEntry {
@@ -93,62 +73,29 @@ impl AppEntry {
         Ok(SecretKey::new(key))
     }
 
+    /// The app's settings: `base`'s (the command line's), with the entry's
+    /// over them.
+    pub fn settings_over(&self, base: &AppSettings) -> Result<AppSettings, String> {
+        base.over(&self.settings)
+    }
+
     /// The mistakes in this entry's own values (not the ones it shares
-    /// with the others, such as a duplicate SDKAppID).
+    /// with the others, such as a duplicate SDKAppID), its settings checked
+    /// over the defaults.
     fn mistakes(&self) -> Vec<String> {
         let mut mistakes = Vec::new();
-        let mut check = |ok: bool, what: String| {
-            if !ok {
-                mistakes.push(what);
-            }
-        };
-        check(
-            self.sdkappid > 0,
-            "sdkappid must be a positive number".into(),
-        );
-        check(
-            !self.identifier.trim().is_empty(),
-            "identifier must not be empty".into(),
-        );
+        if self.sdkappid == 0 {
+            mistakes.push("sdkappid must be a positive number".into());
+        }
+        if self.identifier.trim().is_empty() {
+            mistakes.push("identifier must not be empty".into());
+        }
         if let Err(e) = self.secret_key() {
-            check(false, e);
+            mistakes.push(e);
         }
-        if let Some(url) = &self.base_url {
-            match url::Url::parse(url) {
-                Ok(u) => check(
-                    matches!(u.scheme(), "http" | "https"),
-                    format!("base_url must be http or https, not {:?}", u.scheme()),
-                ),
-                Err(e) => check(false, format!("base_url {url:?} is not a URL: {e}")),
-            }
-        }
-        if let Some(rate) = self.rate {
-            check(
-                rate.is_finite() && rate > 0.0 && rate <= MAX_RATE,
-                format!(
-                    "rate {rate} is out of range: more than 0, at most {MAX_RATE} calls per second"
-                ),
-            );
-        }
-        if let Some(bytes) = self.max_batch_bytes {
-            check(
-                (256..=MAX_BODY_BYTES).contains(&bytes),
-                format!("max_batch_bytes {bytes} is out of range: 256 to {MAX_BODY_BYTES}"),
-            );
-        }
-        check(
-            self.max_jobs_per_call != Some(0),
-            "max_jobs_per_call must be at least 1".into(),
-        );
-        check(
-            self.max_attempts != Some(0),
-            "max_attempts must be at least 1".into(),
-        );
-        if let Some(secs) = self.app_fault_probe_secs {
-            check(
-                secs.is_finite() && secs > 0.0,
-                format!("app_fault_probe_secs {secs} must be positive"),
-            );
+        match self.settings_over(&AppSettings::default()) {
+            Ok(settings) => mistakes.extend(settings.mistakes()),
+            Err(e) => mistakes.push(e),
         }
         mistakes
     }
@@ -213,6 +160,7 @@ fn parse_apps(text: &str, beside: &Path) -> Result<Vec<AppEntry>, Parse> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::{AppFaultPolicy, CustomMerge};
 
     fn key_file(name: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!("bw-apps-{}-{name}", std::process::id()));
@@ -249,10 +197,15 @@ mod tests {
         );
         let apps = parse_apps(&text, Path::new("/")).ok().unwrap();
         assert_eq!(apps.len(), 2);
-        assert_eq!(apps[0].rate, Some(5.0));
-        assert_eq!(apps[1].custom_merge, Some(CustomMerge::Envelope));
-        assert_eq!(apps[1].on_app_fault, Some(AppFaultPolicy::DeadLetter));
-        assert_eq!(apps[1].max_batch_bytes, Some(6000));
+        let base = AppSettings::default();
+        let (one, two) = (
+            apps[0].settings_over(&base).unwrap(),
+            apps[1].settings_over(&base).unwrap(),
+        );
+        assert_eq!(one.rate, 5.0);
+        assert_eq!(two.custom_merge, CustomMerge::Envelope);
+        assert_eq!(two.on_app_fault, AppFaultPolicy::DeadLetter);
+        assert_eq!(two.max_batch_bytes, 6000);
         assert!(!format!("{:?}", apps[0].secret_key().unwrap()).contains("k3y"));
     }
 

@@ -17,19 +17,23 @@ use super::config::CallRules;
 use super::job::{Custom, Job};
 
 /// A job in the batcher, with whatever the caller needs to settle it later
-/// (the delivery's acker, in the worker; nothing, in tests).
+/// (its delivery from the broker, in the worker; a number, in tests).
 #[derive(Debug)]
 pub struct Queued<T> {
     pub job: Job,
-    pub tag: T,
+    pub delivery: T,
     /// Arrival order across all keys.
     seq: u64,
 }
 
 impl<T> Queued<T> {
     /// A job outside any batcher (a call rebuilt from the ledger).
-    pub fn new(job: Job, tag: T) -> Self {
-        Self { job, tag, seq: 0 }
+    pub fn new(job: Job, delivery: T) -> Self {
+        Self {
+            job,
+            delivery,
+            seq: 0,
+        }
     }
 }
 
@@ -75,10 +79,10 @@ impl<T> Batcher<T> {
         self.len == 0
     }
 
-    pub fn push(&mut self, job: Job, tag: T) {
+    pub fn push(&mut self, job: Job, delivery: T) {
         let queued = Queued {
             job,
-            tag,
+            delivery,
             seq: self.next_seq,
         };
         self.next_seq += 1;
@@ -311,7 +315,7 @@ mod tests {
         let mut prev_first = None;
         while let Some(batch) = b.take_batch(&CallRules::default()) {
             assert!(batch.body.len() <= 12_000);
-            let tags: Vec<i32> = batch.jobs.iter().map(|q| q.tag).collect();
+            let tags: Vec<i32> = batch.jobs.iter().map(|q| q.delivery).collect();
             assert!(tags.windows(2).all(|w| w[0] < w[1]), "arrival order kept");
             assert!(batch.jobs.iter().all(|q| q.job.key == batch.key));
             // The oldest waiting job always leads the next call.
@@ -362,9 +366,12 @@ mod tests {
         let batch = b.take_batch(&CallRules::default()).unwrap();
         let random = batch.random;
         let (left, right) = batch.split();
-        assert_eq!(left.jobs.iter().map(|q| q.tag).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(
-            right.jobs.iter().map(|q| q.tag).collect::<Vec<_>>(),
+            left.jobs.iter().map(|q| q.delivery).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        assert_eq!(
+            right.jobs.iter().map(|q| q.delivery).collect::<Vec<_>>(),
             [2, 3, 4]
         );
         assert_ne!(left.random, random);
@@ -419,7 +426,7 @@ mod tests {
         let mut calls = Vec::new();
         while let Some(batch) = b.take_batch(&rules) {
             assert!(custom_elements(&batch) <= 1);
-            calls.push(batch.jobs.iter().map(|q| q.tag).collect::<Vec<_>>());
+            calls.push(batch.jobs.iter().map(|q| q.delivery).collect::<Vec<_>>());
         }
         assert_eq!(calls, [vec![0, 1], vec![2, 3, 4], vec![5], vec![6]]);
     }
@@ -452,7 +459,7 @@ mod tests {
                 .unwrap();
             let data: serde_json::Value =
                 serde_json::from_str(envelope["MsgContent"]["Data"].as_str().unwrap()).unwrap();
-            let tags: Vec<usize> = batch.jobs.iter().map(|q| q.tag).collect();
+            let tags: Vec<usize> = batch.jobs.iter().map(|q| q.delivery).collect();
             for (item, tag) in data["batch"].as_array().unwrap().iter().zip(&tags) {
                 if *tag < 400 {
                     assert_eq!(item["n"], *tag as u64, "payloads in order");

@@ -12,7 +12,7 @@ use crate::broker::DeadReason;
 use super::batcher::Batch;
 use super::delivery::Pending;
 use super::job::Job;
-use super::settle::{dead_letter_fate, Fate, Settlement};
+use super::settler::{dead_letter_fate, Fate, Settlement};
 
 /// One call to make: a fresh batch, a half of a refused one, or a call the
 /// ledger holds as in flight, to be resent byte for byte.
@@ -86,7 +86,7 @@ pub fn look_again(call: Call) -> CallEnd {
             .into_iter()
             .map(|mut q| {
                 q.job.recheck = true;
-                (q.job, q.tag)
+                (q.job, q.delivery)
             })
             .collect(),
     )
@@ -98,7 +98,7 @@ pub fn leave(call: Call) -> CallEnd {
         call.batch
             .jobs
             .into_iter()
-            .map(|q| (q.job, q.tag, Fate::Leave))
+            .map(|q| (q.job, q.delivery, Fate::Leave))
             .collect(),
     )
 }
@@ -111,8 +111,8 @@ pub fn dead_letter_all(call: Call, reason: DeadReason, code: Option<i64>, info: 
             .jobs
             .into_iter()
             .map(|q| {
-                let fate = dead_letter_fate(&q.tag, reason, code, info.clone(), ledger_call);
-                (q.job, q.tag, fate)
+                let fate = dead_letter_fate(&q.delivery, reason, code, info.clone(), ledger_call);
+                (q.job, q.delivery, fate)
             })
             .collect(),
     )

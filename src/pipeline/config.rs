@@ -11,7 +11,7 @@ use crate::tencent::client::ApiConfig;
 use crate::tencent::usersig::SecretKey;
 
 use super::crash::CrashPoint;
-use super::limiter::SlowDown;
+use super::pacer::SlowDown;
 
 /// Defaults, in the units the command line takes them.
 pub mod defaults {
@@ -51,7 +51,9 @@ pub mod defaults {
 }
 
 /// What to do when the service says the app itself is misconfigured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AppFaultPolicy {
     /// Stop sending, keep every job, probe slowly until the fault is fixed.
@@ -134,7 +136,17 @@ impl Default for Policy {
 
 /// How custom jobs share a call, given that a message may hold only one
 /// `TIMCustomElem`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum CustomMerge {
     /// One custom element per call; other elements fill around it.
@@ -169,7 +181,9 @@ impl Default for CallRules {
 
 /// What to do with a job whose call has been in flight for longer than the
 /// service's repeat window: resending it may broadcast it twice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum InDoubtPolicy {
     /// Dead-letter it as `in-doubt` for an operator to decide.

@@ -5,6 +5,7 @@
 //! carries that job: a job that crashes the worker each time it is sent.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use clap::ValueEnum;
 
@@ -32,12 +33,13 @@ pub fn parse_crash_at(spec: &str) -> Result<(CrashPoint, u32), String> {
     Ok((point, n.max(1)))
 }
 
-/// Counts the points reached and exits at the configured one.
-#[derive(Debug, Default)]
+/// Counts the points reached and exits at the configured one. Clones share
+/// the counts: the parts of one worker that reach points count together.
+#[derive(Debug, Default, Clone)]
 pub struct CrashHook {
     at: Option<(CrashPoint, u32)>,
     on_job: Option<String>,
-    counts: HashMap<CrashPoint, u32>,
+    counts: Arc<Mutex<HashMap<CrashPoint, u32>>>,
 }
 
 impl CrashHook {
@@ -45,12 +47,12 @@ impl CrashHook {
         Self {
             at,
             on_job,
-            counts: HashMap::new(),
+            counts: Arc::default(),
         }
     }
 
     /// Before a call's attempts: [`CrashPoint::BeforeCall`], and the job trigger.
-    pub fn before_call<'a>(&mut self, mut job_ids: impl Iterator<Item = &'a str>) {
+    pub fn before_call<'a>(&self, mut job_ids: impl Iterator<Item = &'a str>) {
         self.reached(CrashPoint::BeforeCall);
         if let Some(doomed) = &self.on_job {
             if job_ids.any(|id| id == doomed) {
@@ -61,14 +63,15 @@ impl CrashHook {
     }
 
     /// Exits the process at once if this is the configured point and count.
-    pub fn reached(&mut self, point: CrashPoint) {
+    pub fn reached(&self, point: CrashPoint) {
         let Some((at, n)) = self.at else {
             return;
         };
         if at != point {
             return;
         }
-        let count = self.counts.entry(point).or_insert(0);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(point).or_insert(0);
         *count += 1;
         if *count == n {
             eprintln!("crash point {point:?} reached ({n}): exiting abruptly");

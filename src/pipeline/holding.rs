@@ -124,11 +124,11 @@ impl Holding {
             .arrived
             .iter()
             .map(|(_, p)| p.first_seen_ms)
-            .chain(self.batcher.iter().map(|q| q.tag.first_seen_ms))
+            .chain(self.batcher.iter().map(|q| q.delivery.first_seen_ms))
             .chain(
                 self.recovering
                     .iter()
-                    .flat_map(|c| c.batch.jobs.iter().map(|q| q.tag.first_seen_ms)),
+                    .flat_map(|c| c.batch.jobs.iter().map(|q| q.delivery.first_seen_ms)),
             )
             .min();
         oldest.map_or(0.0, |ms| {
@@ -147,9 +147,9 @@ impl Holding {
         all.extend(
             self.recovering
                 .drain(..)
-                .flat_map(|call| call.batch.jobs.into_iter().map(|q| q.tag)),
+                .flat_map(|call| call.batch.jobs.into_iter().map(|q| q.delivery)),
         );
-        all.extend(self.batcher.drain().into_iter().map(|q| q.tag));
+        all.extend(self.batcher.drain().into_iter().map(|q| q.delivery));
         all
     }
 }

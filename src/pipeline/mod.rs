@@ -1,53 +1,52 @@
-//! The worker: deliveries in from the jobs queue, calls out through the token
-//! bucket, each job settled (acked, dead-lettered, or left in the queue) by
-//! what the service answered. Data flows one way, a module per step:
+//! The worker: deliveries in from the jobs queue, calls out at the app's
+//! pace, each job settled (acked, dead-lettered, or left in the queue) by
+//! what the service answered. Data flows one way:
 //!
 //! ```text
-//! decoder:  delivery -> decode -> Job (or dead letter on arrival) --channel-->
-//! session:  holding area -> admit (ledger) -> batcher -> permit (limiter)
-//! sender:   take the call -> attempt -> classify -> decision -> step
-//! settle:   ack, dead letter, or return to the queue
+//! decoder:   delivery -> properties, job -> Job (or dead letter on arrival) --channel-->
+//! session:   holding area -> admit (book) -> batcher -> permit (pacer)
+//! attempts:  call -> turn (pacer + book claim) -> attempt (sender) -> decide -> step
+//! settler:   ack, dead letter, or return to the queue (book first)
 //! ```
 //!
-//! - [`config`]: every setting and its default; [`crash`]: the test-only crash hook.
-//! - [`job`]: decoding a delivery into a validated job; `delivery`: the held
-//!   delivery and the three ways it ends.
-//! - `decoder`: the consumer task; `holding`: the jobs held from arrival to call;
-//!   `admit`: sorting arrivals by what the ledger knows.
-//! - [`batcher`]: packing jobs into calls; [`limiter`]: the token bucket.
-//! - `session`: one broker session and its send loop; `call`: a call to make
-//!   and how it ends; `sender`: one call's attempts; [`decision`]: the pure step after each answer; `settle`: fates
-//!   carried out; `ledger_retry`: ledger operations retried while it is down;
-//!   `randoms`: the `Random`s used lately, when there is no ledger; `claim`:
-//!   the call made this session's before each attempt (fencing).
+//! The worker is made of parts that own their state:
+//! - [`pacer`]: the app's quota (bucket, window of answers, gaps); `sender`:
+//!   one attempt (signer, client, classifier) with the pacer;
+//! - [`book`]: what is remembered of jobs and calls (the ledger, or memory);
+//! - `settler`: the one place that acks, dead-letters and requeues;
+//! - `session`: one broker session and its send loop; `attempts`: one call's
+//!   attempts and what they turn into; `admit`: arrivals sorted by the book.
+//!
+//! And their pure or plain pieces: [`config`] (every setting and its
+//! default), [`job`] and `properties` (decoding a delivery), [`batcher`]
+//! (packing), [`decision`] (the step after each answer), `call` (a call and
+//! how it ends), `holding` (the jobs held from arrival to call), `delivery`
+//! (a held delivery and where its dead letter goes), `decoder` (the consumer
+//! task), `end` (how a session ends), [`crash`] (the test-only crash hook).
 //!
 //! A session is one broker connection. When it breaks, everything not yet
 //! settled is simply dropped (the broker redelivers it) and a new session
-//! starts after a backoff. The limiter and the UserSig outlive sessions.
-//!
-//! With a ledger, arriving jobs are looked up first: settled ones are acked
-//! without a call, jobs of a call still in flight make that very call be sent
-//! again (the service drops it as a repeat if it got through), and each call is
-//! recorded before its first attempt and after its answer, before any ack.
+//! starts after a backoff. The sender (its pace, its UserSig) and the book
+//! outlive sessions.
 
 mod admit;
+mod attempts;
 pub mod batcher;
+pub mod book;
 mod call;
-mod claim;
 pub mod config;
 pub mod crash;
 pub mod decision;
 mod decoder;
 mod delivery;
+mod end;
 mod holding;
 pub mod job;
-mod ledger_retry;
-pub mod limiter;
+pub mod pacer;
 mod properties;
-mod randoms;
 mod sender;
 mod session;
-mod settle;
+mod settler;
 
 pub use config::{AppFaultPolicy, CallRules, CustomMerge, InDoubtPolicy, Policy, WorkerConfig};
 
@@ -61,13 +60,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::BrokerError;
-use crate::ledger::{LedgerError, LedgerSession, Ownership};
+use crate::ledger::LedgerError;
 use crate::status::WorkerStatus;
-use crate::tencent::client::{ApiClient, TransportError};
-use crate::tencent::usersig::Signer;
+use crate::tencent::client::TransportError;
+use book::{Book, InMemory, Ledgered};
 use crash::CrashHook;
-use ledger_retry::{prune_forever, ShuttingDown};
-use limiter::Limiter;
+use end::SessionEnd;
+use sender::Sender;
+use session::Session;
 
 /// A failure the worker cannot recover from by reconnecting.
 #[derive(Debug, thiserror::Error)]
@@ -80,59 +80,29 @@ pub enum WorkerError {
     Ledger(#[from] LedgerError),
 }
 
-/// How a session ended (or why a step of it cannot go on).
-#[derive(Debug)]
-enum SessionEnd {
-    Shutdown,
-    Broker(String),
-    /// The ledger says a later session owns a call this one held: the broker
-    /// has handed the queue on, whether or not this connection noticed.
-    Superseded {
-        call: i64,
-    },
-}
-
-/// A ledger write found the call taken over by a later session.
-fn still_held(ownership: Ownership, call: i64) -> Result<(), SessionEnd> {
-    match ownership {
-        Ownership::Held => Ok(()),
-        Ownership::Lost => Err(SessionEnd::Superseded { call }),
-    }
-}
-
-impl From<BrokerError> for SessionEnd {
-    fn from(e: BrokerError) -> Self {
-        SessionEnd::Broker(e.to_string())
-    }
-}
-
-impl From<ShuttingDown> for SessionEnd {
-    fn from(_: ShuttingDown) -> Self {
-        SessionEnd::Shutdown
-    }
-}
-
-/// The worker. Build it once; `run` it until shutdown.
+/// One app's worker. Build it once; `run` it until shutdown.
 pub struct Worker {
-    config: WorkerConfig,
-    client: ApiClient,
-    limiter: Limiter,
-    signer: Signer,
     status: Arc<WorkerStatus>,
-    crash: CrashHook,
-    /// When the last call was sent, for the limiter's gap between sends.
-    last_send: Option<Instant>,
-    /// Without a ledger: the `Random`s used within the repeat window.
-    recent_randoms: randoms::RecentRandoms,
-    /// With a ledger: this session's token, drawn when it became the app's
-    /// sender; the calls it records are fenced by it.
-    ledger_session: Option<LedgerSession>,
-    /// Ends the current session as a shutdown would, and starts the next at
+    /// Ends the current session as a stop would, and starts the next at
     /// once: the app's queue moves to the next replica in line.
     release: Arc<Notify>,
-    /// How long the last claim took: the next starts that much before its
-    /// turn, so the ledger's round trip does not lengthen every period.
-    claim_lead: Duration,
+    /// The worker, with the book its settings chose.
+    parts: Parts,
+}
+
+enum Parts {
+    Ledgered(Parted<Ledgered>),
+    InMemory(Parted<InMemory>),
+}
+
+/// The parts that outlive sessions.
+struct Parted<B: Book> {
+    config: WorkerConfig,
+    sender: Sender,
+    book: B,
+    status: Arc<WorkerStatus>,
+    release: Arc<Notify>,
+    crash: CrashHook,
 }
 
 impl Worker {
@@ -141,32 +111,31 @@ impl Worker {
             WorkerStatus::for_app(config.api.sdkappid)
                 .with_queues(config.topology.names.clone(), config.rate),
         );
-        metrics::gauge!(crate::telemetry::RATE, crate::telemetry::SDKAPPID => status.app.clone())
-            .set(config.rate);
+        let release = Arc::new(Notify::new());
+        let sender = Sender::new(&config, status.clone())?;
+        let crash = CrashHook::new(config.crash_at, config.crash_on_job.clone());
         // Every record the worker reads or writes is its app's and queue's.
         let scope = config.ledger_scope();
-        config.ledger = config.ledger.map(|ledger| ledger.in_scope(scope));
-        let client = ApiClient::new(&config.api)?;
-        let limiter = Limiter::new(config.rate, config.rate_guard, config.slow_down.clone());
-        let signer = Signer::new(
-            config.secret_key.clone(),
-            config.api.sdkappid,
-            config.api.identifier.clone(),
-            config.usersig_ttl,
-        );
+        let ledger = config.ledger.take().map(|ledger| ledger.in_scope(scope));
+        let (crash_limit, retention) = (config.crash_limit, config.ledger_retention);
+        let parts = match ledger {
+            Some(ledger) => {
+                let book = Ledgered::new(ledger, status.clone(), crash_limit, retention);
+                Parts::Ledgered(Parted::new(config, sender, book, &status, &release, crash))
+            }
+            None => Parts::InMemory(Parted::new(
+                config,
+                sender,
+                InMemory::default(),
+                &status,
+                &release,
+                crash,
+            )),
+        };
         Ok(Self {
-            crash: CrashHook::new(config.crash_at, config.crash_on_job.clone()),
-            config,
-            client,
-            limiter,
-            signer,
             status,
-            // Set when a session becomes the app's sender (see session.rs).
-            last_send: None,
-            recent_randoms: randoms::RecentRandoms::default(),
-            ledger_session: None,
-            release: Arc::new(Notify::new()),
-            claim_lead: Duration::ZERO,
+            release,
+            parts,
         })
     }
 
@@ -181,25 +150,42 @@ impl Worker {
         self.release.clone()
     }
 
-    /// The app, as the metrics' `sdkappid` label spells it.
-    fn app(&self) -> String {
-        self.status.app.clone()
-    }
-
     /// Runs sessions until `shutdown` is cancelled. Only a topology conflict
     /// ends it with an error: reconnecting cannot fix that.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        if let Some(ledger) = self.config.ledger.clone() {
-            let pruning = tokio::spawn(prune_forever(
-                ledger,
-                self.config.ledger_retention,
-                shutdown.clone(),
-            ));
-            let result = self.run_sessions(&shutdown).await;
-            pruning.abort();
-            return result;
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        match self.parts {
+            Parts::Ledgered(worker) => worker.run(shutdown).await,
+            Parts::InMemory(worker) => worker.run(shutdown).await,
         }
-        self.run_sessions(&shutdown).await
+    }
+}
+
+impl<B: Book> Parted<B> {
+    fn new(
+        config: WorkerConfig,
+        sender: Sender,
+        book: B,
+        status: &Arc<WorkerStatus>,
+        release: &Arc<Notify>,
+        crash: CrashHook,
+    ) -> Self {
+        Self {
+            config,
+            sender,
+            book,
+            status: status.clone(),
+            release: release.clone(),
+            crash,
+        }
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let upkeep = self.book.upkeep(&shutdown);
+        let result = self.run_sessions(&shutdown).await;
+        if let Some(upkeep) = upkeep {
+            upkeep.abort();
+        }
+        result
     }
 
     async fn run_sessions(&mut self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
@@ -209,22 +195,17 @@ impl Worker {
                 return Ok(());
             }
             let started = Instant::now();
-            let end = match self.session(shutdown).await {
-                Ok(end) => end,
+            let why = match self.session(shutdown).await {
                 Err(e @ BrokerError::Topology { .. }) => return Err(WorkerError::Topology(e)),
-                Err(e) => SessionEnd::Broker(e.to_string()),
-            };
-            self.status.set_consuming(false);
-            self.ledger_session = None;
-            let why = match end {
-                SessionEnd::Shutdown if shutdown.is_cancelled() => return Ok(()),
-                SessionEnd::Shutdown => {
+                Err(e) => e.to_string(),
+                Ok(SessionEnd::Stopped) if shutdown.is_cancelled() => return Ok(()),
+                Ok(SessionEnd::Stopped) => {
                     info!("released the app: standing by behind the next replica");
                     reconnect = self.reconnect_backoff();
                     continue;
                 }
-                SessionEnd::Broker(why) => why,
-                SessionEnd::Superseded { call } => {
+                Ok(SessionEnd::Broker(why)) => why,
+                Ok(SessionEnd::Superseded { call }) => {
                     format!("a later session owns call {call}: this one is no longer the sender")
                 }
             };
@@ -238,6 +219,29 @@ impl Worker {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// One session, stopped by a shutdown or a release.
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<SessionEnd, BrokerError> {
+        let stop = shutdown.child_token();
+        let releasing = {
+            let (stop, release) = (stop.clone(), self.release.clone());
+            tokio::spawn(async move {
+                release.notified().await;
+                stop.cancel();
+            })
+        };
+        let session = Session {
+            config: &self.config,
+            status: &self.status,
+            sender: &mut self.sender,
+            book: &mut self.book,
+            crash: &self.crash,
+        };
+        let end = session.run(&stop).await;
+        releasing.abort();
+        self.status.set_consuming(false);
+        end
     }
 
     fn reconnect_backoff(&self) -> impl Iterator<Item = Duration> {

@@ -1,34 +1,51 @@
 //! One broker session: connect, declare the topology, consume with the
-//! decoder on its own task, and run the send loop (wait for work, then for a
-//! permit, then send what piled up) until shutdown or the broker goes. On
-//! shutdown everything held and unsettled goes back to the queue.
+//! decoder on its own task, and run the send loop until the session stops
+//! (a shutdown, a release) or the broker goes. The loop waits for work,
+//! then for a permit (whatever arrives meanwhile joins the call it allows),
+//! sorts the arrivals by what the book knows, and sends what piled up. When
+//! the session stops, everything held and unsettled goes back to the queue;
+//! when the broker goes, it is simply dropped (the broker redelivers it).
 
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::{self, BrokerError, DeadReason};
 use crate::status::sample_queues;
-use crate::telemetry;
+use crate::status::WorkerStatus;
 
+use super::admit::admit;
+use super::attempts::Attempts;
+use super::book::Book;
+use super::config::WorkerConfig;
+use super::crash::CrashHook;
 use super::decoder::{Decoder, Incoming};
 use super::delivery::Outbox;
+use super::end::SessionEnd;
 use super::holding::Holding;
 use super::job::Rejection;
-use super::ledger_retry::with_ledger;
-use super::settle::{dead_letter_fate, Settlement};
-use super::{SessionEnd, Worker};
+use super::sender::Sender;
+use super::settler::{dead_letter_fate, Settlement, Settler};
 
 /// The longest a session's wind-down (cancel, hand back, close) may take.
 const WIND_DOWN: Duration = Duration::from_secs(5);
+
+/// What a session borrows from its worker: the parts that outlive it.
+pub struct Session<'w, B: Book> {
+    pub config: &'w WorkerConfig,
+    pub status: &'w Arc<WorkerStatus>,
+    pub sender: &'w mut Sender,
+    pub book: &'w mut B,
+    pub crash: &'w CrashHook,
+}
 
 /// The channels of a session and its consumer's tag.
 struct Channels {
@@ -37,25 +54,11 @@ struct Channels {
     consumer_tag: String,
 }
 
-impl Worker {
-    /// One connection's worth of work.
-    pub(super) async fn session(
-        &mut self,
-        shutdown: &CancellationToken,
-    ) -> Result<SessionEnd, BrokerError> {
+impl<B: Book> Session<'_, B> {
+    /// One connection's worth of work, until `stop` or the broker goes.
+    pub async fn run(self, stop: &CancellationToken) -> Result<SessionEnd, BrokerError> {
         let connection = broker::connect(&self.config.amqp_url, "broadcast-worker run").await?;
-        // This session stops on shutdown, or when the app is released.
-        let stop = shutdown.child_token();
-        let release = self.release.clone();
-        let releasing = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                release.notified().await;
-                stop.cancel();
-            })
-        };
-        let result = self.consume(&connection, &stop).await;
-        releasing.abort();
+        let result = self.consume(&connection, stop).await;
         // Bounded: a connection cut off without a word may never answer.
         let closing = connection.close(200, "worker session over".into());
         let _ = tokio::time::timeout(WIND_DOWN, closing).await;
@@ -63,21 +66,21 @@ impl Worker {
     }
 
     async fn consume(
-        &mut self,
+        self,
         connection: &Connection,
-        shutdown: &CancellationToken,
+        stop: &CancellationToken,
     ) -> Result<SessionEnd, BrokerError> {
         let (channels, consumer) = self.start_consuming(connection).await?;
         let outbox = Outbox {
             channel: channels.publish.clone(),
             room: broker::properties_room(connection),
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         let decoder = Decoder {
             outbox: outbox.clone(),
             dlx: self.config.topology.names.dlx.clone(),
             rules: self.config.call,
-            app: self.app(),
+            app: self.status.app.clone(),
         };
         let consumer_task = tokio::spawn(decoder.run(consumer, tx));
         // The queues' counts (backlog, dead letters), on a channel of their own.
@@ -90,45 +93,43 @@ impl Worker {
             self.config.topology.names.clone(),
             self.status.clone(),
         ));
-
-        let mut holding = Holding::default();
+        let dlx = self.config.topology.names.dlx.clone();
+        let settler = Settler::new(
+            outbox,
+            dlx,
+            self.status.app.clone(),
+            self.book,
+            self.crash.clone(),
+        );
+        let mut send = SendLoop {
+            holding: Holding::default(),
+            rx,
+            settler,
+            sender: self.sender,
+            config: self.config,
+            status: self.status,
+            crash: self.crash,
+            stop,
+        };
         // A lost connection ends the session at once, whatever the loop is
         // waiting on (an ack on a dead connection may never be answered):
         // nothing it holds is settled, so the broker redelivers all of it.
         let end = tokio::select! {
-            end = self.send_loop(&mut holding, &mut rx, &outbox, shutdown) => match end {
+            end = send.run() => match end {
                 Ok(never) => match never {},
                 Err(end) => end,
             },
             why = connection_lost(connection) => SessionEnd::Broker(why),
         };
         sampler.abort();
-
-        // Stop consuming, then hand back everything not settled; bounded in
-        // time, since the connection may be gone.
-        let wind_down = async {
-            let _ = channels
-                .consume
-                .basic_cancel(
-                    channels.consumer_tag.as_str().into(),
-                    BasicCancelOptions::default(),
-                )
-                .await;
-            consumer_task.abort();
-            if matches!(end, SessionEnd::Shutdown) {
-                hand_back(&mut holding, &mut rx).await;
-            }
-            let _ = channels.consume.close(200, "worker stopping".into()).await;
-            let _ = channels.publish.close(200, "worker stopping".into()).await;
-        };
-        if tokio::time::timeout(WIND_DOWN, wind_down).await.is_err() {
-            warn!("the broker did not answer while the session wound down: closing the connection, which returns every unsettled job");
-        }
+        send.wind_down(&channels, consumer_task, &end).await;
+        send.settler.book.close();
+        self.status.set_consuming(false);
         Ok(end)
     }
 
     async fn start_consuming(
-        &mut self,
+        &self,
         connection: &Connection,
     ) -> Result<(Channels, lapin::Consumer), BrokerError> {
         self.config.topology.declare(connection).await?;
@@ -165,98 +166,138 @@ impl Worker {
         };
         Ok((channels, consumer))
     }
+}
 
+/// The send loop and what it holds.
+struct SendLoop<'s, 'b, B: Book> {
+    holding: Holding,
+    rx: mpsc::UnboundedReceiver<Incoming>,
+    settler: Settler<'b, B>,
+    sender: &'s mut Sender,
+    config: &'s WorkerConfig,
+    status: &'s WorkerStatus,
+    crash: &'s CrashHook,
+    stop: &'s CancellationToken,
+}
+
+impl<'b, B: Book> SendLoop<'_, 'b, B> {
     /// Waits for work, then for a permit, then sends what piled up, until
-    /// shutdown or the broker goes.
-    async fn send_loop(
-        &mut self,
-        holding: &mut Holding,
-        rx: &mut mpsc::UnboundedReceiver<Incoming>,
-        outbox: &Outbox,
-        shutdown: &CancellationToken,
-    ) -> Result<std::convert::Infallible, SessionEnd> {
-        let mut active = false;
-        loop {
-            holding.readmit_duplicates();
-            if holding.is_empty() {
-                // Nothing held: nothing waits unsettled.
-                self.status.set_oldest_unsettled(0.0);
-            }
-            while holding.is_empty() {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
-                    incoming = rx.recv() => holding.arrive(incoming)?,
-                }
-                if !std::mem::replace(&mut active, true) {
-                    self.become_sender(shutdown).await?;
-                }
-                self.admit(holding, outbox, shutdown).await?;
-            }
-            self.wait_for_permit_while_arriving(holding, rx, shutdown)
-                .await?;
-            while let Ok(incoming) = rx.try_recv() {
-                holding.arrive(Some(incoming))?;
-            }
-            self.admit(holding, outbox, shutdown).await?;
-            let expired = take_expired(holding);
-            self.settle(expired, outbox, shutdown).await?;
-            let next = holding.next_call(&self.config.call);
-            if let Some(call) = next {
-                let look_again = self.deliver(call, outbox, shutdown).await?;
-                if !look_again.is_empty() {
-                    holding.arrived.extend(look_again);
-                    self.admit(holding, outbox, shutdown).await?;
-                }
-            }
-        }
-    }
-
-    /// The first delivery of a session makes this replica the app's sender:
-    /// a restart, or a standby taking over from one that was killed a moment
-    /// after a call. That call went out at most now, so the first send here
-    /// keeps a full period from now, and the app's quota holds across them.
-    /// With a ledger, the session draws its token now: later than that of
-    /// every sender before it.
-    async fn become_sender(&mut self, shutdown: &CancellationToken) -> Result<(), SessionEnd> {
-        let now = Instant::now();
-        self.last_send = Some(self.last_send.map_or(now, |last| last.max(now)));
+    /// the session stops or the broker goes.
+    async fn run(&mut self) -> Result<Infallible, SessionEnd> {
+        self.wait_for_work().await?;
+        // The first delivery of a session makes this replica the app's
+        // sender: the pacer keeps a full period from now, and the book opens
+        // (with a ledger, its token is later than that of every sender before).
+        self.sender.pacer.become_sender();
         self.status.set_active(true);
-        if let Some(ledger) = self.config.ledger.clone() {
-            let session = with_ledger(&self.status, shutdown, || ledger.open_session()).await?;
-            info!(token = session.token(), "this session is the app's sender");
-            self.ledger_session = Some(session);
-        }
-        Ok(())
-    }
-
-    /// Waits for the limiter's permit; whatever arrives meanwhile joins the
-    /// holding area, so the call it allows carries it.
-    async fn wait_for_permit_while_arriving(
-        &mut self,
-        holding: &mut Holding,
-        rx: &mut mpsc::UnboundedReceiver<Incoming>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), SessionEnd> {
-        self.status.set_oldest_unsettled(holding.oldest_age_secs());
-        let waiting = Instant::now();
-        let app = self.app();
-        {
-            let permit = self.limiter.acquire();
-            tokio::pin!(permit);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
-                    _ = &mut permit => break,
-                    incoming = rx.recv() => holding.arrive(incoming)?,
-                }
+        self.settler.book.open(self.stop).await?;
+        loop {
+            // Copies set aside while their first was held get another look.
+            self.holding.readmit_duplicates();
+            self.admit().await?;
+            if self.holding.is_empty() {
+                self.wait_for_work().await?;
+                continue;
+            }
+            self.permit_while_arriving().await?;
+            while let Ok(incoming) = self.rx.try_recv() {
+                self.holding.arrive(Some(incoming))?;
+            }
+            self.admit().await?;
+            let expired = take_expired(&mut self.holding);
+            self.settler.settle(expired).await?;
+            if let Some(call) = self.holding.next_call(&self.config.call) {
+                let look_again = self.attempts().deliver(call).await?;
+                self.holding.arrived.extend(look_again);
             }
         }
-        metrics::histogram!(telemetry::PERMIT_WAIT_SECONDS, telemetry::SDKAPPID => app)
-            .record(waiting.elapsed().as_secs_f64());
-        self.show_rate();
-        Ok(())
+    }
+
+    /// Waits until something arrives; nothing held, nothing waits unsettled.
+    async fn wait_for_work(&mut self) -> Result<(), SessionEnd> {
+        self.status.set_oldest_unsettled(0.0);
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => Err(SessionEnd::Stopped),
+            incoming = self.rx.recv() => self.holding.arrive(incoming),
+        }
+    }
+
+    /// Waits for the pacer's permit; whatever arrives meanwhile joins the
+    /// holding area, so the call it allows carries it.
+    async fn permit_while_arriving(&mut self) -> Result<(), SessionEnd> {
+        self.status
+            .set_oldest_unsettled(self.holding.oldest_age_secs());
+        let permit = self.sender.pacer.permit();
+        tokio::pin!(permit);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return Err(SessionEnd::Stopped),
+                _ = &mut permit => return Ok(()),
+                incoming = self.rx.recv() => self.holding.arrive(incoming)?,
+            }
+        }
+    }
+
+    async fn admit(&mut self) -> Result<(), SessionEnd> {
+        admit(
+            &mut self.holding,
+            &mut self.settler,
+            self.config,
+            &self.status.app,
+        )
+        .await
+    }
+
+    fn attempts(&mut self) -> Attempts<'_, 'b, B> {
+        Attempts {
+            sender: &mut *self.sender,
+            settler: &mut self.settler,
+            config: self.config,
+            status: self.status,
+            crash: self.crash,
+            stop: self.stop,
+        }
+    }
+
+    /// Stops consuming, then (when the session stopped, rather than lost
+    /// its broker) hands back everything not settled; bounded in time, since
+    /// the connection may be gone.
+    async fn wind_down(
+        &mut self,
+        channels: &Channels,
+        consumer_task: tokio::task::JoinHandle<()>,
+        end: &SessionEnd,
+    ) {
+        let wind_down = async {
+            let _ = channels
+                .consume
+                .basic_cancel(
+                    channels.consumer_tag.as_str().into(),
+                    BasicCancelOptions::default(),
+                )
+                .await;
+            consumer_task.abort();
+            if matches!(end, SessionEnd::Stopped) {
+                self.hand_back().await;
+            }
+            let _ = channels.consume.close(200, "worker stopping".into()).await;
+            let _ = channels.publish.close(200, "worker stopping".into()).await;
+        };
+        if tokio::time::timeout(WIND_DOWN, wind_down).await.is_err() {
+            warn!("the broker did not answer while the session wound down: closing the connection, which returns every unsettled job");
+        }
+    }
+
+    /// The session stopped: every job held, and every one still on its way
+    /// from the decoder, goes back to the queue.
+    async fn hand_back(&mut self) {
+        let mut left = self.holding.drain();
+        while let Ok(Incoming::Job(_, pending)) = self.rx.try_recv() {
+            left.push(pending);
+        }
+        self.settler.hand_back(left).await;
     }
 }
 
@@ -280,25 +321,8 @@ fn take_expired(holding: &mut Holding) -> Vec<Settlement> {
         .map(|q| {
             let deadline_ms = q.job.deadline.map(broker::unix_ms).unwrap_or(0);
             let info = Rejection::Expired { deadline_ms }.to_string();
-            let fate = dead_letter_fate(&q.tag, DeadReason::Expired, None, info, None);
-            (q.job, q.tag, fate)
+            let fate = dead_letter_fate(&q.delivery, DeadReason::Expired, None, info, None);
+            (q.job, q.delivery, fate)
         })
         .collect()
-}
-
-/// Shutdown: every job held, and every one still on its way from the
-/// decoder, goes back to the queue.
-async fn hand_back(holding: &mut Holding, rx: &mut mpsc::UnboundedReceiver<Incoming>) {
-    let mut left = holding.drain();
-    while let Ok(Incoming::Job(_, pending)) = rx.try_recv() {
-        left.push(pending);
-    }
-    let count = left.len();
-    for pending in left {
-        let _ = pending.requeue().await;
-    }
-    info!(
-        returned = count,
-        "shutdown: unsent jobs returned to the queue"
-    );
 }

@@ -7,6 +7,7 @@
 //!   worker binary serving it with the console on.
 //! - [`fleet`]: several apps under one prefix, an apps file, and replicas
 //!   running `run --apps-file`.
+//! - [`cluster`]: a RabbitMQ cluster of private nodes, killed and restarted at will.
 //! - [`proxy`]: a TCP proxy that cuts, refuses, stalls or slows connections.
 //! - [`browser`]: a headless Chromium (chromedriver) and screenshots.
 //! - [`database`]: a PostgreSQL database of the test's own.
@@ -19,6 +20,7 @@
 //! a message saying so when it is unreachable.
 
 pub mod browser;
+pub mod cluster;
 pub mod console;
 pub mod database;
 pub mod fleet;
@@ -28,6 +30,7 @@ pub mod proxy;
 pub mod report;
 
 pub use browser::*;
+pub use cluster::*;
 pub use console::*;
 pub use database::*;
 pub use fleet::*;

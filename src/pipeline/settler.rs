@@ -1,0 +1,198 @@
+//! The settler: the one place a held job's fate is carried out, in the
+//! order that keeps every promise. The book learns of deliveries before any
+//! ack; a dead letter is confirmed, then recorded, then its original acked;
+//! a job neither sent nor failed goes back to the queue. Acks of jobs
+//! without `message_id` are recorded after them (see
+//! [`crate::ledger::Ledger::jobs_acked`]). (A job that can never be a call
+//! is dead-lettered on arrival by the decoder, which needs no book.)
+
+use tracing::{info, warn};
+
+use crate::broker::{DeadLetter, DeadReason};
+
+use super::book::Book;
+use super::crash::{CrashHook, CrashPoint};
+use super::delivery::{Outbox, Pending};
+use super::end::SessionEnd;
+use super::job::Job;
+
+/// The final word on one job.
+#[derive(Debug)]
+pub enum Fate {
+    /// Delivered (by the book's `call`, when it has one) or known settled.
+    Ack {
+        call: Option<i64>,
+        msg_seq: Option<u64>,
+    },
+    /// Dead-letter it; `call` is the book's call it failed in.
+    DeadLetter { dead: DeadLetter, call: Option<i64> },
+    /// Not sent and not failed: back to the queue (shutdown).
+    Leave,
+}
+
+pub type Settlement = (Job, Pending, Fate);
+
+pub fn dead_letter_fate(
+    pending: &Pending,
+    reason: DeadReason,
+    code: Option<i64>,
+    info: String,
+    call: Option<i64>,
+) -> Fate {
+    Fate::DeadLetter {
+        dead: pending.dead_letter_for(reason, code, info),
+        call,
+    }
+}
+
+/// A session's settler: where dead letters go, and the book that hears of
+/// every fate.
+pub struct Settler<'b, B: Book> {
+    outbox: Outbox,
+    dlx: String,
+    /// The app, as the metrics' `sdkappid` label spells it.
+    app: String,
+    pub book: &'b mut B,
+    crash: CrashHook,
+}
+
+impl<'b, B: Book> Settler<'b, B> {
+    pub fn new(
+        outbox: Outbox,
+        dlx: String,
+        app: String,
+        book: &'b mut B,
+        crash: CrashHook,
+    ) -> Self {
+        Self {
+            outbox,
+            dlx,
+            app,
+            book,
+            crash,
+        }
+    }
+
+    /// Carries out the fates: deliveries recorded first, then each job's
+    /// dead letter, ack or return.
+    pub async fn settle(&mut self, settlements: Vec<Settlement>) -> Result<(), SessionEnd> {
+        if settlements.is_empty() {
+            return Ok(());
+        }
+        self.record_deliveries(&settlements).await?;
+        let acked_arrivals: Vec<String> = settlements
+            .iter()
+            .filter(|(job, _, fate)| job.digest.is_some() && !matches!(fate, Fate::Leave))
+            .map(|(job, _, _)| job.id.clone())
+            .collect();
+        let (dead, rest): (Vec<Settlement>, Vec<Settlement>) = settlements
+            .into_iter()
+            .partition(|(_, _, fate)| matches!(fate, Fate::DeadLetter { .. }));
+        for group in same_dead_letter_groups(dead) {
+            self.dead_letter(group).await?;
+        }
+        for (job, pending, fate) in rest {
+            match fate {
+                Fate::Ack { msg_seq, .. } => {
+                    pending.ack(&job.id).await?;
+                    tracing::debug!(job = %job.id, msg_seq, "acked");
+                }
+                Fate::Leave => pending.requeue().await?,
+                Fate::DeadLetter { .. } => unreachable!("dead letters were settled above"),
+            }
+        }
+        Ok(self.book.arrivals_acked(&acked_arrivals).await?)
+    }
+
+    /// Shutdown: every job still held goes back to the queue, unsent.
+    pub async fn hand_back(&self, held: Vec<Pending>) {
+        let count = held.len();
+        for pending in held {
+            let _ = pending.requeue().await;
+        }
+        info!(
+            returned = count,
+            "shutdown: unsent jobs returned to the queue"
+        );
+    }
+
+    /// The book learns of every delivered call before any of its jobs is acked.
+    async fn record_deliveries(&mut self, settlements: &[Settlement]) -> Result<(), SessionEnd> {
+        let mut calls: Vec<(i64, Option<u64>)> = settlements
+            .iter()
+            .filter_map(|(_, _, fate)| match fate {
+                Fate::Ack {
+                    call: Some(call),
+                    msg_seq,
+                } => Some((*call, *msg_seq)),
+                _ => None,
+            })
+            .collect();
+        calls.dedup_by_key(|(call, _)| *call);
+        if calls.is_empty() {
+            return Ok(());
+        }
+        self.book.delivered(&calls).await?;
+        self.crash.reached(CrashPoint::AfterLedger);
+        Ok(())
+    }
+
+    /// Dead-letters a group of jobs that failed together (a call's jobs, for
+    /// one reason): every dead letter confirmed, then one record for them
+    /// all, which closes their call only then, then the acks. A crash in
+    /// between leaves the call open, so its jobs come back as a call in
+    /// flight (resent within the repeat window, in doubt after it), never as
+    /// new jobs under a new `Random`.
+    async fn dead_letter(&mut self, group: Vec<Settlement>) -> Result<(), SessionEnd> {
+        let Some((_, _, Fate::DeadLetter { dead, call })) = group.first() else {
+            return Ok(());
+        };
+        let (dead, call) = (dead.clone(), *call);
+        if let Some(call) = call {
+            let maybe_delivered = matches!(
+                dead.reason,
+                DeadReason::RetriesExhausted | DeadReason::InDoubt | DeadReason::CrashLoop
+            );
+            self.book.dead_lettering(call, maybe_delivered).await?;
+        }
+        for (job, pending, fate) in &group {
+            if let Fate::DeadLetter { dead, .. } = fate {
+                // A job without `message_id` is known by its arrival's id.
+                let arrival_id = job.digest.is_some().then(|| job.id.clone());
+                let dead = DeadLetter {
+                    arrival_id,
+                    ..dead.clone()
+                };
+                pending
+                    .publish_dead_letter(&self.outbox, &self.dlx, &job.body, &dead, &self.app)
+                    .await?;
+            }
+        }
+        self.crash.reached(CrashPoint::AfterDeadLetters);
+        let ids: Vec<String> = group.iter().map(|(job, _, _)| job.id.clone()).collect();
+        self.book.dead_lettered(call, &ids, &dead).await?;
+        for (job, pending, _) in &group {
+            warn!(job = %job.id, reason = %dead.reason, code = dead.error_code, "dead-lettered");
+            pending.ack(&job.id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive dead letters of the same call and the same why, together.
+fn same_dead_letter_groups(dead: Vec<Settlement>) -> Vec<Vec<Settlement>> {
+    let why = |fate: &Fate| match fate {
+        Fate::DeadLetter { dead, call } => {
+            Some((*call, dead.reason, dead.error_code, dead.error_info.clone()))
+        }
+        _ => None,
+    };
+    let mut groups: Vec<Vec<Settlement>> = Vec::new();
+    for settlement in dead {
+        match groups.last_mut() {
+            Some(group) if why(&group[0].2) == why(&settlement.2) => group.push(settlement),
+            _ => groups.push(vec![settlement]),
+        }
+    }
+    groups
+}
