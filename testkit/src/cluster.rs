@@ -96,7 +96,7 @@ impl Cluster {
     pub fn amqp_urls(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| Self::url_of(n))
+            .map(Self::url_of)
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -207,7 +207,10 @@ impl Node {
             ("RABBITMQ_MNESIA_BASE".into(), format!("{base}/mnesia")),
             ("RABBITMQ_LOG_BASE".into(), format!("{base}/log")),
             ("RABBITMQ_PID_FILE".into(), format!("{base}/pid")),
-            ("RABBITMQ_CONFIG_FILE".into(), format!("{base}/rabbitmq.conf")),
+            (
+                "RABBITMQ_CONFIG_FILE".into(),
+                format!("{base}/rabbitmq.conf"),
+            ),
             (
                 "RABBITMQ_ENABLED_PLUGINS_FILE".into(),
                 format!("{root}/enabled_plugins"),
@@ -228,7 +231,11 @@ impl Node {
                 tls.ca_file.display(),
                 tls.cert_file.display(),
                 tls.key_file.display(),
-                if tls.verify_peer { "verify_peer" } else { "verify_none" },
+                if tls.verify_peer {
+                    "verify_peer"
+                } else {
+                    "verify_none"
+                },
                 tls.verify_peer,
             ));
         }
@@ -247,12 +254,15 @@ impl Drop for Cluster {
 
 /// `script` as the `rabbitmq` user, with `env`.
 fn as_rabbitmq(script: &str, env: &[(String, String)]) -> Command {
-    let exports: String = env
-        .iter()
-        .map(|(k, v)| format!("{k}='{v}' "))
-        .collect();
+    let exports: String = env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
     let mut command = Command::new("su");
-    command.args(["rabbitmq", "-s", "/bin/sh", "-c", &format!("{exports}{script}")]);
+    command.args([
+        "rabbitmq",
+        "-s",
+        "/bin/sh",
+        "-c",
+        &format!("{exports}{script}"),
+    ]);
     command
 }
 
@@ -290,7 +300,11 @@ fn stop_abandoned() {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        for node in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+        for node in std::fs::read_dir(entry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Ok(pid) = std::fs::read_to_string(node.path().join("pid")) {
                 let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
             }
