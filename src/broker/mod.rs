@@ -118,6 +118,3 @@ pub async fn ready_count(channel: &Channel, queue: &str) -> Result<u32, lapin::E
         .await?;
     Ok(declared.message_count())
 }
-
-// Kept for `pipeline`'s callers until its rewrite imports `crate::clock`.
-pub use crate::clock::unix_ms;

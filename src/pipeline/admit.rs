@@ -20,9 +20,10 @@ use super::config::WorkerConfig;
 use super::decision::{on_redelivery, Redelivery};
 use super::delivery::Pending;
 use super::end::SessionEnd;
+use super::fate::{dead_letter_fate, Fate, Settlement};
 use super::holding::Holding;
 use super::job::Job;
-use super::settler::{dead_letter_fate, Fate, Settlement, Settler};
+use super::settler::Settler;
 
 /// Sorts what arrived: into the batcher, into a call's resend, or settled.
 pub async fn admit<B: Book>(

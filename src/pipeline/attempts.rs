@@ -26,10 +26,11 @@ use super::crash::{CrashHook, CrashPoint};
 use super::decision::{before_attempt, decide, CallHistory, Step};
 use super::delivery::Pending;
 use super::end::SessionEnd;
+use super::fate::Fate;
 use super::job::Job;
 use super::pacer::Turn;
 use super::sender::{outcome_label, Attempt, Sender};
-use super::settler::{Fate, Settler};
+use super::settler::Settler;
 
 /// The parts one call's attempts use, borrowed from the session.
 pub struct Attempts<'s, 'b, B: Book> {

@@ -11,8 +11,8 @@ use crate::broker::DeadReason;
 
 use super::batcher::Batch;
 use super::delivery::Pending;
+use super::fate::{dead_letter_fate, Fate, Settlement};
 use super::job::Job;
-use super::settler::{dead_letter_fate, Fate, Settlement};
 
 /// One call to make: a fresh batch, a half of a refused one, or a call the
 /// ledger holds as in flight, to be resent byte for byte.

@@ -10,6 +10,7 @@ use lapin::{Acker, BasicProperties, Channel};
 use tracing::warn;
 
 use crate::broker::{self, BrokerError, DeadLetter, DeadReason};
+use crate::clock;
 use crate::telemetry;
 
 /// Where a session's dead letters go: its channel in confirm mode, and the
@@ -38,7 +39,7 @@ impl Pending {
         let pending = Self {
             acker: delivery.acker,
             properties: delivery.properties,
-            first_seen_ms: broker::unix_ms(SystemTime::now()),
+            first_seen_ms: clock::unix_ms(SystemTime::now()),
             attempts: 0,
         };
         (pending, delivery.data)

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use crate::broker;
+use crate::clock;
 use crate::ledger::InFlightCall;
 
 use super::batcher::{Batch, Batcher, Queued};
@@ -16,8 +16,8 @@ use super::call::Call;
 use super::config::CallRules;
 use super::decoder::Incoming;
 use super::delivery::Pending;
+use super::end::SessionEnd;
 use super::job::Job;
-use super::SessionEnd;
 
 #[derive(Default)]
 pub struct Holding {
@@ -132,7 +132,7 @@ impl Holding {
             )
             .min();
         oldest.map_or(0.0, |ms| {
-            broker::unix_ms(SystemTime::now()).saturating_sub(ms) as f64 / 1000.0
+            clock::unix_ms(SystemTime::now()).saturating_sub(ms) as f64 / 1000.0
         })
     }
 

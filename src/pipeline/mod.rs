@@ -40,6 +40,7 @@ pub mod decision;
 mod decoder;
 mod delivery;
 mod end;
+mod fate;
 mod holding;
 pub mod job;
 pub mod pacer;

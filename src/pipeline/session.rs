@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::{self, BrokerError, DeadReason};
+use crate::clock;
 use crate::status::sample_queues;
 use crate::status::WorkerStatus;
 
@@ -30,10 +31,11 @@ use super::crash::CrashHook;
 use super::decoder::{Decoder, Incoming};
 use super::delivery::Outbox;
 use super::end::SessionEnd;
+use super::fate::{dead_letter_fate, Settlement};
 use super::holding::Holding;
 use super::job::Rejection;
 use super::sender::Sender;
-use super::settler::{dead_letter_fate, Settlement, Settler};
+use super::settler::Settler;
 
 /// The longest a session's wind-down (cancel, hand back, close) may take.
 const WIND_DOWN: Duration = Duration::from_secs(5);
@@ -319,7 +321,7 @@ fn take_expired(holding: &mut Holding) -> Vec<Settlement> {
         .take_expired(SystemTime::now())
         .into_iter()
         .map(|q| {
-            let deadline_ms = q.job.deadline.map(broker::unix_ms).unwrap_or(0);
+            let deadline_ms = q.job.deadline.map(clock::unix_ms).unwrap_or(0);
             let info = Rejection::Expired { deadline_ms }.to_string();
             let fate = dead_letter_fate(&q.delivery, DeadReason::Expired, None, info, None);
             (q.job, q.delivery, fate)

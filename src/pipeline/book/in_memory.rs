@@ -17,7 +17,7 @@ use crate::tencent::body::REPEAT_WINDOW;
 use super::super::call::Call;
 use super::super::delivery::Pending;
 use super::super::job::Job;
-use super::{Book, BookEnd, Claim, Lookup};
+use super::api::{Book, BookEnd, Claim, Lookup};
 
 #[derive(Debug, Default)]
 pub struct InMemory {

@@ -24,7 +24,7 @@ use crate::status::WorkerStatus;
 use super::super::call::Call;
 use super::super::delivery::Pending;
 use super::super::job::Job;
-use super::{Book, BookEnd, Claim, Lookup};
+use super::api::{Book, BookEnd, Claim, Lookup};
 
 /// The ledger, and the fenced session of the sender this process is.
 pub struct Ledgered {
