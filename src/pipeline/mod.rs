@@ -21,7 +21,8 @@
 //! default), [`job`] and `properties` (decoding a delivery), [`batcher`]
 //! (packing), [`decision`] (the step after each answer), `call` (a call and
 //! how it ends), `holding` (the jobs held from arrival to call), `delivery`
-//! (a held delivery and where its dead letter goes), `decoder` (the consumer
+//! (a held delivery and where its dead letter goes), `fate` (a job's final
+//! word), `decoder` (the consumer
 //! task), `end` (how a session ends), [`crash`] (the test-only crash hook).
 //!
 //! A session is one broker connection. When it breaks, everything not yet
