@@ -65,6 +65,7 @@ fn app_readiness(status: &WorkerStatus) -> serde_json::Value {
     let consuming = status.consuming.load(Ordering::Relaxed);
     let halted = status.halted.load(Ordering::Relaxed);
     let ledger_down = status.ledger_down.load(Ordering::Relaxed);
+    let (broker_node, broker_version) = status.broker().unzip();
     serde_json::json!({
         "ready": consuming && !halted && !ledger_down,
         "active": status.is_active(),
@@ -72,6 +73,8 @@ fn app_readiness(status: &WorkerStatus) -> serde_json::Value {
         "halted_by_app_fault": halted,
         "ledger_down": ledger_down,
         "ledger_error": status.ledger_error(),
+        "broker_node": broker_node,
+        "broker_version": broker_version.flatten(),
     })
 }
 

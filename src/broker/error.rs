@@ -6,8 +6,9 @@
 pub enum BrokerError {
     // The lapin error is kept in the message, not as a source, so that the
     // broker's own words (which name a conflicting argument) print once.
-    #[error("cannot connect to RabbitMQ: {0}")]
-    Connect(lapin::Error),
+    /// Every address of `AMQP_URL` was tried; each one's failure, by node.
+    #[error("cannot connect to RabbitMQ at any address of AMQP_URL: {tried}")]
+    Unreachable { tried: String },
     #[error("AMQP_URL is not an AMQP URL: {0}")]
     Url(String),
     #[error("cannot declare {what}: {detail}; if it exists with other arguments, delete it or use another BROADCAST_QUEUE_PREFIX")]

@@ -2,7 +2,9 @@
 //! queue), and publishing with confirms: jobs (`enqueue`, replay) and dead
 //! letters (the worker). Nothing here decides a job's fate; it carries it out.
 //!
-//! - this file: connecting, confirm channels, confirmed publishing, queue counts.
+//! - this file: confirm channels, confirmed publishing, queue counts.
+//! - [`nodes`]: the broker as a list of nodes, connected to in turn, TLS.
+//! - [`version`]: the broker's version, and the rules followed for it.
 //! - `topology`: the queues and the exchange, their names and arguments.
 //! - `dead_letter`: the header names, dead-letter reasons, a dead letter's properties.
 //! - `header_values`: a header's value read however the producer typed it.
@@ -13,26 +15,27 @@ mod dead_letter;
 mod error;
 pub mod frame;
 mod header_values;
+pub mod nodes;
 mod topology;
+pub mod version;
 
 pub use dead_letter::{headers, DeadLetter, DeadReason};
 pub use error::BrokerError;
 pub use header_values::{header_i64, header_str, header_time_ms};
+pub use nodes::{Connected, Nodes};
 pub use topology::{QueueNames, Topology, DEAD_DELIVERY_LIMIT};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
-/// Connects, naming the connection so operators see who it is. The frame
-/// size is the broker's own (unless the URL lowers it with `?frame_max=`):
-/// whatever a producer published arrived in a frame within it, so every
-/// delivery can be taken in (see [`frame`]).
-pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
-        .await
-        .map_err(BrokerError::Connect)
+/// Connects to the first node of `urls` (one AMQP URI, or several
+/// comma-separated) that answers, naming the connection so operators see
+/// who it is. The frame size is the broker's own (unless a URI lowers it
+/// with `?frame_max=`): whatever a producer published arrived in a frame
+/// within it, so every delivery can be taken in (see [`frame`]).
+pub async fn connect(urls: &str, name: &str) -> Result<Connection, BrokerError> {
+    Ok(Nodes::parse(urls)?.connect(name).await?.connection)
 }
 
 /// The room a dead letter's properties have on `connection`.

@@ -72,12 +72,7 @@ impl Topology {
     /// and [`Self::declare_jobs`]).
     pub async fn declare(&self, connection: &Connection) -> Result<(), BrokerError> {
         // A failed declare closes its channel, so each step gets a fresh one.
-        let step = |what: String| {
-            move |e: lapin::Error| BrokerError::Topology {
-                what,
-                detail: e.to_string(),
-            }
-        };
+        let step = |what: String| move |e: lapin::Error| declare_failed(what, e);
         let channel = connection
             .create_channel()
             .await
@@ -209,13 +204,13 @@ async fn declare_or_find(
         }
         Err(e) => e,
     };
+    if !is_precondition_failed(&refused) {
+        return Err(declare_failed(format!("queue {queue}"), refused));
+    }
     let refusal = || BrokerError::Topology {
         what: format!("queue {queue}"),
         detail: refused.to_string(),
     };
-    if !is_precondition_failed(&refused) {
-        return Err(refusal());
-    }
     // The refusal closed that channel; a passive declare only asks whether
     // the queue is there.
     let channel = connection
@@ -268,6 +263,27 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
+/// A declare the broker refused for what the topology is (it exists with
+/// other arguments or of another kind, or this user may not declare it) is
+/// a conflict that reconnecting cannot fix. Any other failure (the
+/// connection cut in the middle of declaring, a node going down, a queue
+/// leader not yet elected) is the session's: it is retried like any lost
+/// session.
+fn declare_failed(what: String, error: lapin::Error) -> BrokerError {
+    let refused = matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+    if matches!(e.kind(), AMQPErrorKind::Soft(
+        AMQPSoftError::PRECONDITIONFAILED | AMQPSoftError::ACCESSREFUSED | AMQPSoftError::RESOURCELOCKED
+    )));
+    if refused {
+        BrokerError::Topology {
+            what,
+            detail: error.to_string(),
+        }
+    } else {
+        BrokerError::Channel(error)
+    }
+}
+
 /// The broker's answer to a declare whose arguments differ from the queue's.
 fn is_precondition_failed(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
@@ -290,6 +306,34 @@ mod tests {
             current_delivery_limit("inequivalent arg 'x-delivery-limit': current is 'none'"),
             None
         );
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_topology_stops_the_worker_other_failures_are_retried() {
+        let refusal = |kind: AMQPSoftError| {
+            let error = lapin::protocol::AMQPError::new(AMQPErrorKind::Soft(kind), "no".into());
+            lapin::Error::from(lapin::ErrorKind::ProtocolError(error))
+        };
+        for kind in [
+            AMQPSoftError::PRECONDITIONFAILED,
+            AMQPSoftError::ACCESSREFUSED,
+            AMQPSoftError::RESOURCELOCKED,
+        ] {
+            assert!(matches!(
+                declare_failed("queue q".into(), refusal(kind)),
+                BrokerError::Topology { .. }
+            ));
+        }
+        // A node going down, or the connection cut mid-declare: retried.
+        let cut = lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(
+            declare_failed("queue q".into(), cut),
+            BrokerError::Channel(_)
+        ));
+        assert!(matches!(
+            declare_failed("queue q".into(), refusal(AMQPSoftError::NOTFOUND)),
+            BrokerError::Channel(_)
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
-use crate::broker::{QueueNames, Topology};
+use crate::broker::{Nodes, QueueNames, Topology};
 use crate::console::ConsoleToken;
 use crate::fleet::apps::{read_apps_file, AppEntry};
 use crate::ledger::{Ledger, ScopeFilter};
@@ -22,7 +22,8 @@ pub const DEFAULT_QUEUE_PREFIX: &str = "broadcast";
 /// Where the queues are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
-    /// The RabbitMQ URL.
+    /// The RabbitMQ URL, or the URLs of a cluster's nodes, comma-separated
+    /// (`amqps://` for TLS); each session connects to the first that answers.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -30,6 +31,16 @@ pub struct BrokerArgs {
         hide_env_values = true
     )]
     pub amqp_url: String,
+    /// For `amqps://`: the CA (PEM) the broker's certificate is checked
+    /// against, instead of the system's (a URI's `cacertfile=` wins).
+    #[arg(long, env = "AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<std::path::PathBuf>,
+    /// For `amqps://` brokers that ask for one: the client certificate (PEM).
+    #[arg(long, env = "AMQP_CERT_FILE", requires = "amqp_key_file")]
+    pub amqp_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM, PKCS#8).
+    #[arg(long, env = "AMQP_KEY_FILE", requires = "amqp_cert_file")]
+    pub amqp_key_file: Option<std::path::PathBuf>,
     /// Names `{prefix}.jobs`, `{prefix}.dead` and the exchange `{prefix}.dlx`.
     #[arg(long, env = "BROADCAST_QUEUE_PREFIX", default_value = DEFAULT_QUEUE_PREFIX)]
     pub queue_prefix: String,
@@ -39,11 +50,40 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
+    /// `AMQP_URL` with the TLS files of `AMQP_CA_FILE`, `AMQP_CERT_FILE` and
+    /// `AMQP_KEY_FILE` on each `amqps://` address that names none of its own.
+    pub fn url(&self) -> String {
+        let files = [
+            ("cacertfile", &self.amqp_ca_file),
+            ("certfile", &self.amqp_cert_file),
+            ("keyfile", &self.amqp_key_file),
+        ];
+        self.amqp_url
+            .split(',')
+            .map(str::trim)
+            .map(|address| {
+                let Ok(mut url) = url::Url::parse(address) else {
+                    return address.to_string();
+                };
+                if url.scheme() != "amqps" {
+                    return address.to_string();
+                }
+                for (key, path) in files {
+                    let named = url.query_pairs().any(|(k, _)| k == key);
+                    if let (Some(path), false) = (path, named) {
+                        url.query_pairs_mut()
+                            .append_pair(key, &path.display().to_string());
+                    }
+                }
+                url.to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The queues these settings name, or what is wrong with them.
     pub fn check(&self) -> anyhow::Result<Topology> {
-        self.amqp_url
-            .parse::<lapin::uri::AMQPUri>()
-            .map_err(|e| anyhow::anyhow!("AMQP_URL is not an AMQP URL: {e}"))?;
+        Nodes::parse(&self.url())?;
         if self.queue_prefix.is_empty() || self.queue_prefix.len() > 200 {
             bail!("BROADCAST_QUEUE_PREFIX must be 1 to 200 characters");
         }
@@ -283,6 +323,28 @@ mod tests {
             scope(None).queue.as_deref(),
             Some("broadcast.1400000001.jobs")
         );
+    }
+
+    #[test]
+    fn the_tls_files_go_on_every_amqps_address_that_names_none() {
+        let broker = BrokerArgs {
+            amqp_url:
+                "amqp://a:5672/%2f, amqps://u:p@b:5671/%2f,amqps://c:5671/?cacertfile=/own.pem"
+                    .into(),
+            queue_prefix: "p".into(),
+            delivery_limit: 1,
+            amqp_ca_file: Some("/etc/ca.pem".into()),
+            amqp_cert_file: None,
+            amqp_key_file: None,
+        };
+        let nodes: Vec<String> = broker.url().split(',').map(str::to_owned).collect();
+        assert_eq!(nodes[0], "amqp://a:5672/%2f");
+        assert_eq!(
+            nodes[1],
+            "amqps://u:p@b:5671/%2f?cacertfile=%2Fetc%2Fca.pem"
+        );
+        assert_eq!(nodes[2], "amqps://c:5671/?cacertfile=/own.pem");
+        assert!(broker.check().is_ok());
     }
 
     #[derive(clap::Parser)]

@@ -175,7 +175,7 @@ impl DlqCommand {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let (broker_args, app) = self.target();
         let names = app.resolve()?.topology(broker_args)?.names;
-        let connection = broker::connect(&broker_args.amqp_url, "broadcast-worker dlq").await?;
+        let connection = broker::connect(&broker_args.url(), "broadcast-worker dlq").await?;
         let channel = broker::confirm_channel(&connection).await?;
         declare_existing(&channel, &names.dead).await?;
         let now = clock::now_ms_i64();

@@ -61,7 +61,7 @@ impl EnqueueArgs {
         let topology = chosen.topology(&self.broker)?;
         let options = self.options(&chosen)?;
         let input = self.input()?;
-        let connection = broker::connect(&self.broker.amqp_url, "broadcast-worker enqueue").await?;
+        let connection = broker::connect(&self.broker.url(), "broadcast-worker enqueue").await?;
         topology.declare(&connection).await?;
         let channel = broker::confirm_channel(&connection).await?;
         let progress = ProgressBar::new_spinner();

@@ -105,7 +105,7 @@ impl RunArgs {
             shutdown_timeout_secs: self.shutdown_timeout_secs,
             words: FLEET,
         };
-        let presence = Presence::new(self.broker.amqp_url.clone(), &self.broker.queue_prefix);
+        let presence = Presence::new(self.broker.url(), &self.broker.queue_prefix);
         let load: Loader = {
             let (args, path, ledger) = (self.clone(), path.clone(), ledger.clone());
             Box::new(move || args.fleet_configs(&path, ledger.as_ref()))

@@ -107,7 +107,7 @@ impl RunArgs {
             bail!("BROADCAST_PREFETCH must be at least 1");
         }
         self.check_ledger_settings(settings)?;
-        let mut config = WorkerConfig::new(self.broker.amqp_url.clone(), "", api, secret_key);
+        let mut config = WorkerConfig::new(self.broker.url(), "", api, secret_key);
         config.topology = topology;
         config.prefetch = self.prefetch;
         settings.apply(&mut config).map_err(anyhow::Error::msg)?;
@@ -215,7 +215,7 @@ impl RunArgs {
             .transpose()?;
         Ok(Some(Console::new(ConsoleConfig {
             token,
-            amqp_url: self.broker.amqp_url.clone(),
+            amqp_url: self.broker.url(),
             read_limit,
             ledger,
             secure_cookie: self.console.console_secure_cookie,

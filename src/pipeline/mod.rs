@@ -243,6 +243,7 @@ impl<B: Book> Parted<B> {
         let end = session.run(&stop).await;
         releasing.abort();
         self.status.set_consuming(false);
+        self.status.set_broker(None);
         end
     }
 

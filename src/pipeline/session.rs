@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::{self, BrokerError, DeadReason};
+use crate::broker::version::{BrokerRules, HandBack};
+use crate::broker::{self, BrokerError, Connected, DeadReason, Nodes};
 use crate::clock;
 use crate::status::sample_queues;
 use crate::status::WorkerStatus;
@@ -59,8 +60,17 @@ struct Channels {
 impl<B: Book> Session<'_, B> {
     /// One connection's worth of work, until `stop` or the broker goes.
     pub async fn run(self, stop: &CancellationToken) -> Result<SessionEnd, BrokerError> {
-        let connection = broker::connect(&self.config.amqp_url, "broadcast-worker run").await?;
-        let result = self.consume(&connection, stop).await;
+        let nodes = Nodes::parse(&self.config.amqp_url)?;
+        let Connected {
+            connection,
+            node,
+            version,
+            rules,
+        } = nodes.connect("broadcast-worker run").await?;
+        let version = version.map(|v| v.to_string());
+        info!(%node, version = version.as_deref().unwrap_or("unknown"), "connected to the broker");
+        self.status.set_broker(Some((node, version)));
+        let result = self.consume(&connection, stop, rules).await;
         // Bounded: a connection cut off without a word may never answer.
         let closing = connection.close(200, "worker session over".into());
         let _ = tokio::time::timeout(WIND_DOWN, closing).await;
@@ -71,8 +81,9 @@ impl<B: Book> Session<'_, B> {
         self,
         connection: &Connection,
         stop: &CancellationToken,
+        rules: BrokerRules,
     ) -> Result<SessionEnd, BrokerError> {
-        let (channels, consumer) = self.start_consuming(connection).await?;
+        let (channels, consumer) = self.start_consuming(connection, rules).await?;
         let outbox = Outbox {
             channel: channels.publish.clone(),
             room: broker::properties_room(connection),
@@ -124,7 +135,8 @@ impl<B: Book> Session<'_, B> {
             why = connection_lost(connection) => SessionEnd::Broker(why),
         };
         sampler.abort();
-        send.wind_down(&channels, consumer_task, &end).await;
+        send.wind_down(&channels, consumer_task, &end, rules.hand_back)
+            .await;
         send.settler.book.close();
         self.status.set_consuming(false);
         Ok(end)
@@ -133,6 +145,7 @@ impl<B: Book> Session<'_, B> {
     async fn start_consuming(
         &self,
         connection: &Connection,
+        rules: BrokerRules,
     ) -> Result<(Channels, lapin::Consumer), BrokerError> {
         self.config.topology.declare(connection).await?;
         let queue = self.config.topology.names.jobs.clone();
@@ -141,7 +154,12 @@ impl<B: Book> Session<'_, B> {
             .await
             .map_err(BrokerError::Channel)?;
         consume
-            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .basic_qos(
+                self.config.prefetch,
+                BasicQosOptions {
+                    global: rules.qos_global,
+                },
+            )
             .await
             .map_err(BrokerError::Channel)?;
         let publish = broker::confirm_channel(connection).await?;
@@ -264,13 +282,15 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
     }
 
     /// Stops consuming, then (when the session stopped, rather than lost
-    /// its broker) hands back everything not settled; bounded in time, since
-    /// the connection may be gone.
+    /// its broker) hands back everything not settled, job by job or by
+    /// closing the channel as the broker's version says; bounded in time,
+    /// since the connection may be gone.
     async fn wind_down(
         &mut self,
         channels: &Channels,
         consumer_task: tokio::task::JoinHandle<()>,
         end: &SessionEnd,
+        hand_back: HandBack,
     ) {
         let wind_down = async {
             let _ = channels
@@ -281,7 +301,7 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
                 )
                 .await;
             consumer_task.abort();
-            if matches!(end, SessionEnd::Stopped) {
+            if matches!(end, SessionEnd::Stopped) && hand_back == HandBack::Requeue {
                 self.hand_back().await;
             }
             let _ = channels.consume.close(200, "worker stopping".into()).await;

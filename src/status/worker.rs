@@ -32,6 +32,9 @@ pub struct WorkerStatus {
     pub ledger_down: AtomicBool,
     /// While the ledger is down: the error that put it there.
     pub ledger_error: Mutex<Option<String>>,
+    /// The broker node of the session in progress (`host:port/vhost`) and
+    /// its version, never its credentials.
+    broker: Mutex<Option<(String, Option<String>)>>,
     /// The app's queues, where the console reads its dead letters.
     pub queues: Option<QueueNames>,
     /// The rate configured, in calls per second (the rate in force is in
@@ -139,6 +142,19 @@ impl WorkerStatus {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = error;
         self.ledger_down.swap(on, Ordering::Relaxed)
+    }
+
+    /// The broker node a session is connected to now (and its version), or
+    /// none between sessions.
+    pub fn set_broker(&self, node: Option<(String, Option<String>)>) {
+        *self.broker.lock().unwrap_or_else(|p| p.into_inner()) = node;
+    }
+
+    pub fn broker(&self) -> Option<(String, Option<String>)> {
+        self.broker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn ledger_error(&self) -> Option<String> {

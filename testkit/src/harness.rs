@@ -33,11 +33,14 @@ pub const ADMIN: &str = "administrator";
 pub const KEY: &str = "worker-test-secret";
 
 pub async fn connect() -> Connection {
-    broker::connect(AMQP_URL, "broadcast-worker tests")
+    connect_to(AMQP_URL).await
+}
+
+/// A connection to the broker at `url` (one address or several).
+pub async fn connect_to(url: &str) -> Connection {
+    broker::connect(url, "broadcast-worker tests")
         .await
-        .unwrap_or_else(|e| {
-            panic!("these tests need RabbitMQ at 127.0.0.1:5672 (guest/guest): {e}")
-        })
+        .unwrap_or_else(|e| panic!("these tests need RabbitMQ at {url} (guest/guest): {e}"))
 }
 
 pub fn unique_prefix(test: &str) -> String {
@@ -52,6 +55,9 @@ type RunningWorker = (
 
 pub struct TestApp {
     pub prefix: String,
+    /// The broker the app's queues are on (the shared one, or a cluster's
+    /// nodes): the worker's `AMQP_URL`.
+    pub broker_url: String,
     pub names: QueueNames,
     pub sim: SpawnedSimulator,
     pub config: WorkerConfig,
@@ -85,6 +91,18 @@ pub async fn spawn_app_named(
     rate: f64,
     configure: impl FnOnce(&mut SimulatorConfig),
 ) -> TestApp {
+    spawn_app_on(AMQP_URL, prefix, sdkappid, key, rate, configure).await
+}
+
+/// The same, on the broker at `broker_url` (a cluster's nodes, say).
+pub async fn spawn_app_on(
+    broker_url: &str,
+    prefix: String,
+    sdkappid: u64,
+    key: &str,
+    rate: f64,
+    configure: impl FnOnce(&mut SimulatorConfig),
+) -> TestApp {
     let mut sim_config = SimulatorConfig::new(sdkappid, ADMIN, SecretKey::new(key));
     sim_config.rate = rate;
     configure(&mut sim_config);
@@ -93,14 +111,14 @@ pub async fn spawn_app_named(
         .await
         .expect("simulator binds");
     let api = ApiConfig::new(sim.base_url(), sdkappid, ADMIN);
-    let mut config = WorkerConfig::new(AMQP_URL.into(), &prefix, api, SecretKey::new(key));
+    let mut config = WorkerConfig::new(broker_url.into(), &prefix, api, SecretKey::new(key));
     config.rate = rate;
     config.policy.backoff_min = Duration::from_millis(50);
     config.policy.backoff_max = Duration::from_millis(400);
     config.policy.app_fault_probe = Duration::from_millis(300);
     config.slow_down.hold = Duration::from_secs(2);
     config.reconnect_max = Duration::from_secs(2);
-    let connection = connect().await;
+    let connection = connect_to(broker_url).await;
     config
         .topology
         .declare(&connection)
@@ -110,6 +128,7 @@ pub async fn spawn_app_named(
     TestApp {
         names: QueueNames::new(&prefix),
         prefix,
+        broker_url: broker_url.to_string(),
         sim,
         config,
         connection,
@@ -477,16 +496,21 @@ impl Drop for TestApp {
             token.cancel();
             handle.abort();
         }
-        delete_topology(&self.prefix);
+        delete_topology_on(&self.broker_url, &self.prefix);
     }
 }
 
 /// Deletes a prefix's queues and exchange, from any context (Drop included).
 pub fn delete_topology(prefix: &str) {
+    delete_topology_on(AMQP_URL, prefix);
+}
+
+/// The same, on the broker at `url`.
+pub fn delete_topology_on(url: &str, prefix: &str) {
     let names = QueueNames::new(prefix);
+    let url = url.to_string();
     run_detached(async move {
-        let Ok(connection) = broker::connect(AMQP_URL, "broadcast-worker test cleanup").await
-        else {
+        let Ok(connection) = broker::connect(&url, "broadcast-worker test cleanup").await else {
             return;
         };
         if let Ok(channel) = connection.create_channel().await {

@@ -13,6 +13,7 @@
 //! - [`database`]: a PostgreSQL database of the test's own.
 //! - [`process`]: the worker binary as a child process, signals, and its
 //!   resource use.
+//! - [`tls`]: a test CA and the server and client certificates it signs.
 //! - [`report`]: the benchmark report written into BENCHMARKS.md.
 //!
 //! RabbitMQ (127.0.0.1:5672, guest/guest) and PostgreSQL (127.0.0.1:5432,
@@ -28,6 +29,7 @@ pub mod harness;
 pub mod process;
 pub mod proxy;
 pub mod report;
+pub mod tls;
 
 pub use browser::*;
 pub use cluster::*;
@@ -38,3 +40,4 @@ pub use harness::*;
 pub use process::*;
 pub use proxy::*;
 pub use report::*;
+pub use tls::*;
