@@ -389,3 +389,26 @@ async fn no_attempt_comes_after_the_repeat_window_whatever_waited_in_between() {
     assert_eq!(app.sim.simulator.stats().deliveries, 1);
     app.stop_worker().await.unwrap();
 }
+
+/// A connection lost in the middle of declaring the queues is a lost
+/// session like any other: the worker connects again, declares again and
+/// delivers, rather than taking it for a conflict and stopping for good.
+#[tokio::test]
+async fn a_declare_cut_midway_is_retried() {
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let mut app = spawn_app("declare-cut", 10.0).await;
+    app.config.amqp_url = proxy.amqp_url();
+    proxy.cut_on(app.names.jobs.as_bytes());
+    let jobs = backlog("dc", 5);
+    app.publish_many(&jobs).await;
+    app.start_worker();
+    app.wait_for("every job delivered", LONG, |app| app.all_delivered(&jobs))
+        .await;
+    assert!(proxy.cut_done(), "the declare was cut");
+    assert!(
+        proxy.accepted.load(Ordering::SeqCst) >= 2,
+        "connected again after the cut"
+    );
+    app.assert_each_delivered_once(&jobs);
+    app.stop_worker().await.unwrap();
+}

@@ -11,6 +11,7 @@
 //! - [`proxy`]: a TCP proxy that cuts, refuses, stalls or slows connections.
 //! - [`browser`]: a headless Chromium (chromedriver) and screenshots.
 //! - [`database`]: a PostgreSQL database of the test's own.
+//! - [`postgres_node`]: a private PostgreSQL server that accepts TLS only.
 //! - [`process`]: the worker binary as a child process, signals, and its
 //!   resource use.
 //! - [`tls`]: a test CA and the server and client certificates it signs.
@@ -26,6 +27,7 @@ pub mod console;
 pub mod database;
 pub mod fleet;
 pub mod harness;
+pub mod postgres_node;
 pub mod process;
 pub mod proxy;
 pub mod report;
@@ -37,6 +39,7 @@ pub use console::*;
 pub use database::*;
 pub use fleet::*;
 pub use harness::*;
+pub use postgres_node::*;
 pub use process::*;
 pub use proxy::*;
 pub use report::*;

@@ -37,6 +37,10 @@ pub struct ProxyFaults {
     /// publishes what a client library refuses to write, such as a
     /// `message_id` that is not UTF-8.
     pub rewrite: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+    /// The first connection whose client sends these bytes is cut before
+    /// they reach the server (once): a connection lost in the middle of a
+    /// given command, such as a queue's declare.
+    pub cut_on: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl TcpProxy {
@@ -131,6 +135,16 @@ impl TcpProxy {
         *self.faults.rewrite.lock().unwrap() = Some((pattern.to_vec(), replacement.to_vec()));
     }
 
+    /// Cuts the first connection that sends `pattern`, before it arrives.
+    pub fn cut_on(&self, pattern: &[u8]) {
+        *self.faults.cut_on.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// Whether the cut asked by `cut_on` has happened.
+    pub fn cut_done(&self) -> bool {
+        self.faults.cut_on.lock().unwrap().is_none()
+    }
+
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
     }
@@ -164,6 +178,14 @@ async fn pump_rewriting(
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let rewrite = faults.rewrite.lock().unwrap().clone();
+        let cutting = faults.cut_on.lock().unwrap().clone();
+        let rewrite = match (rewrite, &cutting) {
+            (Some(rewrite), _) => Some(rewrite),
+            // Cutting only: a pattern that rewrites nothing keeps the
+            // straddling logic below in one place.
+            (None, Some(cut)) => Some((cut.clone(), cut.clone())),
+            (None, None) => None,
+        };
         let Some((pattern, replacement)) = rewrite else {
             if !pending.is_empty() && to.write_all(&std::mem::take(&mut pending)).await.is_err() {
                 return;
@@ -179,6 +201,11 @@ async fn pump_rewriting(
             }
             Err(_) => true,
         };
+        if let Some(cut) = &cutting {
+            if find(&pending, cut).is_some() && faults.cut_on.lock().unwrap().take().is_some() {
+                return;
+            }
+        }
         let mut at = 0;
         while let Some(found) = find(&pending[at..], &pattern) {
             let start = at + found;
