@@ -246,3 +246,37 @@ fn every_alert_waits_names_its_app_and_has_a_severity() {
         );
     }
 }
+
+/// The compose file's workers are given every node of its cluster, in the
+/// form the worker parses, and the nodes' peer discovery lists the same
+/// nodes (`docker-compose config` checks the file's syntax in CI).
+#[test]
+fn compose_runs_a_three_node_cluster_and_the_workers_know_every_node() {
+    let compose = read("docker-compose.yml");
+    let cluster = read("deploy/rabbitmq/cluster.conf");
+    let url = compose
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("AMQP_URL: "))
+        .expect("the workers' AMQP_URL");
+    let nodes = broadcast_worker::broker::Nodes::parse(url).expect("a list the worker parses");
+    assert_eq!(nodes.labels().len(), 3, "{url}");
+    for n in 1..=3 {
+        let host = format!("rabbitmq-{n}");
+        assert!(
+            compose.contains(&format!("\n  {host}:\n")),
+            "service {host}"
+        );
+        assert!(
+            compose.contains(&format!("hostname: {host}\n")),
+            "{host}'s node name"
+        );
+        assert!(
+            url.contains(&format!("@{host}:5672/")),
+            "{host} in AMQP_URL"
+        );
+        assert!(
+            cluster.contains(&format!("= rabbit@{host}\n")),
+            "{host} in peer discovery"
+        );
+    }
+}

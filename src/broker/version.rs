@@ -9,11 +9,14 @@
 //!   declares both of its queues with a limit of its own, on every version
 //!   (see [`super::topology`]), so nothing depends on the default;
 //! - what counts as a delivery: before 4.3 every return of a held message
-//!   counts, however it was returned; from 4.3 a message returned because
-//!   its channel or connection closed does not, while a `basic.nack` with
-//!   requeue still does. So from 4.3 a stopping session returns what it
-//!   holds by closing its channel ([`HandBack::CloseChannel`]), and its
-//!   healthy jobs never spend their delivery limit;
+//!   counts, however it was returned; from 4.3 only a failed one does
+//!   (rabbitmq-server#15387: `basic.reject` raises the delivery count,
+//!   `basic.nack` with requeue leaves it). A stopping session hands back
+//!   what it holds by `basic.nack` with requeue, job by job, on every
+//!   version: free from 4.3, and before it no return is free. It never
+//!   relies on a closed channel to return them, since whether such returns
+//!   count from 4.3 is not documented ([`BrokerRules::returns_spend_deliveries`]
+//!   says which rule the broker follows, for the logs and `/readyz`);
 //! - `basic.qos` with `global` set is refused on 4.3: the worker's prefetch
 //!   is per consumer (`global` false) on every version;
 //! - single active consumer honours consumer priorities on 4.x: the worker
@@ -65,21 +68,13 @@ impl std::fmt::Display for BrokerVersion {
     }
 }
 
-/// How a stopping session gives back the jobs it holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandBack {
-    /// `basic.nack` with requeue, job by job (each counts as a delivery on
-    /// every version; so does a closed channel before 4.3).
-    Requeue,
-    /// Close the consuming channel: the broker returns every unacked job,
-    /// and from 4.3 such returns do not count as deliveries.
-    CloseChannel,
-}
-
 /// What the worker does differently by broker version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BrokerRules {
-    pub hand_back: HandBack,
+    /// Whether a job handed back (`basic.nack` with requeue, a closed
+    /// channel) spends one of its deliveries: before 4.3, and on a broker
+    /// whose version is unknown, yes.
+    pub returns_spend_deliveries: bool,
     /// `basic.qos` `global`: never, on any version (refused on 4.3).
     pub qos_global: bool,
 }
@@ -89,13 +84,8 @@ impl BrokerRules {
     /// version unread) gets those of 3.x, which hold on every version.
     pub fn for_version(version: Option<&BrokerVersion>) -> Self {
         let rabbitmq = version.filter(|v| v.product.eq_ignore_ascii_case("RabbitMQ"));
-        let returns_free = rabbitmq.is_some_and(|v| v.at_least(4, 3));
         Self {
-            hand_back: if returns_free {
-                HandBack::CloseChannel
-            } else {
-                HandBack::Requeue
-            },
+            returns_spend_deliveries: !rabbitmq.is_some_and(|v| v.at_least(4, 3)),
             qos_global: false,
         }
     }
@@ -172,26 +162,23 @@ mod tests {
     }
 
     #[test]
-    fn from_4_3_a_stopping_session_hands_back_by_closing_its_channel() {
-        for (version, hand_back) in [
-            ("3.10.8", HandBack::Requeue),
-            ("3.13.7", HandBack::Requeue),
-            ("4.0.5", HandBack::Requeue),
-            ("4.2.1", HandBack::Requeue),
-            ("4.3.0", HandBack::CloseChannel),
-            ("4.3.0-beta.1", HandBack::CloseChannel),
-            ("5.0.0", HandBack::CloseChannel),
+    fn from_4_3_a_job_handed_back_spends_no_delivery() {
+        for (version, spends) in [
+            ("3.10.8", true),
+            ("3.13.7", true),
+            ("4.0.5", true),
+            ("4.2.1", true),
+            ("4.3.0", false),
+            ("4.3.0-beta.1", false),
+            ("5.0.0", false),
         ] {
             let rules = BrokerRules::for_version(Some(&rabbitmq(version)));
-            assert_eq!(rules.hand_back, hand_back, "{version}");
+            assert_eq!(rules.returns_spend_deliveries, spends, "{version}");
         }
-        // Unknown, or another broker: the rules that hold everywhere.
-        assert_eq!(BrokerRules::for_version(None).hand_back, HandBack::Requeue);
+        // Unknown, or another broker: the rule that holds everywhere.
+        assert!(BrokerRules::for_version(None).returns_spend_deliveries);
         let other = BrokerVersion::parse("LavinMQ", "4.3.0").unwrap();
-        assert_eq!(
-            BrokerRules::for_version(Some(&other)).hand_back,
-            HandBack::Requeue
-        );
+        assert!(BrokerRules::for_version(Some(&other)).returns_spend_deliveries);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::version::{BrokerRules, HandBack};
+use crate::broker::version::BrokerRules;
 use crate::broker::{self, BrokerError, Connected, DeadReason, Nodes};
 use crate::clock;
 use crate::status::sample_queues;
@@ -68,7 +68,12 @@ impl<B: Book> Session<'_, B> {
             rules,
         } = nodes.connect("broadcast-worker run").await?;
         let version = version.map(|v| v.to_string());
-        info!(%node, version = version.as_deref().unwrap_or("unknown"), "connected to the broker");
+        info!(
+            %node,
+            version = version.as_deref().unwrap_or("unknown"),
+            returns_spend_deliveries = rules.returns_spend_deliveries,
+            "connected to the broker"
+        );
         self.status.set_broker(Some((node, version)));
         let result = self.consume(&connection, stop, rules).await;
         // Bounded: a connection cut off without a word may never answer.
@@ -135,8 +140,7 @@ impl<B: Book> Session<'_, B> {
             why = connection_lost(connection) => SessionEnd::Broker(why),
         };
         sampler.abort();
-        send.wind_down(&channels, consumer_task, &end, rules.hand_back)
-            .await;
+        send.wind_down(&channels, consumer_task, &end).await;
         send.settler.book.close();
         self.status.set_consuming(false);
         Ok(end)
@@ -282,15 +286,14 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
     }
 
     /// Stops consuming, then (when the session stopped, rather than lost
-    /// its broker) hands back everything not settled, job by job or by
-    /// closing the channel as the broker's version says; bounded in time,
+    /// its broker) hands back everything not settled, job by job by
+    /// `basic.nack` with requeue (see [`BrokerRules`]); bounded in time,
     /// since the connection may be gone.
     async fn wind_down(
         &mut self,
         channels: &Channels,
         consumer_task: tokio::task::JoinHandle<()>,
         end: &SessionEnd,
-        hand_back: HandBack,
     ) {
         let wind_down = async {
             let _ = channels
@@ -301,7 +304,7 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
                 )
                 .await;
             consumer_task.abort();
-            if matches!(end, SessionEnd::Stopped) && hand_back == HandBack::Requeue {
+            if matches!(end, SessionEnd::Stopped) {
                 self.hand_back().await;
             }
             let _ = channels.consume.close(200, "worker stopping".into()).await;
