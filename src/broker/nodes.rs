@@ -21,8 +21,8 @@ use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 
+use super::error::BrokerError;
 use super::version::{probe, BrokerRules, BrokerVersion};
-use super::BrokerError;
 
 /// One node: where it is, how to reach it, and how it is named.
 #[derive(Debug, Clone)]
