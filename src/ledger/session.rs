@@ -71,6 +71,18 @@ pub enum Ownership {
     Lost,
 }
 
+impl Ownership {
+    /// A fenced write of one row: held if it was written, lost if another
+    /// session's token (or a settled state) kept it out.
+    pub(crate) fn if_written(rows: u64) -> Self {
+        if rows == 1 {
+            Ownership::Held
+        } else {
+            Ownership::Lost
+        }
+    }
+}
+
 impl Ledger {
     /// A token for a session that has just become its app's sender, larger
     /// than every earlier session's.
@@ -277,11 +289,7 @@ impl LedgerSession {
         .await?
         .rows_affected();
         self.ledger.spent("attempt_again", started, 1);
-        Ok(if marked == 1 {
-            Ownership::Held
-        } else {
-            Ownership::Lost
-        })
+        Ok(Ownership::if_written(marked))
     }
 
     /// The service refused the latest attempt for sure, and no earlier one
@@ -299,11 +307,7 @@ impl LedgerSession {
         .await?
         .rows_affected();
         self.ledger.spent("refused", started, 1);
-        Ok(if cleared == 1 {
-            Ownership::Held
-        } else {
-            Ownership::Lost
-        })
+        Ok(Ownership::if_written(cleared))
     }
 
     /// Whether the call is still this session's to send (before a retry).

@@ -40,11 +40,7 @@ impl LedgerSession {
         .fetch_one(&self.ledger.pool)
         .await?;
         self.ledger.spent("call_delivered", started, 1);
-        Ok(if closed == 1 {
-            Ownership::Held
-        } else {
-            Ownership::Lost
-        })
+        Ok(Ownership::if_written(closed as u64))
     }
 
     /// A call that will not be resent as it was (a recovered call the service
@@ -71,11 +67,7 @@ impl LedgerSession {
         .await?
         .rows_affected();
         self.ledger.spent("call_abandoned", started, 1);
-        Ok(if closed == 1 {
-            Ownership::Held
-        } else {
-            Ownership::Lost
-        })
+        Ok(Ownership::if_written(closed))
     }
 
     /// A call that may have been delivered is about to have its jobs
@@ -94,11 +86,7 @@ impl LedgerSession {
         .await?
         .rows_affected();
         self.ledger.spent("call_dead_lettering", started, 1);
-        Ok(if marked == 1 {
-            Ownership::Held
-        } else {
-            Ownership::Lost
-        })
+        Ok(Ownership::if_written(marked))
     }
 
     /// Jobs dead-lettered (after the dead letter was confirmed). With a
@@ -201,10 +189,6 @@ impl LedgerSession {
         .execute(&mut **tx)
         .await?
         .rows_affected();
-        Ok(if closed == 1 {
-            Ownership::Held
-        } else {
-            Ownership::Lost
-        })
+        Ok(Ownership::if_written(closed))
     }
 }
