@@ -4,6 +4,7 @@
 //!
 //! - this file: confirm channels, confirmed publishing, queue counts.
 //! - [`nodes`]: the broker as a list of nodes, connected to in turn, TLS.
+//! - `links`: a replica's few connections, shared by its apps.
 //! - [`version`]: the broker's version, and the rules followed for it.
 //! - `topology`: the queues and the exchange, their names and arguments.
 //! - `dead_letter`: the header names, dead-letter reasons, a dead letter's properties.
@@ -15,6 +16,7 @@ mod dead_letter;
 mod error;
 pub mod frame;
 mod header_values;
+mod links;
 pub mod nodes;
 mod topology;
 pub mod version;
@@ -22,6 +24,7 @@ pub mod version;
 pub use dead_letter::{headers, DeadLetter, DeadReason};
 pub use error::BrokerError;
 pub use header_values::{header_i64, header_str, header_time_ms};
+pub use links::{Link, Links, FLEET_CONNECTIONS};
 pub use nodes::{Connected, Nodes};
 pub use topology::{QueueNames, Topology, DEAD_DELIVERY_LIMIT};
 

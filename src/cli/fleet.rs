@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tracing::info;
 
+use crate::broker::{Links, FLEET_CONNECTIONS};
 use crate::cli::args::BrokerArgs;
 use crate::cli::lifecycle::{serve_until_signal, Lifecycle, Words};
 use crate::cli::run::RunArgs;
@@ -31,6 +32,7 @@ impl RunArgs {
         &self,
         entry: &AppEntry,
         ledger: Option<&Ledger>,
+        links: &Links,
     ) -> anyhow::Result<WorkerConfig> {
         let settings = entry
             .settings_over(&self.sending)
@@ -51,7 +53,9 @@ impl RunArgs {
             .api(entry.sdkappid, entry.identifier.clone())
             .map_err(anyhow::Error::msg)?;
         let key = entry.secret_key().map_err(anyhow::Error::msg)?;
-        self.config_for(topology, api, key, &settings, ledger.cloned())
+        let mut config = self.config_for(topology, api, key, &settings, ledger.cloned())?;
+        config.links = Some(links.clone());
+        Ok(config)
     }
 
     /// Every app of the file with its settings, or every mistake found.
@@ -59,12 +63,13 @@ impl RunArgs {
         &self,
         path: &Path,
         ledger: Option<&Ledger>,
+        links: &Links,
     ) -> Result<Vec<(AppEntry, WorkerConfig)>, String> {
         let entries = read_apps_file(path).map_err(|e| e.to_string())?;
         let mut apps = Vec::with_capacity(entries.len());
         let mut mistakes = Vec::new();
         for entry in entries {
-            match self.app_config(&entry, ledger) {
+            match self.app_config(&entry, ledger, links) {
                 Ok(config) => apps.push((entry, config)),
                 Err(e) => mistakes.push(format!("app {}: {e:#}", entry.sdkappid)),
             }
@@ -92,8 +97,14 @@ impl RunArgs {
             .as_deref()
             .map(|url| Ledger::connect_lazy_pooled(url, LEDGER_CONNECTIONS))
             .transpose()?;
+        // A few connections for every app, whatever their number.
+        let links = Links::new(
+            &self.broker.url(),
+            FLEET_CONNECTIONS,
+            "broadcast-worker fleet",
+        )?;
         let apps = self
-            .fleet_configs(&path, ledger.as_ref())
+            .fleet_configs(&path, ledger.as_ref(), &links)
             .map_err(anyhow::Error::msg)?;
         info!(apps = apps.len(), file = %path.display(), prefix = %self.broker.queue_prefix, "starting the fleet");
         let life = Lifecycle {
@@ -105,10 +116,11 @@ impl RunArgs {
             shutdown_timeout_secs: self.shutdown_timeout_secs,
             words: FLEET,
         };
-        let presence = Presence::new(self.broker.url(), &self.broker.queue_prefix);
+        let presence = Presence::new(links.clone(), &self.broker.queue_prefix);
         let load: Loader = {
             let (args, path, ledger) = (self.clone(), path.clone(), ledger.clone());
-            Box::new(move || args.fleet_configs(&path, ledger.as_ref()))
+            let links = links.clone();
+            Box::new(move || args.fleet_configs(&path, ledger.as_ref(), &links))
         };
         serve_until_signal(life, |board, shutdown| {
             // Listening for SIGHUP before the endpoint is announced: a
@@ -118,6 +130,7 @@ impl RunArgs {
             let fleet = Fleet::new(board, presence);
             Ok(async move {
                 fleet.run(apps, load, reload, shutdown).await;
+                links.close("fleet stopped").await;
                 Ok(())
             })
         })

@@ -9,10 +9,10 @@
 
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer};
+use lapin::{Channel, Consumer};
 use tracing::warn;
 
-use crate::broker;
+use crate::broker::{Link, Links};
 
 /// The most apps one replica should send for: every app shared out, rounded up.
 pub fn fair_share(apps: usize, replicas: usize) -> usize {
@@ -32,19 +32,20 @@ pub fn to_release(mut active: Vec<u64>, apps: usize, replicas: usize) -> Vec<u64
 /// Counts the replicas up: each consumes from `{prefix}.replicas`, a
 /// non-durable queue that never holds a message.
 pub struct Presence {
-    amqp_url: String,
+    links: Links,
     queue: String,
     /// The connection, and the channel and consumer that are this replica's
     /// presence for as long as they are held.
-    connection: Option<(Connection, Channel, Consumer)>,
+    joined: Option<(Link, Channel, Consumer)>,
 }
 
 impl Presence {
-    pub fn new(amqp_url: String, prefix: &str) -> Self {
+    /// Presence on the first of the replica's shared connections.
+    pub fn new(links: Links, prefix: &str) -> Self {
         Self {
-            amqp_url,
+            links,
             queue: format!("{prefix}.replicas"),
-            connection: None,
+            joined: None,
         }
     }
 
@@ -55,8 +56,8 @@ impl Presence {
             Ok(n) => Some(n),
             Err(e) => {
                 warn!(error = %e, queue = %self.queue, "cannot count the replicas: not balancing for now");
-                if let Some((connection, _, _)) = self.connection.take() {
-                    let _ = connection.close(200, "presence lost".into()).await;
+                if let Some((_, channel, _)) = self.joined.take() {
+                    let _ = channel.close(200, "presence lost".into()).await;
                 }
                 None
             }
@@ -64,11 +65,16 @@ impl Presence {
     }
 
     async fn count(&mut self) -> Result<usize, String> {
-        if self.connection.is_none() {
-            self.connection = Some(self.join().await?);
+        if self
+            .joined
+            .as_ref()
+            .is_none_or(|(link, channel, _)| link.is_lost() || !channel.status().connected())
+        {
+            self.joined = Some(self.join().await?);
         }
-        let (connection, _, _) = self.connection.as_ref().expect("joined above");
-        let channel = connection
+        let (link, _, _) = self.joined.as_ref().expect("joined above");
+        let channel = link
+            .connection()
             .create_channel()
             .await
             .map_err(|e| e.to_string())?;
@@ -88,11 +94,10 @@ impl Presence {
     }
 
     /// Connects, declares the presence queue and consumes from it.
-    async fn join(&self) -> Result<(Connection, Channel, Consumer), String> {
-        let connection = broker::connect(&self.amqp_url, "broadcast-worker presence")
-            .await
-            .map_err(|e| e.to_string())?;
-        let channel = connection
+    async fn join(&self) -> Result<(Link, Channel, Consumer), String> {
+        let link = self.links.link(0).await.map_err(|e| e.to_string())?;
+        let channel = link
+            .connection()
             .create_channel()
             .await
             .map_err(|e| e.to_string())?;
@@ -116,7 +121,7 @@ impl Presence {
             )
             .await
             .map_err(|e| e.to_string())?;
-        Ok((connection, channel, consumer))
+        Ok((link, channel, consumer))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::broker::{self, Topology};
+use crate::broker::{self, Links, Topology};
 use crate::ledger::{Ledger, Scope};
 use crate::tencent::classify::Classifier;
 use crate::tencent::client::ApiConfig;
@@ -66,6 +66,9 @@ pub enum AppFaultPolicy {
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub amqp_url: String,
+    /// The connections to share with other apps (a fleet's); without them
+    /// the worker opens one of its own to `amqp_url`.
+    pub links: Option<Links>,
     pub topology: Topology,
     pub api: ApiConfig,
     pub secret_key: SecretKey,
@@ -197,6 +200,7 @@ impl WorkerConfig {
     pub fn new(amqp_url: String, prefix: &str, api: ApiConfig, secret_key: SecretKey) -> Self {
         Self {
             amqp_url,
+            links: None,
             topology: Topology {
                 names: broker::QueueNames::new(prefix),
                 delivery_limit: defaults::DELIVERY_LIMIT,

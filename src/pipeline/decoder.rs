@@ -14,9 +14,11 @@ use tracing::warn;
 
 use crate::broker::frame::MAX_HEADER_TEXT;
 use crate::broker::BrokerError;
+use crate::status::WorkerStatus;
 use crate::telemetry;
 use crate::text::cut_text;
 
+use super::baton::{self, Baton};
 use super::config::CallRules;
 use super::delivery::{Outbox, Pending};
 use super::job::{self, Job, Rejection};
@@ -37,6 +39,10 @@ pub struct Decoder {
     pub rules: CallRules,
     /// The app, as the metrics' `sdkappid` label spells it.
     pub app: String,
+    pub status: Arc<WorkerStatus>,
+    /// The jobs queue, where a redelivered baton's replacement goes.
+    pub queue: String,
+    pub baton: Baton,
 }
 
 impl Decoder {
@@ -47,20 +53,42 @@ impl Decoder {
         // delivery, so the prefetch bounds how many run at once.
         let mut dead_letters: tokio::task::JoinSet<Result<(), BrokerError>> =
             tokio::task::JoinSet::new();
-        while let Some(delivery) = consumer.next().await {
-            while let Some(done) = dead_letters.try_join_next() {
-                if let Ok(Err(e)) = done {
-                    let _ = tx.send(Incoming::Lost(e.to_string()));
-                    return;
+        let mut offer = this.baton.offers();
+        loop {
+            // A dead letter that failed (its channel closed, say) ends the
+            // session at once, not at the next delivery, which may never come.
+            let delivery = tokio::select! {
+                Some(done) = dead_letters.join_next(), if !dead_letters.is_empty() => {
+                    if let Ok(Err(e)) = done {
+                        let _ = tx.send(Incoming::Lost(e.to_string()));
+                        return;
+                    }
+                    continue;
                 }
-            }
+                // Quiet, with no baton offered yet: offer this session's.
+                _ = tokio::time::sleep_until(offer.due().unwrap_or_else(tokio::time::Instant::now)), if offer.due().is_some() => {
+                    if let Err(e) = this.offer_baton(&mut offer).await {
+                        return drop(tx.send(Incoming::Lost(format!("baton: {e}"))));
+                    }
+                    continue;
+                }
+                delivery = consumer.next() => match delivery {
+                    Some(delivery) => delivery,
+                    None => break,
+                },
+            };
             let delivery = match delivery {
                 Ok(delivery) => delivery,
-                Err(e) => {
-                    let _ = tx.send(Incoming::Lost(format!("consumer error: {e}")));
-                    return;
-                }
+                Err(e) => return drop(tx.send(Incoming::Lost(format!("consumer error: {e}")))),
             };
+            offer.delivered();
+            if baton::is_baton(&delivery) {
+                if let Err(e) = this.receive_baton(delivery, &mut offer).await {
+                    return drop(tx.send(Incoming::Lost(format!("baton: {e}"))));
+                }
+                continue;
+            }
+            this.status.touch();
             metrics::counter!(telemetry::JOBS_RECEIVED, telemetry::SDKAPPID => this.app.clone())
                 .increment(1);
             let redelivered = delivery.redelivered;
@@ -96,6 +124,27 @@ impl Decoder {
             }
         }
         let _ = tx.send(Incoming::Lost("the broker cancelled the consumer".into()));
+    }
+
+    /// Offers this session's baton (the queue was quiet).
+    async fn offer_baton(&self, offer: &mut baton::Offer) -> Result<(), BrokerError> {
+        let published = baton::offer(&self.outbox.channel, &self.queue).await?;
+        offer.made(published);
+        Ok(())
+    }
+
+    /// A baton arrived: this session is the app's active consumer, and one
+    /// is in circulation (held here from now on), so none is to be offered.
+    async fn receive_baton(
+        &self,
+        delivery: lapin::message::Delivery,
+        offer: &mut baton::Offer,
+    ) -> Result<(), BrokerError> {
+        offer.made(true);
+        self.status.set_active(true);
+        self.baton
+            .receive(delivery, &self.outbox.channel, &self.queue)
+            .await
     }
 
     /// Dead-letters a message that can never be a call. One without

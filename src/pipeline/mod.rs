@@ -14,6 +14,7 @@
 //!   one attempt (signer, client, classifier) with the pacer;
 //! - [`book`]: what is remembered of jobs and calls (the ledger, or memory);
 //! - `settler`: the one place that acks, dead-letters and requeues;
+//! - `baton`: how a replica knows it is the app's sender while idle;
 //! - `session`: one broker session and its send loop; `attempts`: one call's
 //!   attempts and what they turn into; `admit`: arrivals sorted by the book.
 //!
@@ -25,14 +26,16 @@
 //! word), `decoder` (the consumer
 //! task), `end` (how a session ends), [`crash`] (the test-only crash hook).
 //!
-//! A session is one broker connection. When it breaks, everything not yet
-//! settled is simply dropped (the broker redelivers it) and a new session
-//! starts after a backoff. The sender (its pace, its UserSig) and the book
+//! A session is the app's channels on a connection (its own, or one a fleet
+//! shares among its apps). When it breaks, everything not yet settled is
+//! simply dropped (the broker redelivers it) and a new session starts after
+//! a backoff. The sender (its pace, its UserSig) and the book
 //! outlive sessions.
 
 mod admit;
 mod attempts;
 pub mod batcher;
+mod baton;
 pub mod book;
 mod call;
 pub mod config;
@@ -61,10 +64,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Links};
 use crate::ledger::LedgerError;
 use crate::status::WorkerStatus;
-use crate::tencent::client::TransportError;
 use book::{Book, InMemory, Ledgered};
 use crash::CrashHook;
 use end::SessionEnd;
@@ -76,8 +78,8 @@ use session::Session;
 pub enum WorkerError {
     #[error(transparent)]
     Topology(BrokerError),
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] TransportError),
+    #[error(transparent)]
+    Broker(BrokerError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 }
@@ -100,6 +102,11 @@ enum Parts {
 /// The parts that outlive sessions.
 struct Parted<B: Book> {
     config: WorkerConfig,
+    links: Links,
+    /// Whether the links are this worker's own, to close when it stops.
+    own_links: bool,
+    /// Whether the topology is known to be declared (see [`Session`]).
+    declared: bool,
     sender: Sender,
     book: B,
     status: Arc<WorkerStatus>,
@@ -114,7 +121,15 @@ impl Worker {
                 .with_queues(config.topology.names.clone(), config.rate),
         );
         let release = Arc::new(Notify::new());
-        let sender = Sender::new(&config, status.clone())?;
+        let sender = Sender::new(&config, status.clone());
+        let (links, own_links) = match config.links.take() {
+            Some(links) => (links, false),
+            None => (
+                Links::new(&config.amqp_url, 1, "broadcast-worker run")
+                    .map_err(WorkerError::Broker)?,
+                true,
+            ),
+        };
         let crash = CrashHook::new(config.crash_at, config.crash_on_job.clone());
         // Every record the worker reads or writes is its app's and queue's.
         let scope = config.ledger_scope();
@@ -123,16 +138,29 @@ impl Worker {
         let parts = match ledger {
             Some(ledger) => {
                 let book = Ledgered::new(ledger, status.clone(), crash_limit, retention);
-                Parts::Ledgered(Parted::new(config, sender, book, &status, &release, crash))
+                Parts::Ledgered(Parted {
+                    config,
+                    links,
+                    own_links,
+                    declared: false,
+                    sender,
+                    book,
+                    status: status.clone(),
+                    release: release.clone(),
+                    crash,
+                })
             }
-            None => Parts::InMemory(Parted::new(
+            None => Parts::InMemory(Parted {
                 config,
+                links,
+                own_links,
+                declared: false,
                 sender,
-                InMemory::default(),
-                &status,
-                &release,
+                book: InMemory::default(),
+                status: status.clone(),
+                release: release.clone(),
                 crash,
-            )),
+            }),
         };
         Ok(Self {
             status,
@@ -163,29 +191,14 @@ impl Worker {
 }
 
 impl<B: Book> Parted<B> {
-    fn new(
-        config: WorkerConfig,
-        sender: Sender,
-        book: B,
-        status: &Arc<WorkerStatus>,
-        release: &Arc<Notify>,
-        crash: CrashHook,
-    ) -> Self {
-        Self {
-            config,
-            sender,
-            book,
-            status: status.clone(),
-            release: release.clone(),
-            crash,
-        }
-    }
-
     async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let upkeep = self.book.upkeep(&shutdown);
         let result = self.run_sessions(&shutdown).await;
         if let Some(upkeep) = upkeep {
             upkeep.abort();
+        }
+        if self.own_links {
+            self.links.close("worker stopped").await;
         }
         result
     }
@@ -236,11 +249,16 @@ impl<B: Book> Parted<B> {
         let session = Session {
             config: &self.config,
             status: &self.status,
+            links: &self.links,
+            declared: &mut self.declared,
             sender: &mut self.sender,
             book: &mut self.book,
             crash: &self.crash,
         };
         let end = session.run(&stop).await;
+        if !matches!(end, Ok(SessionEnd::Stopped)) {
+            self.declared = false;
+        }
         releasing.abort();
         self.status.set_consuming(false);
         self.status.set_broker(None);

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::status::WorkerStatus;
 use crate::telemetry;
 use crate::tencent::classify::{Classifier, Outcome};
-use crate::tencent::client::{ApiClient, ApiResponse, TransportError};
+use crate::tencent::client::{ApiClient, ApiConfig, ApiResponse, TransportError};
 use crate::tencent::usersig::Signer;
 
 use super::call::Call;
@@ -30,7 +30,10 @@ pub struct Attempt {
 /// outlives sessions, as its pace does.
 pub struct Sender {
     pub pacer: Pacer,
-    client: ApiClient,
+    /// How to reach the service; its client is built on the first attempt,
+    /// so an app that never sends never holds one (nor its TLS setup).
+    api: ApiConfig,
+    client: Option<ApiClient>,
     signer: Signer,
     classifier: Classifier,
     status: Arc<WorkerStatus>,
@@ -39,16 +42,17 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(config: &WorkerConfig, status: Arc<WorkerStatus>) -> Result<Self, TransportError> {
+    pub fn new(config: &WorkerConfig, status: Arc<WorkerStatus>) -> Self {
         let app = status.app.clone();
-        Ok(Self {
+        Self {
             pacer: Pacer::new(
                 app.clone(),
                 config.rate,
                 config.rate_guard,
                 config.slow_down.clone(),
             ),
-            client: ApiClient::new(&config.api)?,
+            api: config.api.clone(),
+            client: None,
             signer: Signer::new(
                 config.secret_key.clone(),
                 config.api.sdkappid,
@@ -58,7 +62,7 @@ impl Sender {
             classifier: config.classifier.clone(),
             status,
             app,
-        })
+        }
     }
 
     /// Signs, sends and classifies; `previous` is the outcome of the
@@ -72,10 +76,14 @@ impl Sender {
         self.count_attempt(call, previous);
         self.pacer.sent();
         let sent = Instant::now();
-        let result = self
-            .client
-            .send_broadcast(&usersig, call.batch.body.clone())
-            .await;
+        let result = match self.client() {
+            Ok(client) => {
+                client
+                    .send_broadcast(&usersig, call.batch.body.clone())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         self.pacer.answered();
         metrics::histogram!(telemetry::CALL_SECONDS, telemetry::SDKAPPID => self.app.clone())
             .record(sent.elapsed().as_secs_f64());
@@ -95,6 +103,15 @@ impl Sender {
             code,
             info,
         }
+    }
+
+    /// The app's HTTP client, built on first use (a failure to build it is
+    /// an attempt that failed in transport, retried as one).
+    fn client(&mut self) -> Result<&ApiClient, TransportError> {
+        if self.client.is_none() {
+            self.client = Some(ApiClient::new(&self.api)?);
+        }
+        Ok(self.client.as_ref().expect("built above"))
     }
 
     /// A fresh UserSig for the next attempt (the last one expired, or a

@@ -10,22 +10,22 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::version::BrokerRules;
-use crate::broker::{self, BrokerError, Connected, DeadReason, Nodes};
+use crate::broker::{self, BrokerError, DeadReason, Link, Links};
 use crate::clock;
 use crate::status::sample_queues;
 use crate::status::WorkerStatus;
 
 use super::admit::admit;
 use super::attempts::Attempts;
+use super::baton::Baton;
 use super::book::Book;
 use super::config::WorkerConfig;
 use super::crash::CrashHook;
@@ -45,6 +45,10 @@ const WIND_DOWN: Duration = Duration::from_secs(5);
 pub struct Session<'w, B: Book> {
     pub config: &'w WorkerConfig,
     pub status: &'w Arc<WorkerStatus>,
+    pub links: &'w Links,
+    /// Whether the topology was declared by an earlier session that ended
+    /// without a broker error (a release): no need to ask the broker again.
+    pub declared: &'w mut bool,
     pub sender: &'w mut Sender,
     pub book: &'w mut B,
     pub crash: &'w CrashHook,
@@ -55,40 +59,38 @@ struct Channels {
     consume: Channel,
     publish: Channel,
     consumer_tag: String,
+    queue: String,
+    baton: Baton,
 }
 
 impl<B: Book> Session<'_, B> {
-    /// One connection's worth of work, until `stop` or the broker goes.
+    /// One session on the app's shared connection, until `stop` or the
+    /// broker goes. Its channels are its own: closing them (or the broker
+    /// closing one) ends this app's session only.
     pub async fn run(self, stop: &CancellationToken) -> Result<SessionEnd, BrokerError> {
-        let nodes = Nodes::parse(&self.config.amqp_url)?;
-        let Connected {
-            connection,
-            node,
-            version,
-            rules,
-        } = nodes.connect("broadcast-worker run").await?;
-        let version = version.map(|v| v.to_string());
-        info!(
-            %node,
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(SessionEnd::Stopped),
+            _ = self.links.start_turn() => {}
+        }
+        let link = self.links.link(self.config.api.sdkappid).await?;
+        let version = link.version.as_ref().map(|v| v.to_string());
+        debug!(
+            node = %link.node,
             version = version.as_deref().unwrap_or("unknown"),
-            returns_spend_deliveries = rules.returns_spend_deliveries,
-            "connected to the broker"
+            returns_spend_deliveries = link.rules.returns_spend_deliveries,
+            "session starting on the broker"
         );
-        self.status.set_broker(Some((node, version)));
-        let result = self.consume(&connection, stop, rules).await;
-        // Bounded: a connection cut off without a word may never answer.
-        let closing = connection.close(200, "worker session over".into());
-        let _ = tokio::time::timeout(WIND_DOWN, closing).await;
-        result
+        self.status.set_broker(Some((link.node.clone(), version)));
+        self.consume(&link, stop).await
     }
 
     async fn consume(
-        self,
-        connection: &Connection,
+        mut self,
+        link: &Link,
         stop: &CancellationToken,
-        rules: BrokerRules,
     ) -> Result<SessionEnd, BrokerError> {
-        let (channels, consumer) = self.start_consuming(connection, rules).await?;
+        let connection = link.connection();
+        let (channels, consumer) = self.start_consuming(connection, link.rules).await?;
         let outbox = Outbox {
             channel: channels.publish.clone(),
             room: broker::properties_room(connection),
@@ -99,6 +101,9 @@ impl<B: Book> Session<'_, B> {
             dlx: self.config.topology.names.dlx.clone(),
             rules: self.config.call,
             app: self.status.app.clone(),
+            status: self.status.clone(),
+            queue: self.config.topology.names.jobs.clone(),
+            baton: channels.baton.clone(),
         };
         let consumer_task = tokio::spawn(decoder.run(consumer, tx));
         // The queues' counts (backlog, dead letters), on a channel of their own.
@@ -107,7 +112,7 @@ impl<B: Book> Session<'_, B> {
             .await
             .map_err(BrokerError::Channel)?;
         let sampler = tokio::spawn(sample_queues(
-            sampling,
+            sampling.clone(),
             self.config.topology.names.clone(),
             self.status.clone(),
         ));
@@ -137,9 +142,13 @@ impl<B: Book> Session<'_, B> {
                 Ok(never) => match never {},
                 Err(end) => end,
             },
-            why = connection_lost(connection) => SessionEnd::Broker(why),
+            why = link.lost() => SessionEnd::Broker(why),
         };
         sampler.abort();
+        if !matches!(end, SessionEnd::Broker(_)) {
+            let _ =
+                tokio::time::timeout(WIND_DOWN, sampling.close(200, "session over".into())).await;
+        }
         send.wind_down(&channels, consumer_task, &end).await;
         send.settler.book.close();
         self.status.set_consuming(false);
@@ -147,11 +156,14 @@ impl<B: Book> Session<'_, B> {
     }
 
     async fn start_consuming(
-        &self,
+        &mut self,
         connection: &Connection,
         rules: BrokerRules,
     ) -> Result<(Channels, lapin::Consumer), BrokerError> {
-        self.config.topology.declare(connection).await?;
+        if !*self.declared {
+            self.config.topology.declare(connection).await?;
+            *self.declared = true;
+        }
         let queue = self.config.topology.names.jobs.clone();
         let consume = connection
             .create_channel()
@@ -182,11 +194,16 @@ impl<B: Book> Session<'_, B> {
             .await
             .map_err(BrokerError::Channel)?;
         self.status.set_consuming(true);
+        // Whoever is active learns it from the baton (offered by the
+        // decoder once the queue is quiet) even if no job comes.
+        let baton = Baton::new(self.config.prefetch);
         info!(%queue, prefetch = self.config.prefetch, "consuming (active, or standing by until the active consumer goes)");
         let channels = Channels {
             consume,
             publish,
             consumer_tag,
+            baton,
+            queue,
         };
         Ok((channels, consumer))
     }
@@ -296,6 +313,13 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
         end: &SessionEnd,
     ) {
         let wind_down = async {
+            let others_waiting = match end {
+                SessionEnd::Stopped => {
+                    let (publish, queue) = (&channels.publish, &channels.queue);
+                    channels.baton.others_waiting(publish, queue).await
+                }
+                _ => None,
+            };
             let _ = channels
                 .consume
                 .basic_cancel(
@@ -306,12 +330,20 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
             consumer_task.abort();
             if matches!(end, SessionEnd::Stopped) {
                 self.hand_back().await;
+                let passed = channels.baton.pass_on(
+                    &channels.publish,
+                    &channels.queue,
+                    others_waiting.unwrap_or(true),
+                );
+                if let Err(e) = passed.await {
+                    debug!(error = %e, "the app's baton was not passed on: it returns to the queue with the channel");
+                }
             }
             let _ = channels.consume.close(200, "worker stopping".into()).await;
             let _ = channels.publish.close(200, "worker stopping".into()).await;
         };
         if tokio::time::timeout(WIND_DOWN, wind_down).await.is_err() {
-            warn!("the broker did not answer while the session wound down: closing the connection, which returns every unsettled job");
+            warn!("the broker did not answer while the session wound down: what it holds returns to the queue when its channels or the connection close");
         }
     }
 
@@ -324,17 +356,6 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
         }
         self.settler.hand_back(left).await;
     }
-}
-
-/// Completes when the connection reports an error, with its text.
-async fn connection_lost(connection: &Connection) -> String {
-    let mut events = connection.events_listener();
-    while let Some(event) = events.next().await {
-        if let lapin::Event::Error(e) = event {
-            return format!("connection lost: {e}");
-        }
-    }
-    std::future::pending().await
 }
 
 /// Jobs whose deadline passed while they waited, to be dead-lettered as expired.

@@ -9,17 +9,19 @@ use lapin::Channel;
 use super::worker::WorkerStatus;
 use crate::broker::{self, QueueNames};
 
-/// How often the replica counts each app's queues.
+/// How often the replica counts a busy app's queues.
 pub const SAMPLE_QUEUES_EVERY: Duration = Duration::from_secs(5);
+/// How often it counts an idle app's (nothing delivered for a minute, no
+/// backlog), give or take a fifth so that a thousand apps spread out.
+pub const SAMPLE_IDLE_QUEUES_EVERY: Duration = Duration::from_secs(60);
 
-/// Counts the app's jobs and dead letters every few seconds with passive
-/// declares on `channel` (its own: a failed declare closes it), until the
-/// channel fails or the task is aborted with its session.
+/// Counts the app's jobs and dead letters with passive declares on
+/// `channel` (its own: a failed declare closes it), every few seconds while
+/// the app is busy and every minute while it is idle (woken when deliveries
+/// start again), until the channel fails or the task is aborted with its
+/// session.
 pub async fn sample_queues(channel: Channel, queues: QueueNames, status: Arc<WorkerStatus>) {
-    let mut tick = tokio::time::interval(SAMPLE_QUEUES_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
         let (Ok(jobs), Ok(dead)) = (
             ready(&channel, &queues.jobs).await,
             ready(&channel, &queues.dead).await,
@@ -28,6 +30,15 @@ pub async fn sample_queues(channel: Channel, queues: QueueNames, status: Arc<Wor
             return;
         };
         status.set_queue_counts(jobs, dead);
+        let pause = if jobs > 0 || status.is_busy() {
+            SAMPLE_QUEUES_EVERY
+        } else {
+            SAMPLE_IDLE_QUEUES_EVERY.mul_f64(rand::random_range(0.8..1.2))
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = status.woken.notified() => {}
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! recent flow (calls per minute, the rate in force, the last failure, the
 //! queues' counts, the oldest unsettled job) under one short lock.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -42,7 +42,14 @@ pub struct WorkerStatus {
     pub configured_rate: f64,
     /// The recent flow, for the console.
     flow: Mutex<Flow>,
+    /// Unix milliseconds of the last delivery from the jobs queue.
+    last_delivery_ms: AtomicU64,
+    /// Wakes the queue sampler when deliveries start after a quiet spell.
+    pub woken: tokio::sync::Notify,
 }
+
+/// An app is idle once nothing was delivered to it for this long.
+const IDLE_AFTER_MS: u64 = 60_000;
 
 /// An app's recent flow, as the console shows it.
 #[derive(Debug, Clone, Default)]
@@ -190,6 +197,21 @@ impl WorkerStatus {
     pub fn set_oldest_unsettled(&self, secs: f64) {
         metrics::gauge!(OLDEST_UNSETTLED_SECONDS, SDKAPPID => self.app.clone()).set(secs);
         self.with_flow(|flow| flow.oldest_unsettled_secs = secs);
+    }
+
+    /// A delivery arrived: the app is busy (and the sampler is woken when
+    /// it was idle).
+    pub fn touch(&self) {
+        let now = now_ms();
+        let before = self.last_delivery_ms.swap(now, Ordering::Relaxed);
+        if now.saturating_sub(before) > IDLE_AFTER_MS {
+            self.woken.notify_one();
+        }
+    }
+
+    /// Whether something was delivered within the last minute.
+    pub fn is_busy(&self) -> bool {
+        now_ms().saturating_sub(self.last_delivery_ms.load(Ordering::Relaxed)) <= IDLE_AFTER_MS
     }
 
     /// The queues' counts as the broker gave them, and the backlog's gauge.

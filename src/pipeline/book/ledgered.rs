@@ -372,10 +372,19 @@ where
     }
 }
 
+/// How often each app prunes its ledger records, give or take a fifth (the
+/// first time at a random moment within it, so a fleet's apps spread out).
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 /// Prunes ledger records (settled, or in doubt) older than `retention`, a
-/// small batch at a time, every minute.
+/// small batch at a time, every few minutes.
 async fn prune_forever(ledger: Ledger, retention: Duration, shutdown: CancellationToken) {
+    let mut pause = PRUNE_EVERY.mul_f64(rand::random_range(0.0..1.0));
     loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
         loop {
             match ledger.prune(retention, 1000).await {
                 Ok(0) => break,
@@ -389,10 +398,7 @@ async fn prune_forever(ledger: Ledger, retention: Duration, shutdown: Cancellati
                 }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-        }
+        pause = PRUNE_EVERY.mul_f64(rand::random_range(0.8..1.2));
     }
 }
 
