@@ -110,9 +110,10 @@ pub fn check_confirmation(target: &str, confirm: Confirmation) -> Result<(), Bro
     }
 }
 
-/// Messages ready in `queue` (not those held unacked), by a passive declare.
-pub async fn ready_count(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
-    let declared = channel
+/// What the broker says of `queue` (its ready messages and consumers), by
+/// a passive declare; a missing queue closes the channel with a 404.
+pub async fn inspect(channel: &Channel, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    channel
         .queue_declare(
             queue.into(),
             QueueDeclareOptions {
@@ -121,6 +122,10 @@ pub async fn ready_count(channel: &Channel, queue: &str) -> Result<u32, lapin::E
             },
             FieldTable::default(),
         )
-        .await?;
-    Ok(declared.message_count())
+        .await
+}
+
+/// Messages ready in `queue` (not those held unacked), by a passive declare.
+pub async fn ready_count(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    Ok(inspect(channel, queue).await?.message_count())
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use tokio::time::Instant;
 
-use lapin::options::{BasicAckOptions, QueueDeclareOptions};
+use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel};
 
@@ -146,17 +146,7 @@ impl Baton {
         if !self.holds() {
             return None;
         }
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok()?;
+        let declared = broker::inspect(channel, queue).await.ok()?;
         tracing::debug!(consumers = declared.consumer_count(), %queue, "passing the baton on");
         Some(declared.consumer_count() > 1)
     }
