@@ -59,7 +59,7 @@ impl BenchFleet {
         let connection = connect().await;
         for app in &apps {
             let topology = Topology {
-                names: QueueNames::new(&format!("{prefix}.{app}")),
+                names: QueueNames::in_fleet(&prefix, *app),
                 delivery_limit: 1000,
             };
             topology.declare(&connection).await.unwrap();
@@ -185,6 +185,7 @@ impl Drop for BenchFleet {
             delete_topology(&format!("{}.{app}", self.prefix));
         }
         delete_queue(&format!("{}.replicas", self.prefix));
+        delete_queue(&format!("{}.dead", self.prefix));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

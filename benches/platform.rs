@@ -151,7 +151,7 @@ impl Platform {
         futures_util::stream::iter(&self.apps)
             .map(|app| async move {
                 let topology = Topology {
-                    names: QueueNames::new(&format!("{}.{app}", self.prefix)),
+                    names: QueueNames::in_fleet(&self.prefix, *app),
                     delivery_limit: 1000,
                 };
                 topology.declare(connection).await.unwrap();
@@ -274,11 +274,11 @@ impl Platform {
         let connection = &connection;
         let (mut queues, mut exchanges) = (Vec::new(), Vec::new());
         for app in &self.apps {
-            let names = QueueNames::new(&format!("{}.{app}", self.prefix));
+            let names = QueueNames::in_fleet(&self.prefix, *app);
             queues.push(names.jobs);
-            queues.push(names.dead);
             exchanges.push(names.dlx);
         }
+        queues.push(format!("{}.dead", self.prefix));
         queues.push(format!("{}.replicas", self.prefix));
         futures_util::stream::iter(queues)
             .map(|queue| async move {
@@ -316,6 +316,7 @@ impl Drop for Platform {
                 delete_topology(&format!("{}.{app}", self.prefix));
             }
             delete_queue(&format!("{}.replicas", self.prefix));
+            delete_queue(&format!("{}.dead", self.prefix));
         }
         if std::env::var_os("BENCH_PLATFORM_KEEP").is_some() {
             eprintln!("kept {}", self.dir.display());

@@ -488,14 +488,23 @@ impl TwoApps {
         format!("{}.{app}.{kind}", self.prefix)
     }
 
-    /// Declares both apps' queues, as a fleet's `run` would.
+    /// App `app`'s queue names, as `run --apps-file` gives them.
+    fn names(&self, app: u64) -> QueueNames {
+        QueueNames::in_fleet(&self.prefix, app)
+    }
+
+    /// Declares both apps' queues (and retires their own dead-letter queues
+    /// of the earlier layout), as a fleet's `run` does.
     async fn declare(&self, connection: &lapin::Connection) {
         for app in [APP_A, APP_B] {
             let topology = Topology {
-                names: QueueNames::new(&format!("{}.{app}", self.prefix)),
+                names: self.names(app),
                 delivery_limit: 20,
             };
             topology.declare(connection).await.unwrap();
+            broker::retire_own_dead(connection, &topology.names)
+                .await
+                .unwrap();
         }
     }
 
@@ -615,55 +624,76 @@ fn dead_letter(id: &str) -> BasicProperties {
         .with_headers(headers)
 }
 
+/// `dlq list --app`'s ids and total, as JSON gives them.
+fn listed(fleet: &TwoApps, app: u64) -> (u64, Vec<String>) {
+    let app = app.to_string();
+    let (code, stdout, stderr) = fleet.run(&["dlq", "list", "--app", &app, "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let listed: Value = serde_json::from_str(&stdout).unwrap();
+    let ids = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["id"].as_str().unwrap().to_string())
+        .collect();
+    (listed["total"].as_u64().unwrap(), ids)
+}
+
 #[tokio::test]
-async fn dlq_app_reads_and_replays_that_apps_dead_letters() {
+async fn dlq_app_reads_and_replays_that_apps_dead_letters_of_the_fleets_queue() {
     let fleet = TwoApps::new("cli-dlq-app");
     let connection = connect().await;
     fleet.declare(&connection).await;
+    let shared = format!("{}.dead", fleet.prefix);
+    assert_eq!(fleet.names(APP_A).dead, shared);
     let channel = broker::confirm_channel(&connection).await.unwrap();
-    for (app, id) in [
-        (APP_A, "a-dead-1"),
-        (APP_B, "b-dead-1"),
-        (APP_B, "b-dead-2"),
-    ] {
-        let dlx = fleet.queue(app, "dlx");
-        broker::publish_confirmed(&channel, &dlx, "", b"{}", dead_letter(id))
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        len_becomes(&connection, &fleet.queue(APP_B, "dead"), 2).await,
-        2
+    // As the worker publishes them: to the app's exchange, under its jobs
+    // queue's name; one of B's claims to be A's in a producer's header.
+    let mut claims_a = dead_letter("b-dead-2");
+    let mut headers = claims_a.headers().clone().unwrap();
+    headers.insert(
+        "x-first-death-queue".into(),
+        AMQPValue::LongString(fleet.queue(APP_A, "jobs").into()),
     );
+    claims_a = claims_a.with_headers(headers);
+    for (app, properties) in [
+        (APP_A, dead_letter("a-dead-1")),
+        (APP_B, dead_letter("b-dead-1")),
+        (APP_B, claims_a),
+    ] {
+        let route = fleet.names(app).dead_route();
+        broker::publish_confirmed(
+            &channel,
+            &route.exchange,
+            &route.routing_key,
+            b"{}",
+            properties,
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(len_becomes(&connection, &shared, 3).await, 3);
     assert_eq!(
-        len_becomes(&connection, &fleet.queue(APP_A, "dead"), 1).await,
-        1
+        listed(&fleet, APP_B),
+        (2, vec!["b-dead-1".to_string(), "b-dead-2".to_string()])
+    );
+    assert_eq!(listed(&fleet, APP_A), (1, vec!["a-dead-1".to_string()]));
+    assert_eq!(
+        len_becomes(&connection, &shared, 3).await,
+        3,
+        "reading moved none"
     );
     let a = APP_A.to_string();
     let b = APP_B.to_string();
 
-    let (code, stdout, stderr) = fleet.run(&["dlq", "list", "--app", &b, "--json"]);
-    assert_eq!(code, Some(0), "{stderr}");
-    let listed: Value = serde_json::from_str(&stdout).unwrap();
-    let ids: Vec<&str> = listed["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|job| job["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        (listed["total"].as_u64(), ids),
-        (Some(2), vec!["b-dead-1", "b-dead-2"])
-    );
-
     let (code, _, stderr) = fleet.run(&["dlq", "show", "a-dead-1", "--app", &b]);
     assert_eq!(code, Some(1), "A's dead letter is not B's");
-    assert!(stderr.contains(&fleet.queue(APP_B, "dead")), "{stderr}");
+    assert!(stderr.contains(&shared), "{stderr}");
     let (code, stdout, stderr) = fleet.run(&["dlq", "show", "a-dead-1", "--app", &a]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("a-dead-1"), "{stdout}");
 
-    // Replayed to A's jobs queue, and nowhere else.
+    // Replayed to A's jobs queue, and nowhere else; B's stay.
     let (code, stdout, stderr) = fleet.run(&["dlq", "replay", "--app", &a, "--all"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
@@ -677,18 +707,106 @@ async fn dlq_app_reads_and_replays_that_apps_dead_letters() {
         len_becomes(&connection, &fleet.queue(APP_A, "jobs"), 1).await,
         1
     );
-    assert_eq!(
-        len_becomes(&connection, &fleet.queue(APP_A, "dead"), 0).await,
-        0
-    );
+    assert_eq!(len_becomes(&connection, &shared, 2).await, 2);
     assert_eq!(
         len_becomes(&connection, &fleet.queue(APP_B, "jobs"), 0).await,
         0
     );
-    assert_eq!(
-        len_becomes(&connection, &fleet.queue(APP_B, "dead"), 2).await,
-        2
+    assert_eq!(listed(&fleet, APP_A), (0, vec![]));
+    // Purging A's (none left) leaves B's alone.
+    let (code, _, stderr) = fleet.run(&["dlq", "purge", "--app", &a, "--all", "--yes"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(listed(&fleet, APP_B).0, 2);
+}
+
+#[tokio::test]
+async fn an_apps_own_dead_letter_queue_of_the_earlier_layout_is_emptied_into_the_fleets() {
+    let fleet = TwoApps::new("cli-dlq-retire");
+    let connection = connect().await;
+    // The layout before: A's own `{prefix}.A.dead`, bound to its exchange,
+    // holding two dead letters.
+    let own = fleet.queue(APP_A, "dead");
+    let names = fleet.names(APP_A);
+    let channel = broker::confirm_channel(&connection).await.unwrap();
+    channel
+        .exchange_declare(
+            names.dlx.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
     );
+    channel
+        .queue_declare(
+            own.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            own.as_str().into(),
+            names.dlx.as_str().into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for id in ["old-1", "old-2"] {
+        broker::publish_confirmed(&channel, &names.dlx, "", b"{}", dead_letter(id))
+            .await
+            .unwrap();
+    }
+    assert_eq!(len_becomes(&connection, &own, 2).await, 2);
+
+    // A replica of this version declares the fleet's topology.
+    fleet.declare(&connection).await;
+    let gone = connection
+        .create_channel()
+        .await
+        .unwrap()
+        .queue_declare(
+            own.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(gone.is_err(), "A's own dead-letter queue is deleted");
+    assert_eq!(
+        listed(&fleet, APP_A),
+        (2, vec!["old-1".to_string(), "old-2".to_string()])
+    );
+    assert_eq!(listed(&fleet, APP_B), (0, vec![]));
+    // A new dead letter of A reaches the fleet's queue, once.
+    let route = names.dead_route();
+    broker::publish_confirmed(
+        &channel,
+        &route.exchange,
+        &route.routing_key,
+        b"{}",
+        dead_letter("new-1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(len_becomes(&connection, &names.dead, 3).await, 3);
+    assert_eq!(listed(&fleet, APP_A).0, 3);
 }
 
 #[tokio::test]

@@ -619,3 +619,63 @@ async fn a_job_page_says_what_the_ledger_knows() {
     let logs = worker.stop().await;
     assert!(!logs.contains(CONSOLE_TOKEN), "the token was logged");
 }
+
+#[tokio::test]
+async fn a_fleet_apps_console_shows_and_purges_its_own_dead_letters_of_the_shared_queue() {
+    let fleet = TestFleet::spawn("console-shared-dead", 2, 50.0, |_, _| {}).await;
+    fleet.write_apps_file(&[0, 1], "");
+    let port = free_port();
+    let mut replica = fleet.replica(
+        BIN,
+        port,
+        &[("BROADCAST_CONSOLE_TOKEN", CONSOLE_TOKEN.into())],
+    );
+    let (a, b) = (&fleet.apps[0], &fleet.apps[1]);
+    for i in 0..2 {
+        a.publish_raw(Some(&format!("a-bad-{i}")), b"{oops", None)
+            .await;
+    }
+    for i in 0..3 {
+        b.publish_raw(Some(&format!("b-bad-{i}")), b"{oops", None)
+            .await;
+    }
+    assert_eq!(a.names.dead, b.names.dead, "one dead-letter queue");
+    a.wait_for_len(&a.names.dead, 5).await;
+    let client = console_client();
+    let url = format!("http://127.0.0.1:{port}");
+    let (app_a, app_b) = (fleet_sdkappid(0), fleet_sdkappid(1));
+    let (status, listed) = console_api(&client, &format!("{url}/api/apps/{app_a}/dead")).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(sorted(ids(&listed)), ["a-bad-0", "a-bad-1"]);
+    assert_eq!(
+        (listed["total"].clone(), listed["shared"].clone()),
+        (json!(2), json!(true))
+    );
+    let (_, listed) = console_api(&client, &format!("{url}/api/apps/{app_b}/dead")).await;
+    assert_eq!(sorted(ids(&listed)), ["b-bad-0", "b-bad-1", "b-bad-2"]);
+    let (status, _) = console_api(&client, &format!("{url}/api/apps/{app_b}/dead/a-bad-0")).await;
+    assert_eq!(status, 404, "A's dead letter is not B's");
+
+    // Purging all of A's, confirmed by their digest, leaves B's.
+    let purge = format!("{url}/api/apps/{app_a}/purge");
+    let (_, dry) = console_api_post(&client, &purge, json!({"all": true, "dry_run": true})).await;
+    assert_eq!(dry["matching"], 2, "{dry}");
+    a.wait_for_len(&a.names.dead, 5).await;
+    let (status, done) = console_api_post(
+        &client,
+        &purge,
+        json!({"all": true, "digest": dry["digest"].clone()}),
+    )
+    .await;
+    assert_eq!((status, done["done"].clone()), (200, json!(2)), "{done}");
+    a.wait_for_len(&a.names.dead, 3).await;
+    let (_, listed) = console_api(&client, &format!("{url}/api/apps/{app_b}/dead")).await;
+    assert_eq!(sorted(ids(&listed)), ["b-bad-0", "b-bad-1", "b-bad-2"]);
+    signal(&replica, "-TERM");
+    wait_exit(&mut replica, Duration::from_secs(20)).await;
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}

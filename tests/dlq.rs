@@ -642,7 +642,7 @@ async fn replaying_two_dead_letters_of_one_body_without_ids_delivers_both() {
     // One is replayed as an interrupted replay leaves it, twice (published,
     // then published again before its removal); the other by the CLI.
     let channel = app.connection.create_channel().await.unwrap();
-    let first = broadcast_worker::ops::dlq::next(&channel, &app.names.dead)
+    let first = broadcast_worker::ops::dlq::next(&channel, &app.names.dead_queue(), &mut 0)
         .await
         .unwrap()
         .unwrap();

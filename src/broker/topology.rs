@@ -1,5 +1,7 @@
 //! The topology: the jobs queue, the dead-letter exchange and queue, their
-//! names and arguments, declared idempotently.
+//! names and arguments, declared idempotently. A single app has a
+//! dead-letter queue of its own; the apps of a fleet share one, and a dead
+//! letter's app is the jobs queue it was routed from ([`DeadQueue`]).
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -15,14 +17,96 @@ pub struct QueueNames {
     pub jobs: String,
     pub dead: String,
     pub dlx: String,
+    /// `dead` is the fleet's, shared by its apps: this app's dead letters
+    /// are those routed from `jobs`.
+    pub shared_dead: bool,
 }
 
 impl QueueNames {
+    /// A single app's: `{prefix}.jobs`, `{prefix}.dead`, `{prefix}.dlx`.
     pub fn new(prefix: &str) -> Self {
         Self {
             jobs: format!("{prefix}.jobs"),
             dead: format!("{prefix}.dead"),
             dlx: format!("{prefix}.dlx"),
+            shared_dead: false,
+        }
+    }
+
+    /// App `sdkappid`'s in the fleet `fleet_prefix`: its own jobs queue and
+    /// dead-letter exchange (`{fleet_prefix}.{sdkappid}.jobs`, `.dlx`), and
+    /// the fleet's dead-letter queue, `{fleet_prefix}.dead`: one quorum
+    /// queue for every app instead of one each.
+    pub fn in_fleet(fleet_prefix: &str, sdkappid: u64) -> Self {
+        Self {
+            dead: format!("{fleet_prefix}.dead"),
+            shared_dead: true,
+            ..Self::new(&format!("{fleet_prefix}.{sdkappid}"))
+        }
+    }
+
+    /// The app's own dead-letter queue of the layout before the fleet's was
+    /// shared (`{fleet_prefix}.{sdkappid}.dead`), which [`super::retire`]
+    /// empties into the shared one.
+    pub fn own_dead(&self) -> Option<String> {
+        let prefix = self.jobs.strip_suffix(".jobs")?;
+        self.shared_dead.then(|| format!("{prefix}.dead"))
+    }
+
+    /// Where the worker publishes the app's dead letters: its dead-letter
+    /// exchange, under its jobs queue's name (see [`DeadQueue`]).
+    pub fn dead_route(&self) -> DeadRoute {
+        DeadRoute {
+            exchange: self.dlx.clone(),
+            routing_key: self.jobs.clone(),
+        }
+    }
+
+    /// The dead-letter queue as this app sees it.
+    pub fn dead_queue(&self) -> DeadQueue {
+        DeadQueue {
+            name: self.dead.clone(),
+            owner: self.shared_dead.then(|| self.jobs.clone()),
+        }
+    }
+}
+
+/// Where a dead letter is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadRoute {
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+/// A dead-letter queue as one app's operator sees it: the queue, and when
+/// the apps of a fleet share it, the jobs queue whose dead letters are the
+/// app's. A dead letter keeps the routing key it was published with: the
+/// worker publishes each to the dead-letter exchange under its jobs queue's
+/// name, and one the broker dead-letters itself keeps the producer's, which
+/// is the jobs queue's name for a job published through the default
+/// exchange. Headers are not trusted for this: a producer can set any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadQueue {
+    pub name: String,
+    pub owner: Option<String>,
+}
+
+impl DeadQueue {
+    /// Whether a dead letter read from the queue is this app's: every one
+    /// when the queue is the app's own. A routing key that names one of the
+    /// fleet's jobs queues (`{fleet}.*.jobs`) settles it; a job routed to
+    /// its jobs queue by another key (through an exchange of the
+    /// operator's) is known by the queue the broker names in
+    /// `x-first-death-queue`.
+    pub fn owns(&self, routing_key: &str, first_death_queue: Option<&str>) -> bool {
+        let Some(jobs) = &self.owner else {
+            return true;
+        };
+        let fleet = self.name.strip_suffix("dead").unwrap_or(&self.name);
+        if routing_key.starts_with(fleet) && routing_key.ends_with(".jobs") {
+            routing_key == jobs
+        } else {
+            first_death_queue == Some(jobs.as_str())
         }
     }
 }
@@ -293,6 +377,46 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fleet_app_names_its_own_jobs_queue_and_the_fleets_dead_letter_queue() {
+        let names = QueueNames::in_fleet("bw", 1400000001);
+        assert_eq!(names.jobs, "bw.1400000001.jobs");
+        assert_eq!(names.dlx, "bw.1400000001.dlx");
+        assert_eq!(names.dead, "bw.dead");
+        assert_eq!(names.own_dead().as_deref(), Some("bw.1400000001.dead"));
+        assert_eq!(
+            names.dead_route(),
+            DeadRoute {
+                exchange: "bw.1400000001.dlx".into(),
+                routing_key: "bw.1400000001.jobs".into(),
+            }
+        );
+        let single = QueueNames::new("bw");
+        assert_eq!(single.dead, "bw.dead");
+        assert_eq!(single.own_dead(), None, "a single app's queue is its own");
+        assert_eq!(single.dead_queue().owner, None);
+    }
+
+    #[test]
+    fn a_shared_dead_letter_is_the_apps_whose_jobs_queue_it_came_from() {
+        let a = QueueNames::in_fleet("bw", 1).dead_queue();
+        let b = QueueNames::in_fleet("bw", 2).dead_queue();
+        // Published by the worker, or dead-lettered by the broker after the
+        // default exchange: the routing key is the jobs queue.
+        assert!(a.owns("bw.1.jobs", None));
+        assert!(!b.owns("bw.1.jobs", None));
+        // A producer's header cannot claim another app's dead letter.
+        assert!(!b.owns("bw.1.jobs", Some("bw.2.jobs")));
+        // Routed by an exchange of the operator's under another key: the
+        // queue the broker dead-lettered it from.
+        assert!(a.owns("gifts", Some("bw.1.jobs")));
+        assert!(!b.owns("gifts", Some("bw.1.jobs")));
+        assert!(a.owns("gifts.jobs", Some("bw.1.jobs")));
+        assert!(!a.owns("gifts", None), "nobody's is no app's");
+        // An app's own queue holds only its own.
+        assert!(QueueNames::new("bw.1").dead_queue().owns("anything", None));
+    }
 
     #[test]
     fn the_queues_own_delivery_limit_is_read_from_the_refusal() {

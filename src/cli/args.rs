@@ -81,8 +81,19 @@ impl BrokerArgs {
             .join(",")
     }
 
-    /// The queues these settings name, or what is wrong with them.
+    /// The queues these settings name for a single app, or what is wrong
+    /// with them.
     pub fn check(&self) -> anyhow::Result<Topology> {
+        self.checked(QueueNames::new(&self.queue_prefix))
+    }
+
+    /// App `sdkappid`'s queues in the fleet these settings name: its own
+    /// jobs queue, the fleet's dead-letter queue ([`QueueNames::in_fleet`]).
+    pub fn check_app(&self, sdkappid: u64) -> anyhow::Result<Topology> {
+        self.checked(QueueNames::in_fleet(&self.queue_prefix, sdkappid))
+    }
+
+    fn checked(&self, names: QueueNames) -> anyhow::Result<Topology> {
         Nodes::parse(&self.url())?;
         if self.queue_prefix.is_empty() || self.queue_prefix.len() > 200 {
             bail!("BROADCAST_QUEUE_PREFIX must be 1 to 200 characters");
@@ -91,7 +102,7 @@ impl BrokerArgs {
             bail!("BROADCAST_DELIVERY_LIMIT must be at least 1");
         }
         Ok(Topology {
-            names: QueueNames::new(&self.queue_prefix),
+            names,
             delivery_limit: self.delivery_limit,
         })
     }
@@ -211,9 +222,9 @@ impl LedgerArgs {
 /// and the apps file is not read (a fleet's environment may name it).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AppChoice {
-    /// Act on this app of the apps file (its SDKAppID): its queues
-    /// `{prefix}.{app}.jobs` and `{prefix}.{app}.dead`, its settings and its
-    /// ledger records.
+    /// Act on this app of the apps file (its SDKAppID): its queue
+    /// `{prefix}.{app}.jobs`, its dead letters in the fleet's
+    /// `{prefix}.dead`, its settings and its ledger records.
     #[arg(long = "app", value_name = "SDKAPPID")]
     pub app: Option<u64>,
     /// The fleet's apps file (TOML), where --app is looked up.
@@ -268,11 +279,10 @@ impl ChosenApp {
 
     /// The app's queues, checked.
     pub fn topology(&self, broker: &BrokerArgs) -> anyhow::Result<Topology> {
-        BrokerArgs {
-            queue_prefix: self.queue_prefix(&broker.queue_prefix),
-            ..broker.clone()
+        match &self.0 {
+            Some(entry) => broker.check_app(entry.sdkappid),
+            None => broker.check(),
         }
-        .check()
     }
 
     /// Where `jobs show` looks: the app's scope (its SDKAppID and jobs

@@ -178,6 +178,7 @@ impl DlqCommand {
         let connection = broker::connect(&broker_args.url(), "broadcast-worker dlq").await?;
         let channel = broker::confirm_channel(&connection).await?;
         declare_existing(&channel, &names.dead).await?;
+        let dead_queue = names.dead_queue();
         let now = clock::now_ms_i64();
         let code = match self {
             Self::List {
@@ -189,7 +190,7 @@ impl DlqCommand {
             } => {
                 let selection = filter.selection();
                 let listing =
-                    Listing::read(&channel, &names.dead, &selection, now, newest_first, limit)
+                    Listing::read(&channel, &dead_queue, &selection, now, newest_first, limit)
                         .await?;
                 if json {
                     println!("{}", listing_json(&listing));
@@ -199,7 +200,7 @@ impl DlqCommand {
                 ExitCode::SUCCESS
             }
             Self::Show { job_id, .. } => {
-                let found = dlq::find(&channel, &names.dead, &job_id).await?;
+                let found = dlq::find(&channel, &dead_queue, &job_id).await?;
                 show(found, &job_id, &names)?
             }
             Self::Replay {
@@ -209,7 +210,7 @@ impl DlqCommand {
                 ..
             } => {
                 let selection = select.selection()?;
-                let chosen = selection.read_matching(&channel, &names.dead, now).await?;
+                let chosen = selection.read_matching(&channel, &dead_queue, now).await?;
                 match select.unconfirmed(&chosen) {
                     Some(code) => code,
                     None => {
@@ -220,7 +221,7 @@ impl DlqCommand {
             }
             Self::Purge { select, yes, .. } => {
                 let selection = select.selection()?;
-                let chosen = selection.read_matching(&channel, &names.dead, now).await?;
+                let chosen = selection.read_matching(&channel, &dead_queue, now).await?;
                 match select.unconfirmed(&chosen) {
                     Some(code) => code,
                     None => purge(chosen, yes, &channel, &names).await?,

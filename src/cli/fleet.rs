@@ -12,7 +12,6 @@ use tokio::sync::Notify;
 use tracing::info;
 
 use crate::broker::{Links, FLEET_CONNECTIONS};
-use crate::cli::args::BrokerArgs;
 use crate::cli::lifecycle::{serve_until_signal, Lifecycle, Words};
 use crate::cli::run::RunArgs;
 use crate::console::Console;
@@ -44,11 +43,7 @@ impl RunArgs {
         for warning in settings.warnings() {
             tracing::warn!(sdkappid = entry.sdkappid, "{warning}");
         }
-        let topology = BrokerArgs {
-            queue_prefix: entry.queue_prefix(&self.broker.queue_prefix),
-            ..self.broker.clone()
-        }
-        .check()?;
+        let topology = self.broker.check_app(entry.sdkappid)?;
         let api = settings
             .api(entry.sdkappid, entry.identifier.clone())
             .map_err(anyhow::Error::msg)?;

@@ -124,7 +124,7 @@ pub(super) async fn confirm(
     let counted = ctx
         .console
         .dead()
-        .count(&app.queues.dead, &chosen.selection)
+        .count(&app.queues.dead_queue(), &chosen.selection)
         .await
         .map_err(Problem::from)?;
     let back = back_query(&Params::parse(form.get("back").unwrap_or("").as_bytes()));
@@ -197,7 +197,7 @@ async fn act(
             let counted = ctx
                 .console
                 .dead()
-                .count(&app.queues.dead, &chosen.selection)
+                .count(&app.queues.dead_queue(), &chosen.selection)
                 .await;
             let counted = counted.map_err(|e: DeadError| Problem::from(e))?;
             let csrf = ctx.csrf(&authed);

@@ -74,7 +74,7 @@ pub(super) async fn summary(State(ctx): State<Ctx>, Path(app): Path<String>) -> 
     let view = ctx
         .console
         .dead()
-        .view(&app.queues.dead, &Selection::default(), 1, 0)
+        .view(&app.queues.dead_queue(), &Selection::default(), 1, 0)
         .await
         .map_err(Problem::from)?;
     Ok(Json(json!({
@@ -82,6 +82,7 @@ pub(super) async fn summary(State(ctx): State<Ctx>, Path(app): Path<String>) -> 
         "total": view.total,
         "read": view.read,
         "limited": view.limited,
+        "shared": view.shared,
         "summary": view.summary,
     })))
 }
@@ -126,6 +127,7 @@ fn view_json(app: &AppRef, filter: &Filter, view: &View) -> Value {
         "total": view.total,
         "read": view.read,
         "limited": view.limited,
+        "shared": view.shared,
         "matching": view.matching,
         "page": view.page,
         "pages": view.pages,
@@ -146,7 +148,12 @@ pub(super) async fn dead(
     let view = ctx
         .console
         .dead()
-        .view(&app.queues.dead, &filter.selection(), page, per_page)
+        .view(
+            &app.queues.dead_queue(),
+            &filter.selection(),
+            page,
+            per_page,
+        )
         .await
         .map_err(Problem::from)?;
     Ok(Json(view_json(&app, &filter, &view)))
@@ -192,7 +199,12 @@ pub(super) async fn ledger_says(ctx: &Ctx, app: &AppRef, id: &str) -> Value {
 /// not among the dead letters a view reads).
 pub(super) async fn job_detail(ctx: &Ctx, app: &AppRef, id: &str) -> Result<Value, Problem> {
     let queue = &app.queues.dead;
-    let missing = match ctx.console.dead().find(queue, id).await? {
+    let missing = match ctx
+        .console
+        .dead()
+        .find(&app.queues.dead_queue(), id)
+        .await?
+    {
         Lookup::Found(mut report) => {
             report["ledger"] = ledger_says(ctx, app, id).await;
             return Ok(report);
@@ -277,7 +289,7 @@ async fn act(
         let counted = ctx
             .console
             .dead()
-            .count(&app.queues.dead, &chosen.selection)
+            .count(&app.queues.dead_queue(), &chosen.selection)
             .await
             .map_err(Problem::from)?;
         return Ok(Json(json!({

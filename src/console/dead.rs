@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::dead_error::DeadError;
 use super::walk::Walk;
-use crate::broker::{self, QueueNames};
+use crate::broker::{self, DeadQueue, QueueNames};
 use crate::clock;
 use crate::ops::dlq::{self, Action, Confirmation, DeadInfo, DeadJob, SelectedIds, Selection};
 
@@ -50,6 +50,9 @@ pub struct View {
     pub read: usize,
     /// Whether the queue holds more than were read (the read limit).
     pub limited: bool,
+    /// The queue is the fleet's, shared by its apps: when `limited`, `total`
+    /// is at most the app's (what is left unread may be other apps').
+    pub shared: bool,
     /// Every dead letter read, by reason and code.
     pub summary: Vec<SummaryRow>,
     /// Dead letters read that the filter matches.
@@ -160,44 +163,53 @@ impl DeadLetters {
         let _ = counter.close(200, "counted".into()).await;
     }
 
-    /// Reads `queue` for a view, under its lock: each dead letter to `visit`
-    /// until it breaks, the queue ends or the read limit is reached, then
-    /// gives every one back.
+    /// Reads the app's dead letters for a view, under the queue's lock: each
+    /// to `visit` until it breaks, the queue ends or the read limit (of
+    /// messages taken, the app's or not: a fleet's queue is shared) is
+    /// reached, then gives every one back.
     async fn read_view(
         &self,
-        queue: &str,
+        queue: &DeadQueue,
         mut visit: impl FnMut(DeadJob) -> ControlFlow<()>,
     ) -> Result<Reading, DeadError> {
-        let lock = self.lock(queue);
+        let lock = self.lock(&queue.name);
         let _reading = lock.lock().await;
         let channel = self.channel(false).await?;
-        let (mut seen, mut stopped) = (0, false);
-        let read = dlq::read_each(&channel, queue, |dead| {
-            seen += 1;
-            stopped = visit(dead).is_break();
-            if stopped || seen >= self.read_limit {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
+        let (mut pass, mut stopped) = (dlq::Pass::default(), false);
+        let read = loop {
+            if pass.taken >= self.read_limit {
+                break Ok(());
             }
-        })
-        .await;
-        let n = read.as_ref().copied().unwrap_or(0);
+            match dlq::next(&channel, queue, &mut pass.taken).await {
+                Ok(Some(dead)) => {
+                    pass.visited += 1;
+                    if visit(dead).is_break() {
+                        stopped = true;
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
         // At the limit, what is left is what the broker still counts ready
         // (the read ones are held by this channel).
         let rest = match (&read, stopped) {
-            (Ok(n), false) if *n >= self.read_limit => ready(&channel, queue)
+            (Ok(()), false) if pass.taken >= self.read_limit => ready(&channel, &queue.name)
                 .await
                 .map_err(|e| DeadError::Broker(e.to_string())),
             _ => Ok(0),
         };
-        let total = n + rest.as_ref().copied().unwrap_or(0);
-        self.give_back(channel, queue, total).await;
+        let rest_now = rest.as_ref().copied().unwrap_or(0);
+        self.give_back(channel, &queue.name, pass.taken + rest_now)
+            .await;
         read?;
         let rest = rest?;
         Ok(Reading {
-            read: n,
-            total,
+            read: pass.visited,
+            // In a fleet's queue, the rest are the app's or other apps':
+            // the total is then at most this.
+            total: pass.visited + rest,
             limited: rest > 0,
         })
     }
@@ -207,7 +219,7 @@ impl DeadLetters {
     /// order.
     pub async fn view(
         &self,
-        queue: &str,
+        queue: &DeadQueue,
         selection: &Selection,
         page: usize,
         per_page: usize,
@@ -243,6 +255,7 @@ impl DeadLetters {
             total: reading.total,
             read: reading.read,
             limited: reading.limited,
+            shared: queue.owner.is_some(),
             summary,
             matching,
             page,
@@ -256,7 +269,7 @@ impl DeadLetters {
     /// The whole dead letter with this id (the first, if several), as `dlq
     /// show` prints it, with its body as text too; read no further than it
     /// or the read limit.
-    pub async fn find(&self, queue: &str, id: &str) -> Result<Lookup, DeadError> {
+    pub async fn find(&self, queue: &DeadQueue, id: &str) -> Result<Lookup, DeadError> {
         let mut found = None;
         let reading = self
             .read_view(queue, |dead| {
@@ -281,8 +294,12 @@ impl DeadLetters {
     /// How many dead letters `selection` matches now, and which, the whole
     /// queue read (no read limit: an action's confirmation counts every
     /// match).
-    pub async fn count(&self, queue: &str, selection: &Selection) -> Result<Counted, DeadError> {
-        let lock = self.lock(queue);
+    pub async fn count(
+        &self,
+        queue: &DeadQueue,
+        selection: &Selection,
+    ) -> Result<Counted, DeadError> {
+        let lock = self.lock(&queue.name);
         let _reading = lock.lock().await;
         Ok(self.count_held(queue, selection).await?.0)
     }
@@ -290,7 +307,7 @@ impl DeadLetters {
     /// The count, and the ids of the matches (held only as ids).
     async fn count_held(
         &self,
-        queue: &str,
+        queue: &DeadQueue,
         selection: &Selection,
     ) -> Result<(Counted, SelectedIds), DeadError> {
         let channel = self.channel(false).await?;
@@ -303,12 +320,12 @@ impl DeadLetters {
             ControlFlow::Continue(())
         })
         .await;
-        let total = read.as_ref().copied().unwrap_or(0);
-        self.give_back(channel, queue, total).await;
+        let pass = read.as_ref().copied().unwrap_or_default();
+        self.give_back(channel, &queue.name, pass.taken).await;
         read?;
         let counted = Counted {
             matching: selected.len(),
-            total,
+            total: pass.visited,
             digest: selected.digest(),
         };
         Ok((counted, selected))
@@ -324,9 +341,10 @@ impl DeadLetters {
         selection: &Selection,
         confirmation: &Confirmation,
     ) -> Result<usize, DeadError> {
-        let lock = self.lock(&names.dead);
+        let queue = names.dead_queue();
+        let lock = self.lock(&queue.name);
         let _acting = lock.lock().await;
-        let (_, mut confirmed) = self.count_held(&names.dead, selection).await?;
+        let (_, mut confirmed) = self.count_held(&queue, selection).await?;
         confirmation.check(&confirmed)?;
         let channel = self.channel(true).await?;
         let mut walk = Walk::default();

@@ -153,7 +153,12 @@ pub(super) async fn list(
     let view = ctx
         .console
         .dead()
-        .view(&app.queues.dead, &filter.selection(), page, per_page)
+        .view(
+            &app.queues.dead_queue(),
+            &filter.selection(),
+            page,
+            per_page,
+        )
         .await
         .map_err(Problem::from)?;
     let csrf = ctx.csrf(&authed);

@@ -258,7 +258,11 @@ fn problems(app: &AppView) -> Markup {
 /// they are only the first of the queue.
 pub(super) fn summary_table(sdkappid: u64, view: &View) -> Markup {
     html! {
-        p.muted { span #dead-total data-test="dead-total" { (view.total) } " dead letter(s) in the queue." }
+        p.muted {
+            @if view.shared && view.limited { "At most " }
+            span #dead-total data-test="dead-total" { (view.total) } " dead letter(s) in the queue"
+            @if view.shared { " (the fleet's, shared by its apps; these are this app's)" } "."
+        }
         @if view.limited {
             p #read-limited.alert.alert-warn data-test="read-limited" data-read=(view.read) {
                 "Summary and filter cover the first " (thousands(view.read)) " of "
@@ -303,7 +307,7 @@ pub(super) async fn app(
     let dead = ctx
         .console
         .dead()
-        .view(&app.queues.dead, &Selection::default(), 1, 0)
+        .view(&app.queues.dead_queue(), &Selection::default(), 1, 0)
         .await;
     let id = app.sdkappid;
     let body = html! {

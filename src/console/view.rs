@@ -81,7 +81,7 @@ impl AppView {
             quota_used: quota_used(calls_last_minute, rate),
             fill_recent: flow.history.fill_over(now_ms, FILL_MINUTES),
             backlog: flow.queues.map(|q| q.backlog),
-            dead_letters: flow.queues.map(|q| q.dead_letters),
+            dead_letters: flow.queues.and_then(|q| q.dead_letters),
             counted_at_ms: flow.queues.map(|q| q.sampled_at_ms),
             oldest_unsettled_secs: flow.oldest_unsettled_secs,
             jobs_queue: status.queues.as_ref().map(|q| q.jobs.clone()),
@@ -121,7 +121,7 @@ mod tests {
         for _ in 0..30 {
             status.record_call(9_000, 1.0, None);
         }
-        status.set_queue_counts(40, 2);
+        status.set_queue_counts(40, Some(2));
         let view = AppView::of(9, &status, now_ms(), true);
         assert_eq!((view.state, view.sender), ("active", "this replica"));
         assert_eq!(view.rate, 1.0, "the rate of the last call");

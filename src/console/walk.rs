@@ -19,7 +19,8 @@ const CHUNK: usize = 200;
 /// One pass of an action over the queue.
 #[derive(Default)]
 pub(super) struct Walk {
-    /// Dead letters read (held by the channel until acked or given back).
+    /// Messages read, the app's or not (held by the channel until acked or
+    /// given back).
     pub read: usize,
     /// Dead letters replayed or purged.
     pub acted: usize,
@@ -42,13 +43,13 @@ impl Walk {
         confirmed: &mut SelectedIds,
     ) -> Result<(), DeadError> {
         let now = clock::now_ms_i64();
+        let queue = names.dead_queue();
         while !confirmed.is_empty() {
             let mut chunk = Vec::new();
             while chunk.len() < CHUNK && !confirmed.is_empty() {
-                let Some(dead) = dlq::next(channel, &names.dead).await? else {
+                let Some(dead) = dlq::next(channel, &queue, &mut self.read).await? else {
                     break;
                 };
-                self.read += 1;
                 if self.take(&dead, selection, now, confirmed) {
                     chunk.push(dead);
                 }

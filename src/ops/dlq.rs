@@ -21,7 +21,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel};
 use serde::Serialize;
 
-use crate::broker::{self, headers, BrokerError};
+use crate::broker::{self, headers, BrokerError, DeadQueue};
 use crate::pipeline::job;
 
 mod confirm;
@@ -102,7 +102,7 @@ impl Selection {
     pub async fn read_matching(
         &self,
         channel: &Channel,
-        queue: &str,
+        queue: &DeadQueue,
         now_ms: i64,
     ) -> Result<Vec<DeadJob>, BrokerError> {
         let mut chosen = Vec::new();
@@ -117,40 +117,68 @@ impl Selection {
     }
 }
 
-/// Reads the dead-letter queue onto `channel`, unacked, in queue order,
-/// handing each dead letter to `visit` until it breaks or the queue is read.
-/// Nothing leaves the queue until acked; closing the channel returns the
-/// rest. What `visit` drops is dropped here, body and all, so memory follows
-/// what it keeps, not the queue. Returns how many were read.
+/// What a read of the dead-letter queue went through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Messages taken, the app's or not: what the channel holds until it
+    /// closes (unless acked).
+    pub taken: usize,
+    /// The app's dead letters among them, handed on.
+    pub visited: usize,
+}
+
+/// Reads the app's dead letters onto `channel`, unacked, in queue order,
+/// handing each to `visit` until it breaks or the queue is read. Nothing
+/// leaves the queue until acked; closing the channel returns the rest. What
+/// `visit` drops is dropped here, body and all (another app's letters at
+/// once), so memory follows what it keeps, not the queue.
 pub async fn read_each(
     channel: &Channel,
-    queue: &str,
+    queue: &DeadQueue,
     mut visit: impl FnMut(DeadJob) -> ControlFlow<()>,
-) -> Result<usize, BrokerError> {
-    let mut read = 0;
-    while let Some(dead) = next(channel, queue).await? {
-        read += 1;
+) -> Result<Pass, BrokerError> {
+    let mut pass = Pass::default();
+    while let Some(dead) = next(channel, queue, &mut pass.taken).await? {
+        pass.visited += 1;
         if visit(dead).is_break() {
             break;
         }
     }
-    Ok(read)
+    Ok(pass)
 }
 
-/// The next dead letter of the queue onto `channel`, unacked; none once the
-/// channel has read the whole queue.
-pub async fn next(channel: &Channel, queue: &str) -> Result<Option<DeadJob>, BrokerError> {
-    Ok(channel
-        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-        .await
-        .map_err(BrokerError::Channel)?
-        .map(|message| DeadJob::from_delivery(message.delivery)))
+/// The app's next dead letter onto `channel`, unacked, reading past (and
+/// holding, unacked) those of other apps sharing the queue; none once the
+/// channel has read the whole queue. `taken` counts every message taken.
+pub async fn next(
+    channel: &Channel,
+    queue: &DeadQueue,
+    taken: &mut usize,
+) -> Result<Option<DeadJob>, BrokerError> {
+    loop {
+        let Some(message) = channel
+            .basic_get(
+                queue.name.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .map_err(BrokerError::Channel)?
+        else {
+            return Ok(None);
+        };
+        *taken += 1;
+        let delivery = message.delivery;
+        let first_death = broker::header_str(&delivery.properties, "x-first-death-queue");
+        if queue.owns(delivery.routing_key.as_str(), first_death.as_deref()) {
+            return Ok(Some(DeadJob::from_delivery(delivery)));
+        }
+    }
 }
 
-/// The first dead letter with this id, read no further than it.
+/// The app's first dead letter with this id, read no further than it.
 pub async fn find(
     channel: &Channel,
-    queue: &str,
+    queue: &DeadQueue,
     id: &str,
 ) -> Result<Option<DeadJob>, BrokerError> {
     let mut found = None;
@@ -369,7 +397,7 @@ pub async fn act_on_each(
 /// most as many as asked, and a count of every match by reason and code. It
 /// keeps only the headers of the dead letters it will show.
 pub struct Listing {
-    /// Dead letters in the queue, matching or not.
+    /// The app's dead letters in the queue, matching or not.
     pub total: usize,
     pub summary: BTreeMap<(String, String), usize>,
     pub shown: Vec<DeadInfo>,
@@ -381,7 +409,7 @@ impl Listing {
     /// `newest_first` the last `limit` (a ring), newest first.
     pub async fn read(
         channel: &Channel,
-        queue: &str,
+        queue: &DeadQueue,
         selection: &Selection,
         now_ms: i64,
         newest_first: bool,
@@ -389,7 +417,7 @@ impl Listing {
     ) -> Result<Self, BrokerError> {
         let mut collect = Collect::new(newest_first, limit);
         let mut summary = BTreeMap::new();
-        let total = read_each(channel, queue, |dead| {
+        let pass = read_each(channel, queue, |dead| {
             // The summary counts every match, the limit only trims what is shown.
             if selection.matches(&dead.info, now_ms) {
                 count(&mut summary, &dead.info);
@@ -399,7 +427,7 @@ impl Listing {
         })
         .await?;
         Ok(Self {
-            total,
+            total: pass.visited,
             summary,
             shown: collect.finish(),
         })

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::broker::frame::MAX_HEADER_TEXT;
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, DeadRoute};
 use crate::status::WorkerStatus;
 use crate::telemetry;
 use crate::text::cut_text;
@@ -35,7 +35,7 @@ pub enum Incoming {
 
 pub struct Decoder {
     pub outbox: Outbox,
-    pub dlx: String,
+    pub dead_route: DeadRoute,
     pub rules: CallRules,
     /// The app, as the metrics' `sdkappid` label spells it.
     pub app: String,
@@ -169,7 +169,7 @@ impl Decoder {
             }
         };
         pending
-            .publish_dead_letter(&self.outbox, &self.dlx, body, &dead, &self.app)
+            .publish_dead_letter(&self.outbox, &self.dead_route, body, &dead, &self.app)
             .await?;
         let info = cut_text(&dead.error_info, MAX_HEADER_TEXT);
         warn!(job = %id, reason = %dead.reason, %info, "dead-lettered on arrival");

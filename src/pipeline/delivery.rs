@@ -9,7 +9,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Acker, BasicProperties, Channel};
 use tracing::warn;
 
-use crate::broker::{self, BrokerError, DeadLetter, DeadReason};
+use crate::broker::{self, BrokerError, DeadLetter, DeadReason, DeadRoute};
 use crate::clock;
 use crate::telemetry;
 
@@ -89,13 +89,20 @@ impl Pending {
     pub async fn publish_dead_letter(
         &self,
         outbox: &Outbox,
-        dlx: &str,
+        route: &DeadRoute,
         body: &[u8],
         dead: &DeadLetter,
         app: &str,
     ) -> Result<(), BrokerError> {
         let properties = dead.properties(&self.properties, outbox.room);
-        broker::publish_confirmed(&outbox.channel, dlx, "", body, properties).await?;
+        broker::publish_confirmed(
+            &outbox.channel,
+            &route.exchange,
+            &route.routing_key,
+            body,
+            properties,
+        )
+        .await?;
         let code = dead
             .error_code
             .map_or_else(|| "none".to_string(), |c| c.to_string());

@@ -98,7 +98,7 @@ impl<B: Book> Session<'_, B> {
         let (tx, rx) = mpsc::unbounded_channel();
         let decoder = Decoder {
             outbox: outbox.clone(),
-            dlx: self.config.topology.names.dlx.clone(),
+            dead_route: self.config.topology.names.dead_route(),
             rules: self.config.call,
             app: self.status.app.clone(),
             status: self.status.clone(),
@@ -116,10 +116,10 @@ impl<B: Book> Session<'_, B> {
             self.config.topology.names.clone(),
             self.status.clone(),
         ));
-        let dlx = self.config.topology.names.dlx.clone();
+        let dead_route = self.config.topology.names.dead_route();
         let settler = Settler::new(
             outbox,
-            dlx,
+            dead_route,
             self.status.app.clone(),
             self.book,
             self.crash.clone(),
@@ -162,6 +162,7 @@ impl<B: Book> Session<'_, B> {
     ) -> Result<(Channels, lapin::Consumer), BrokerError> {
         if !*self.declared {
             self.config.topology.declare(connection).await?;
+            broker::retire_own_dead(connection, &self.config.topology.names).await?;
             *self.declared = true;
         }
         let queue = self.config.topology.names.jobs.clone();

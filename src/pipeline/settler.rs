@@ -8,7 +8,7 @@
 
 use tracing::{info, warn};
 
-use crate::broker::{DeadLetter, DeadReason};
+use crate::broker::{DeadLetter, DeadReason, DeadRoute};
 
 use super::book::Book;
 use super::crash::{CrashHook, CrashPoint};
@@ -20,7 +20,7 @@ use super::fate::{Fate, Settlement};
 /// every fate.
 pub struct Settler<'b, B: Book> {
     outbox: Outbox,
-    dlx: String,
+    dead_route: DeadRoute,
     /// The app, as the metrics' `sdkappid` label spells it.
     app: String,
     pub book: &'b mut B,
@@ -30,14 +30,14 @@ pub struct Settler<'b, B: Book> {
 impl<'b, B: Book> Settler<'b, B> {
     pub fn new(
         outbox: Outbox,
-        dlx: String,
+        dead_route: DeadRoute,
         app: String,
         book: &'b mut B,
         crash: CrashHook,
     ) -> Self {
         Self {
             outbox,
-            dlx,
+            dead_route,
             app,
             book,
             crash,
@@ -135,7 +135,13 @@ impl<'b, B: Book> Settler<'b, B> {
                     ..dead.clone()
                 };
                 pending
-                    .publish_dead_letter(&self.outbox, &self.dlx, &job.body, &dead, &self.app)
+                    .publish_dead_letter(
+                        &self.outbox,
+                        &self.dead_route,
+                        &job.body,
+                        &dead,
+                        &self.app,
+                    )
                     .await?;
             }
         }

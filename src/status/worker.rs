@@ -80,8 +80,10 @@ pub struct Failure {
 pub struct QueueCounts {
     /// Jobs ready in the jobs queue (not those held by a worker).
     pub backlog: u64,
-    /// Dead letters in the dead-letter queue.
-    pub dead_letters: u64,
+    /// Dead letters in the dead-letter queue; none counted when the queue is
+    /// a fleet's, shared by its apps (a count of the app's alone takes a read
+    /// of the queue, which the console's dead-letters page does).
+    pub dead_letters: Option<u64>,
     pub sampled_at_ms: u64,
 }
 
@@ -215,7 +217,7 @@ impl WorkerStatus {
     }
 
     /// The queues' counts as the broker gave them, and the backlog's gauge.
-    pub fn set_queue_counts(&self, backlog: u64, dead_letters: u64) {
+    pub fn set_queue_counts(&self, backlog: u64, dead_letters: Option<u64>) {
         metrics::gauge!(BACKLOG_JOBS, SDKAPPID => self.app.clone()).set(backlog as f64);
         let counts = QueueCounts {
             backlog,
@@ -248,12 +250,12 @@ mod tests {
             (failure.code, failure.info.as_str()),
             (Some(10007), "app fault")
         );
-        status.set_queue_counts(12, 3);
+        status.set_queue_counts(12, Some(3));
         status.set_oldest_unsettled(4.5);
         let flow = status.flow();
         assert_eq!(
             flow.queues.map(|q| (q.backlog, q.dead_letters)),
-            Some((12, 3))
+            Some((12, Some(3)))
         );
         assert_eq!(flow.oldest_unsettled_secs, 4.5);
     }

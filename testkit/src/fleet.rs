@@ -1,5 +1,6 @@
 //! A fleet under test: several apps under one queue prefix, each with its own
-//! simulator, secret key file and queues (`{prefix}.{sdkappid}.jobs`, ...),
+//! simulator, secret key file and queues (`{prefix}.{sdkappid}.jobs`, the
+//! fleet's `{prefix}.dead`),
 //! an apps file naming some of them, and worker processes running
 //! `run --apps-file` with their ops endpoints on known ports.
 
@@ -9,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use broadcast_worker::simulator::SimulatorConfig;
 use serde_json::Value;
 
-use crate::harness::{spawn_app_named, unique_prefix, TestApp, ADMIN, AMQP_URL};
+use crate::harness::{spawn_fleet_app, unique_prefix, TestApp, ADMIN, AMQP_URL};
 use crate::process::worker_logs;
 
 pub struct TestFleet {
@@ -41,10 +42,7 @@ impl TestFleet {
             let sdkappid = fleet_sdkappid(i);
             let key = format!("fleet-secret-{i}");
             std::fs::write(dir.join(format!("{sdkappid}.key")), &key).unwrap();
-            let app = spawn_app_named(format!("{prefix}.{sdkappid}"), sdkappid, &key, rate, |c| {
-                configure(i, c)
-            })
-            .await;
+            let app = spawn_fleet_app(&prefix, sdkappid, &key, rate, |c| configure(i, c)).await;
             apps.push(app);
         }
         TestFleet { prefix, apps, dir }
@@ -113,6 +111,7 @@ impl Drop for TestFleet {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         crate::harness::delete_queue(&format!("{}.replicas", self.prefix));
+        crate::harness::delete_queue(&format!("{}.dead", self.prefix));
     }
 }
 

@@ -94,10 +94,37 @@ pub async fn spawn_app_named(
     spawn_app_on(AMQP_URL, prefix, sdkappid, key, rate, configure).await
 }
 
+/// App `sdkappid` of the fleet under `fleet_prefix`, on its queues as a
+/// fleet names them (its own jobs queue, the fleet's dead-letter queue).
+pub async fn spawn_fleet_app(
+    fleet_prefix: &str,
+    sdkappid: u64,
+    key: &str,
+    rate: f64,
+    configure: impl FnOnce(&mut SimulatorConfig),
+) -> TestApp {
+    let names = QueueNames::in_fleet(fleet_prefix, sdkappid);
+    let prefix = format!("{fleet_prefix}.{sdkappid}");
+    spawn_with_names(AMQP_URL, prefix, names, sdkappid, key, rate, configure).await
+}
+
 /// The same, on the broker at `broker_url` (a cluster's nodes, say).
 pub async fn spawn_app_on(
     broker_url: &str,
     prefix: String,
+    sdkappid: u64,
+    key: &str,
+    rate: f64,
+    configure: impl FnOnce(&mut SimulatorConfig),
+) -> TestApp {
+    let names = QueueNames::new(&prefix);
+    spawn_with_names(broker_url, prefix, names, sdkappid, key, rate, configure).await
+}
+
+async fn spawn_with_names(
+    broker_url: &str,
+    prefix: String,
+    names: QueueNames,
     sdkappid: u64,
     key: &str,
     rate: f64,
@@ -112,6 +139,7 @@ pub async fn spawn_app_on(
         .expect("simulator binds");
     let api = ApiConfig::new(sim.base_url(), sdkappid, ADMIN);
     let mut config = WorkerConfig::new(broker_url.into(), &prefix, api, SecretKey::new(key));
+    config.topology.names = names.clone();
     config.rate = rate;
     config.policy.backoff_min = Duration::from_millis(50);
     config.policy.backoff_max = Duration::from_millis(400);
@@ -126,7 +154,7 @@ pub async fn spawn_app_on(
         .expect("topology declares");
     let channel = broker::confirm_channel(&connection).await.unwrap();
     TestApp {
-        names: QueueNames::new(&prefix),
+        names,
         prefix,
         broker_url: broker_url.to_string(),
         sim,
