@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::uri::{AMQPScheme, AMQPUri};
@@ -23,6 +24,9 @@ use lapin::{Connection, ConnectionProperties};
 
 use super::error::BrokerError;
 use super::version::{probe, BrokerRules, BrokerVersion};
+
+/// How long a node has to finish the AMQP handshake.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
 
 /// One node: where it is, how to reach it, and how it is named.
 #[derive(Debug, Clone)]
@@ -127,13 +131,22 @@ impl Node {
         let tls = self.tls.config()?;
         let version = probe(self.uri.clone(), tls.clone()).await.ok();
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = lapin::DefaultConnectionBuilder::new()
+        let builder = lapin::DefaultConnectionBuilder::new()
             .map_err(|e| e.to_string())?
             .with_uri(self.uri.clone())
             .with_properties(properties)
-            .with_tls_config(tls)
-            .connect()
+            .with_tls_config(tls);
+        // A node that takes the TCP connection but never finishes the
+        // handshake (a wedged broker) must not hold the worker: the next
+        // node, or the next session, is tried instead.
+        let connection = tokio::time::timeout(HANDSHAKE_WITHIN, builder.connect())
             .await
+            .map_err(|_| {
+                format!(
+                    "the AMQP handshake did not finish within {} s",
+                    HANDSHAKE_WITHIN.as_secs()
+                )
+            })?
             .map_err(|e| e.to_string())?;
         Ok(Connected {
             connection,
@@ -230,5 +243,24 @@ mod tests {
         let first = next_start(3);
         let second = next_start(3);
         assert_eq!(second, (first + 1) % 3);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_takes_the_connection_but_never_answers_is_given_up() {
+        // Accepts, reads, never writes: a wedged broker as a client sees it.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        let nodes = Nodes::parse(&format!("amqp://u:p@127.0.0.1:{port}/%2f")).unwrap();
+        let error = nodes.0[0].connect("silent node test").await.err().unwrap();
+        assert!(
+            error.contains("handshake did not finish within 10 s"),
+            "{error}"
+        );
     }
 }

@@ -91,11 +91,14 @@ impl BrokerRules {
     }
 }
 
+/// How long a node has to send its Connection.Start.
+const PROBE_WITHIN: Duration = Duration::from_secs(5);
+
 /// Reads the broker's version from the `Connection.Start` it sends first,
 /// over a connection of its own (TLS as `tls` says), then closes it.
 pub async fn probe(uri: AMQPUri, tls: OwnedTLSConfig) -> Result<BrokerVersion, String> {
     let read = tokio::task::spawn_blocking(move || read_start(&uri, &tls));
-    match tokio::time::timeout(Duration::from_secs(5), read).await {
+    match tokio::time::timeout(PROBE_WITHIN, read).await {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the broker did not send its Connection.Start within 5 s".into()),
@@ -107,6 +110,12 @@ fn read_start(uri: &AMQPUri, tls: &OwnedTLSConfig) -> Result<BrokerVersion, Stri
         .connect_with_config(tls.as_ref())
         .map_err(|e| format!("cannot connect: {e}"))?;
     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    // Bounded, so that a silent node does not hold this thread for good.
+    let bounded = Some(PROBE_WITHIN);
+    stream
+        .set_read_timeout(bounded)
+        .and_then(|()| stream.set_write_timeout(bounded))
+        .map_err(|e| e.to_string())?;
     stream
         .write_all(b"AMQP\x00\x00\x09\x01")
         .map_err(|e| e.to_string())?;
