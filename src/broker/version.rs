@@ -101,7 +101,10 @@ pub async fn probe(uri: AMQPUri, tls: OwnedTLSConfig) -> Result<BrokerVersion, S
     match tokio::time::timeout(PROBE_WITHIN, read).await {
         Ok(Ok(result)) => result,
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the broker did not send its Connection.Start within 5 s".into()),
+        Err(_) => Err(format!(
+            "the broker did not send its Connection.Start within {} s",
+            PROBE_WITHIN.as_secs()
+        )),
     }
 }
 
