@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use broadcast_worker::simulator::SimulatorConfig;
 use serde_json::Value;
 
-use crate::harness::{spawn_fleet_app, unique_prefix, TestApp, ADMIN, AMQP_URL};
+use crate::harness::{spawn_fleet_app_on, unique_prefix, TestApp, ADMIN, AMQP_URL};
 use crate::process::worker_logs;
 
 pub struct TestFleet {
@@ -18,6 +18,8 @@ pub struct TestFleet {
     pub apps: Vec<TestApp>,
     /// Where the key files and the apps file are.
     pub dir: PathBuf,
+    /// The broker the fleet's queues are on: the shared one, or a private node.
+    pub broker_url: String,
 }
 
 /// The SDKAppID of the fleet's `i`-th app.
@@ -34,6 +36,17 @@ impl TestFleet {
         rate: f64,
         configure: impl Fn(usize, &mut SimulatorConfig),
     ) -> TestFleet {
+        Self::spawn_on(AMQP_URL, test, n, rate, configure).await
+    }
+
+    /// The same, on the broker at `broker_url`.
+    pub async fn spawn_on(
+        broker_url: &str,
+        test: &str,
+        n: usize,
+        rate: f64,
+        configure: impl Fn(usize, &mut SimulatorConfig),
+    ) -> TestFleet {
         let prefix = unique_prefix(test);
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).unwrap();
@@ -42,10 +55,18 @@ impl TestFleet {
             let sdkappid = fleet_sdkappid(i);
             let key = format!("fleet-secret-{i}");
             std::fs::write(dir.join(format!("{sdkappid}.key")), &key).unwrap();
-            let app = spawn_fleet_app(&prefix, sdkappid, &key, rate, |c| configure(i, c)).await;
+            let app = spawn_fleet_app_on(broker_url, &prefix, sdkappid, &key, rate, |c| {
+                configure(i, c)
+            })
+            .await;
             apps.push(app);
         }
-        TestFleet { prefix, apps, dir }
+        TestFleet {
+            prefix,
+            apps,
+            dir,
+            broker_url: broker_url.to_string(),
+        }
     }
 
     /// Writes the apps file naming the apps `which` (indexes), each with
@@ -73,7 +94,7 @@ impl TestFleet {
         let mut command = Command::new(bin);
         command
             .arg("run")
-            .env("AMQP_URL", AMQP_URL)
+            .env("AMQP_URL", &self.broker_url)
             .env("BROADCAST_QUEUE_PREFIX", &self.prefix)
             .env("BROADCAST_APPS_FILE", self.dir.join("apps.toml"))
             .env("BROADCAST_METRICS_ADDR", format!("127.0.0.1:{ops_port}"))
@@ -110,8 +131,10 @@ impl TestFleet {
 impl Drop for TestFleet {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-        crate::harness::delete_queue(&format!("{}.replicas", self.prefix));
-        crate::harness::delete_queue(&format!("{}.dead", self.prefix));
+        for queue in ["replicas", "dead"] {
+            let queue = format!("{}.{queue}", self.prefix);
+            crate::harness::delete_queue_on(&self.broker_url, &queue);
+        }
     }
 }
 

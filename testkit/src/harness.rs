@@ -103,9 +103,21 @@ pub async fn spawn_fleet_app(
     rate: f64,
     configure: impl FnOnce(&mut SimulatorConfig),
 ) -> TestApp {
+    spawn_fleet_app_on(AMQP_URL, fleet_prefix, sdkappid, key, rate, configure).await
+}
+
+/// The same, on the broker at `broker_url`.
+pub async fn spawn_fleet_app_on(
+    broker_url: &str,
+    fleet_prefix: &str,
+    sdkappid: u64,
+    key: &str,
+    rate: f64,
+    configure: impl FnOnce(&mut SimulatorConfig),
+) -> TestApp {
     let names = QueueNames::in_fleet(fleet_prefix, sdkappid);
     let prefix = format!("{fleet_prefix}.{sdkappid}");
-    spawn_with_names(AMQP_URL, prefix, names, sdkappid, key, rate, configure).await
+    spawn_with_names(broker_url, prefix, names, sdkappid, key, rate, configure).await
 }
 
 /// The same, on the broker at `broker_url` (a cluster's nodes, say).
@@ -557,10 +569,14 @@ pub fn delete_topology_on(url: &str, prefix: &str) {
 
 /// Deletes one queue, from any context (Drop included).
 pub fn delete_queue(queue: &str) {
-    let queue = queue.to_string();
+    delete_queue_on(AMQP_URL, queue);
+}
+
+/// The same, on the broker at `url`.
+pub fn delete_queue_on(url: &str, queue: &str) {
+    let (url, queue) = (url.to_string(), queue.to_string());
     run_detached(async move {
-        let Ok(connection) = broker::connect(AMQP_URL, "broadcast-worker test cleanup").await
-        else {
+        let Ok(connection) = broker::connect(&url, "broadcast-worker test cleanup").await else {
             return;
         };
         if let Ok(channel) = connection.create_channel().await {

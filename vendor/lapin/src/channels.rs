@@ -388,6 +388,11 @@ impl Inner {
                 met_first_id = true;
             }
             if !self.channels.contains_key(&id) {
+                // A channel the broker closed with an error leaves its id
+                // poisoned (every frame sent on it rejected with that
+                // error); the id is free again now, and a new channel on it
+                // must not inherit the old one's error.
+                frames.drop_channel_poison(id);
                 let channel = self.create_channel(
                     id,
                     connection_status,
