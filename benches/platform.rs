@@ -14,13 +14,23 @@
 //!   then from the new process to every app consumed again;
 //! - the backlog: each job's text delivered exactly once across the active
 //!   apps' simulators (lost, doubled), and frequency-limit answers;
-//! - idle, the backlog done: each replica's CPU over 30 s and its RSS;
+//! - idle, the backlog done and the apps shared out evenly (each replica
+//!   active for half): each replica's CPU over 30 s and its RSS;
 //! - the broker: this bench's replicas' connections, the prefix's queues by
-//!   type and the node's memory, before the replicas start and while they run;
+//!   type, the node's memory and file handles, before the replicas start and
+//!   while they run;
 //! - the time for both replicas, SIGTERMed at once, to exit.
 //!
-//! Run with `cargo bench --bench platform` (RabbitMQ and PostgreSQL on
-//! 127.0.0.1, `rabbitmqctl` and `ss` usable). Prints a Markdown table and,
+//! The broker is a private RabbitMQ node this bench starts on ports of its
+//! own (as the cluster tests do) and stops, data and all, at the end: 1,000
+//! quorum queues need about 3,000 of the node's file handles (see README,
+//! "Sizing the broker"), more than a node under a login's open-files limit
+//! of 1,024 has, and the shared node on 5672 stays untouched. The node runs
+//! with the hard limit; the bench stops with a clear message if that cannot
+//! hold this many quorum queues.
+//!
+//! Run with `cargo bench --bench platform` (as root, with `rabbitmq-server`;
+//! PostgreSQL on 127.0.0.1; `ss` usable). Prints a Markdown table and,
 //! run with the defaults and no argument, writes it into BENCHMARKS.md; any
 //! argument (`cargo bench --bench platform -- print`) only prints.
 //! `BENCH_PLATFORM_APPS` (default 1000) and `BENCH_PLATFORM_ACTIVE` (default
@@ -38,10 +48,10 @@ use std::time::{Duration, Instant};
 
 use broadcast_worker::broker::{self, QueueNames, Topology};
 use broadcast_worker::simulator::{SimulatorConfig, SimulatorSet, SpawnedSimulatorSet};
-use broadcast_worker::telemetry::CONNECTED;
+use broadcast_worker::telemetry::{APP_ACTIVE, CONNECTED};
 use broadcast_worker::tencent::usersig::SecretKey;
 use futures_util::StreamExt;
-use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
 use testkit::*;
 
@@ -75,6 +85,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(600);
 /// The window the idle CPU is measured over.
 const IDLE_WINDOW: Duration = Duration::from_secs(30);
+/// The longest wait for the apps to be shared out evenly before idling.
+const BALANCE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The longest the queues' declaration, or the backlog's publishing, may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Topology declarations (and deletions) in flight at once.
@@ -104,11 +116,12 @@ struct Platform {
     sims: SpawnedSimulatorSet,
     apps: Vec<u64>,
     active: Vec<u64>,
-    cleaned: bool,
+    /// The private node's AMQP URI.
+    url: String,
 }
 
 impl Platform {
-    async fn new(n: usize, active: usize) -> Self {
+    async fn new(n: usize, active: usize, url: String) -> Self {
         let prefix = unique_prefix("bench-platform");
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).unwrap();
@@ -140,13 +153,13 @@ impl Platform {
             sims,
             apps,
             active,
-            cleaned: false,
+            url,
         }
     }
 
     /// Every app's topology, `IN_FLIGHT` at a time over one connection.
     async fn declare(&self) {
-        let connection = connect().await;
+        let connection = connect_to(&self.url).await;
         let connection = &connection;
         futures_util::stream::iter(&self.apps)
             .map(|app| async move {
@@ -164,7 +177,7 @@ impl Platform {
 
     /// `per_app` jobs on each active app's queue, confirmed app by app.
     async fn publish(&self, per_app: usize) {
-        let connection = connect().await;
+        let connection = connect_to(&self.url).await;
         let channel = broker::confirm_channel(&connection).await.unwrap();
         for app in &self.active {
             let queue = format!("{}.{app}.jobs", self.prefix);
@@ -208,7 +221,7 @@ impl Platform {
         let mut command = std::process::Command::new(BIN);
         command
             .arg("run")
-            .env("AMQP_URL", AMQP_URL)
+            .env("AMQP_URL", &self.url)
             .env("BROADCAST_QUEUE_PREFIX", &self.prefix)
             .env("BROADCAST_APPS_FILE", self.dir.join("apps.toml"))
             .env("BROADCAST_METRICS_ADDR", format!("127.0.0.1:{port}"))
@@ -266,58 +279,10 @@ impl Platform {
             .map(|s| s.repeats_dropped)
             .sum()
     }
-
-    /// Deletes every app's topology and the presence queue, `IN_FLIGHT` at
-    /// a time over one connection (what `Drop` does one by one on a panic).
-    async fn clean_up(&mut self) {
-        let connection = connect().await;
-        let connection = &connection;
-        let (mut queues, mut exchanges) = (Vec::new(), Vec::new());
-        for app in &self.apps {
-            let names = QueueNames::in_fleet(&self.prefix, *app);
-            queues.push(names.jobs);
-            exchanges.push(names.dlx);
-        }
-        queues.push(format!("{}.dead", self.prefix));
-        queues.push(format!("{}.replicas", self.prefix));
-        futures_util::stream::iter(queues)
-            .map(|queue| async move {
-                if let Ok(channel) = connection.create_channel().await {
-                    let _ = channel
-                        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                    let _ = channel.close(200, "".into()).await;
-                }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect::<Vec<()>>()
-            .await;
-        futures_util::stream::iter(exchanges)
-            .map(|exchange| async move {
-                if let Ok(channel) = connection.create_channel().await {
-                    let _ = channel
-                        .exchange_delete(exchange.as_str().into(), Default::default())
-                        .await;
-                    let _ = channel.close(200, "".into()).await;
-                }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect::<Vec<()>>()
-            .await;
-        let _ = connection.close(200, "".into()).await;
-        self.cleaned = true;
-    }
 }
 
 impl Drop for Platform {
     fn drop(&mut self) {
-        if !self.cleaned {
-            for app in &self.apps {
-                delete_topology(&format!("{}.{app}", self.prefix));
-            }
-            delete_queue(&format!("{}.replicas", self.prefix));
-            delete_queue(&format!("{}.dead", self.prefix));
-        }
         if std::env::var_os("BENCH_PLATFORM_KEEP").is_some() {
             eprintln!("kept {}", self.dir.display());
         } else {
@@ -368,13 +333,10 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// `rabbitmqctl ARGS`'s standard output, or `None` when it fails.
-async fn ctl(args: &[&str]) -> Option<String> {
-    let output = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .await
-        .ok()?;
+/// `rabbitmqctl ARGS` on the private node: its standard output, or `None`
+/// when it fails.
+fn ctl(node: &Cluster, args: &[&str]) -> Option<String> {
+    let output = tokio::task::block_in_place(|| node.ctl(0, args));
     if !output.status.success() {
         eprintln!(
             "rabbitmqctl {args:?}: {}",
@@ -385,11 +347,29 @@ async fn ctl(args: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// The local ports of the established connections to 5672 of each process.
-async fn broker_ports(pids: &[u32]) -> Vec<HashSet<u16>> {
+/// The node's file-handle accounting: handles in use and its limit.
+fn file_handles(node: &Cluster) -> Option<(u64, u64)> {
+    let out = ctl(
+        node,
+        &[
+            "eval",
+            "[V || {_, V} <- file_handle_cache:info([total_used, total_limit])].",
+        ],
+    )?;
+    let line = out.lines().last()?.trim();
+    let mut values = line
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(|v| v.trim().parse::<u64>().ok());
+    Some((values.next()??, values.next()??))
+}
+
+/// The local ports of each process's established connections to `amqp_port`.
+async fn broker_ports(amqp_port: u16, pids: &[u32]) -> Vec<HashSet<u16>> {
     let mut ports = vec![HashSet::new(); pids.len()];
+    let filter = format!("( dport = :{amqp_port} )");
     let Ok(output) = tokio::process::Command::new("ss")
-        .args(["-tnpH", "state", "established", "( dport = :5672 )"])
+        .args(["-tnpH", "state", "established", filter.as_str()])
         .output()
         .await
     else {
@@ -417,62 +397,64 @@ struct BrokerReading {
     /// The prefix's queues, by type.
     queues: Option<BTreeMap<String, usize>>,
     memory_mib: Option<f64>,
+    /// File handles in use and the node's limit.
+    handles: Option<(u64, u64)>,
 }
 
-async fn broker_reading(prefix: &str, pids: &[u32]) -> BrokerReading {
+async fn broker_reading(node: &Cluster, prefix: &str, pids: &[u32]) -> BrokerReading {
     let connections = if pids.is_empty() {
         Some(Vec::new())
     } else {
-        let ports = broker_ports(pids).await;
+        let ports = broker_ports(node.nodes[0].amqp_port, pids).await;
         // `name` is the network name (`127.0.0.1:port -> ...`) on 3.x; the
         // name the client gave is `connection_name` in its properties.
-        ctl(&["-q", "list_connections", "client_properties", "peer_port"])
-            .await
-            .map(|out| {
-                let mut counts = vec![0; pids.len()];
-                for line in out.lines() {
-                    let Some((properties, port)) = line.rsplit_once('\t') else {
-                        continue;
-                    };
-                    let Ok(port) = port.trim().parse::<u16>() else {
-                        continue;
-                    };
-                    let name = properties
-                        .split("{\"connection_name\",\"")
-                        .nth(1)
-                        .unwrap_or("");
-                    if !name.starts_with("broadcast-worker") {
-                        continue;
-                    }
-                    if let Some(i) = ports.iter().position(|p| p.contains(&port)) {
-                        counts[i] += 1;
-                    }
-                }
-                counts
-            })
-    };
-    let queues = ctl(&["-q", "list_queues", "name", "type"])
-        .await
+        ctl(
+            node,
+            &["-q", "list_connections", "client_properties", "peer_port"],
+        )
         .map(|out| {
-            let mut by_type = BTreeMap::new();
-            let mine = format!("{prefix}.");
+            let mut counts = vec![0; pids.len()];
             for line in out.lines() {
-                if let Some((name, kind)) = line.rsplit_once('\t') {
-                    if name.starts_with(&mine) {
-                        *by_type.entry(kind.trim().to_string()).or_insert(0) += 1;
-                    }
+                let Some((properties, port)) = line.rsplit_once('\t') else {
+                    continue;
+                };
+                let Ok(port) = port.trim().parse::<u16>() else {
+                    continue;
+                };
+                let name = properties
+                    .split("{\"connection_name\",\"")
+                    .nth(1)
+                    .unwrap_or("");
+                if !name.starts_with("broadcast-worker") {
+                    continue;
+                }
+                if let Some(i) = ports.iter().position(|p| p.contains(&port)) {
+                    counts[i] += 1;
                 }
             }
-            by_type
-        });
-    let memory_mib = ctl(&["eval", "erlang:memory(total)."])
-        .await
+            counts
+        })
+    };
+    let queues = ctl(node, &["-q", "list_queues", "name", "type"]).map(|out| {
+        let mut by_type = BTreeMap::new();
+        let mine = format!("{prefix}.");
+        for line in out.lines() {
+            if let Some((name, kind)) = line.rsplit_once('\t') {
+                if name.starts_with(&mine) {
+                    *by_type.entry(kind.trim().to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        by_type
+    });
+    let memory_mib = ctl(node, &["eval", "erlang:memory(total)."])
         .and_then(|out| out.lines().last()?.trim().parse::<f64>().ok())
         .map(|bytes| bytes / 1024.0 / 1024.0);
     BrokerReading {
         connections,
         queues,
         memory_mib,
+        handles: file_handles(node),
     }
 }
 
@@ -502,21 +484,25 @@ struct Probes {
 }
 
 /// Opens and closes a connection every `PROBE_EVERY` until `stop`.
-async fn probe(stop: Arc<AtomicBool>, probes: Arc<Mutex<Probes>>, started: Instant) {
+async fn probe(url: String, stop: Arc<AtomicBool>, probes: Arc<Mutex<Probes>>, started: Instant) {
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let at = started.elapsed().as_secs_f64();
         let opened = Instant::now();
-        let result = tokio::time::timeout(
-            PROBE_TIMEOUT,
-            broker::connect(AMQP_URL, "platform-bench probe"),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(PROBE_TIMEOUT, broker::connect(&url, "platform-bench probe"))
+                .await;
         let took = opened.elapsed().as_secs_f64();
         match result {
             Ok(Ok(connection)) => {
+                if took > 0.5 {
+                    eprintln!(
+                        "[{at:7.1} s] a probe's handshake took {:.0} ms",
+                        took * 1000.0
+                    );
+                }
                 probes.lock().unwrap().times.push(took);
                 let _ = connection.close(200, "".into()).await;
             }
@@ -567,12 +553,25 @@ async fn main() {
     let mut rows: Vec<(String, String)> = Vec::new();
 
     let db = TestDatabase::create("bench-platform").await;
-    let mut platform = Platform::new(n, n_active).await;
+    progress(started, "starting a private RabbitMQ node");
+    let node = tokio::task::block_in_place(|| Cluster::start(1));
+    let (_, limit) = file_handles(&node).expect("the node's file-handle limit is readable");
+    // Three handles a quorum queue (see README), one a connection, a margin.
+    let needed = 3 * (n as u64 + 2) + 100;
+    assert!(
+        limit >= needed,
+        "the private node's file-handle limit is {limit}; {n} apps' quorum queues need about \
+         {needed}: raise the hard open-files limit (ulimit -Hn) and run again"
+    );
+    let platform = Platform::new(n, n_active, node.url(0)).await;
     progress(
         started,
-        &format!("{n} apps on one simulator, prefix {}", platform.prefix),
+        &format!(
+            "{n} apps on one simulator, prefix {}, node on port {} (file-handle limit {limit})",
+            platform.prefix, node.nodes[0].amqp_port
+        ),
     );
-    let baseline = broker_reading(&platform.prefix, &[]).await;
+    let baseline = broker_reading(&node, &platform.prefix, &[]).await;
     tokio::time::timeout(SETUP_TIMEOUT, platform.declare())
         .await
         .expect("the queues are declared in time (is the broker wedged?)");
@@ -585,12 +584,17 @@ async fn main() {
         started,
         &format!("{jobs} jobs published on {n_active} apps' queues"),
     );
-    let before = broker_reading(&platform.prefix, &[]).await;
+    let before = broker_reading(&node, &platform.prefix, &[]).await;
 
     // The prober runs from here to the end.
     let stop_probing = Arc::new(AtomicBool::new(false));
     let probes = Arc::new(Mutex::new(Probes::default()));
-    let prober = tokio::spawn(probe(stop_probing.clone(), probes.clone(), started));
+    let prober = tokio::spawn(probe(
+        platform.url.clone(),
+        stop_probing.clone(),
+        probes.clone(),
+        started,
+    ));
 
     // 2. Both replicas consuming every app.
     let ports: Vec<u16> = (0..REPLICAS).map(|_| free_port()).collect();
@@ -617,6 +621,7 @@ async fn main() {
     }
     let consumed: Vec<Duration> = consumed.into_iter().map(Option::unwrap).collect();
     let running = broker_reading(
+        &node,
         &platform.prefix,
         &replicas.iter().map(Child::id).collect::<Vec<_>>(),
     )
@@ -689,7 +694,23 @@ async fn main() {
         .filter(|t| texts.get(*t).copied().unwrap_or(0) > 1)
         .count();
 
-    // 6. Idle.
+    // 6. Idle, once balancing is done (the last restart's releases and the
+    // sessions they restart take about 20 s at the start pace).
+    let balancing = Instant::now();
+    loop {
+        let mut active = Vec::new();
+        for &port in &ports {
+            active.push(metric_sum(port, APP_ACTIVE).await.unwrap_or(0.0) as usize);
+        }
+        let even =
+            active.iter().sum::<usize>() == n && active.iter().all(|&a| a <= n.div_ceil(REPLICAS));
+        if even || balancing.elapsed() > BALANCE_TIMEOUT {
+            progress(started, &format!("active per replica: {active:?}"));
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
     progress(
         started,
         &format!("idle, measuring CPU over {IDLE_WINDOW:?}"),
@@ -720,7 +741,7 @@ async fn main() {
             )
         })
         .collect();
-    let idle = broker_reading(&platform.prefix, &pids).await;
+    let idle = broker_reading(&node, &platform.prefix, &pids).await;
 
     // 8. Both stopped at once.
     let stopping = Instant::now();
@@ -763,9 +784,9 @@ async fn main() {
         }
     }
     progress(started, "cleaning up");
-    platform.clean_up().await;
     drop(platform);
     drop(db);
+    tokio::task::block_in_place(|| drop(node));
 
     let per_replica = |reading: &BrokerReading| match &reading.connections {
         None => "n/a".into(),
@@ -865,6 +886,19 @@ async fn main() {
             show_mib(idle.memory_mib)
         ),
     ));
+    let show_handles = |r: &BrokerReading| {
+        r.handles
+            .map_or("n/a".into(), |(used, limit)| format!("{used} of {limit}"))
+    };
+    rows.push((
+        "broker file handles in use (of its limit): before declaring; queues declared; replicas running (idle)".into(),
+        format!(
+            "{}; {}; {}",
+            show_handles(&baseline),
+            show_handles(&before),
+            show_handles(&idle)
+        ),
+    ));
     rows.push((
         format!("{n} idle apps: both replicas SIGTERMed at once stop within"),
         secs(both_stopped),
@@ -874,7 +908,7 @@ async fn main() {
     eprintln!("wall time {}", secs(started.elapsed()));
     if !only && n == APPS && n_active == ACTIVE {
         let section = format!(
-            "## A platform's fleet: `cargo bench --bench platform`\n\n{n} apps at {RATE} calls/s in one apps file over {REPLICAS} worker processes with the PostgreSQL ledger, one simulator for every app, {n_active} of them with a backlog, on {}.\n\n{table}",
+            "## A platform's fleet: `cargo bench --bench platform`\n\n{n} apps at {RATE} calls/s in one apps file over {REPLICAS} worker processes with the PostgreSQL ledger, one simulator for every app, {n_active} of them with a backlog, against a private RabbitMQ node started by the bench with the hard open-files limit, on {}.\n\n{table}",
             machine()
         );
         write_section(

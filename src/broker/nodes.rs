@@ -143,7 +143,8 @@ impl Node {
             .await
             .map_err(|_| {
                 format!(
-                    "the AMQP handshake did not finish within {} s",
+                    "the AMQP handshake did not finish within {} s (a node past its \
+                     file-handle limit does this: README, \"Sizing the broker\")",
                     HANDSHAKE_WITHIN.as_secs()
                 )
             })?

@@ -134,10 +134,13 @@ impl Cluster {
     /// `rabbitmqctl -n NODE ARGS` against node `i`.
     pub fn ctl(&self, i: usize, args: &[&str]) -> Output {
         let node = &self.nodes[i];
-        let mut command = vec!["rabbitmqctl", "-n", &node.name];
-        command.extend_from_slice(args);
+        let mut command = format!("rabbitmqctl -n {}", node.name);
+        for arg in args {
+            // Quoted for the shell: `eval` takes Erlang with parentheses.
+            command.push_str(&format!(" '{}'", arg.replace('\'', r"'\''")));
+        }
         // The node's own environment would make the CLI take its ports.
-        as_rabbitmq(&command.join(" "), &[])
+        as_rabbitmq(&command, &[])
             .output()
             .expect("rabbitmqctl runs")
     }
@@ -154,7 +157,11 @@ impl Cluster {
 
     fn launch(&self, i: usize) {
         let node = &self.nodes[i];
-        let status = as_rabbitmq("rabbitmq-server -detached", &node.env())
+        // The hard open-files limit, not a login's 1024: RabbitMQ 3.x counts
+        // file handles per quorum queue against it (see README, "Sizing the
+        // broker"), and a node past it stops answering handshakes.
+        let script = "ulimit -n \"$(ulimit -Hn)\"; rabbitmq-server -detached";
+        let status = as_rabbitmq(script, &node.env())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -254,7 +261,10 @@ impl Drop for Cluster {
 
 /// `script` as the `rabbitmq` user, with `env`.
 fn as_rabbitmq(script: &str, env: &[(String, String)]) -> Command {
-    let exports: String = env.iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
+    let exports: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}='{v}'; "))
+        .collect();
     let mut command = Command::new("su");
     command.args([
         "rabbitmq",
