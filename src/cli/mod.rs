@@ -96,8 +96,16 @@ impl Cli {
             Command::Demo(_) => "error",
             _ => "info",
         };
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        let asked = std::env::var("RUST_LOG").unwrap_or_default();
+        let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        // lapin logs an ERROR for every channel the broker closes, the
+        // expected 404 of a passive declare included (one per app at each
+        // start of a fleet); every close that matters reaches the worker as
+        // an error it logs with its app. Shown only when RUST_LOG names lapin.
+        if !asked.contains("lapin") {
+            filter = filter.add_directive("lapin::channel=off".parse().expect("a valid directive"));
+        }
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);

@@ -240,9 +240,15 @@ impl<B: Book> Parted<B> {
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<SessionEnd, BrokerError> {
         let stop = shutdown.child_token();
         let releasing = {
-            let (stop, release) = (stop.clone(), self.release.clone());
+            let (stop, release, links) = (stop.clone(), self.release.clone(), self.links.clone());
             tokio::spawn(async move {
                 release.notified().await;
+                // Balancing releases hundreds of apps at once when a replica
+                // joins; their wind-downs (consumers cancelled, channels
+                // closed, batons passed) take turns with session starts so
+                // the broker sees them at a bounded pace. A shutdown does
+                // not wait: it cancels `stop` itself.
+                links.start_turn().await;
                 stop.cancel();
             })
         };
