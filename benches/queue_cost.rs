@@ -3,17 +3,20 @@
 //! jobs queue), classic durable queues and bare fanout exchanges, N of each
 //! declared over one connection (at most 16 in flight), one consumer
 //! registered on each queue, then all deleted; the time of each step and
-//! the broker's memory (`erlang:memory(total)`) and Erlang processes added
-//! per item, read with `rabbitmqctl eval` before and ~3 s after. Everything
-//! is in a vhost of its own (`queue-cost-<pid>`), deleted at the end, on an
-//! error or a Ctrl-C too.
+//! the broker's memory (`erlang:memory(total)`), Erlang processes and file
+//! handles (`file_handle_cache`'s count) added per item, read with
+//! `rabbitmqctl eval` before and ~3 s after. Everything is on a private
+//! RabbitMQ node this bench starts (as the cluster tests do) with the hard
+//! open-files limit, and stops at the end, on an error or a Ctrl-C too: 500
+//! quorum queues hold more file handles than a node under a login's limit of
+//! 1,024 has, and past that a node stops answering handshakes (README,
+//! "Sizing the broker"), so the shared node on 5672 is never used.
 //!
-//! Run with `cargo bench --bench queue_cost` (RabbitMQ on 127.0.0.1, guest,
-//! `rabbitmqctl` usable: root, or `sudo -u rabbitmq`). Prints a Markdown
-//! table; `QUEUE_COST_COUNTS=100,500,1000` changes the counts (at most
-//! 1,000 each). The broker is node-wide: other clients' activity shows in
-//! the memory figures, so they are meaningful on a quiet broker only.
+//! Run with `cargo bench --bench queue_cost` (as root, with
+//! `rabbitmq-server`). Prints a Markdown table;
+//! `QUEUE_COST_COUNTS=100,500,1000` changes the counts (at most 1,000 each).
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
@@ -23,6 +26,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use testkit::Cluster;
 
 /// Declares, consumes and deletes in flight at once (one channel each).
 const IN_FLIGHT: usize = 16;
@@ -56,30 +60,21 @@ impl Kind {
     }
 }
 
-/// `rabbitmqctl ARGS`; when the node refuses this user (its Erlang cookie),
-/// again as `sudo -n -u rabbitmq rabbitmqctl ARGS`.
+/// The private node, from its start to the end of `main`.
+static NODE: Mutex<Option<Cluster>> = Mutex::new(None);
+
+/// `rabbitmqctl ARGS` on the private node.
 async fn ctl(args: &[&str]) -> Result<String, Error> {
-    let direct = tokio::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .await?;
-    let output = if direct.status.success() {
-        direct
-    } else {
-        let stderr = String::from_utf8_lossy(&direct.stderr).to_lowercase();
-        if stderr.contains("cookie") || stderr.contains("authenticat") {
-            tokio::process::Command::new("sudo")
-                .args(["-n", "-u", "rabbitmq", "rabbitmqctl"])
-                .args(args)
-                .output()
-                .await?
-        } else {
-            direct
-        }
-    };
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        let node = NODE.lock().unwrap();
+        let node = node.as_ref().expect("the node is started");
+        node.ctl(0, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await?;
     if !output.status.success() {
         return Err(format!(
-            "rabbitmqctl {args:?}: {}{}",
+            "rabbitmqctl: {}{}",
             String::from_utf8_lossy(&output.stdout).trim(),
             String::from_utf8_lossy(&output.stderr).trim()
         )
@@ -97,71 +92,13 @@ async fn eval_int(expression: &str) -> Result<i64, Error> {
         .ok_or_else(|| format!("rabbitmqctl eval {expression}: not a number: {out}").into())
 }
 
-/// The node's memory (bytes) and Erlang processes.
-async fn reading() -> Result<(i64, i64), Error> {
+/// The node's memory (bytes), Erlang processes and file handles in use.
+async fn reading() -> Result<(i64, i64, i64), Error> {
     Ok((
         eval_int("erlang:memory(total).").await?,
         eval_int("erlang:system_info(process_count).").await?,
+        eval_int("element(2, hd(file_handle_cache:info([total_used]))).").await?,
     ))
-}
-
-/// The vhost of this run: deleted when dropped (best effort), on a panic too.
-struct Vhost {
-    name: String,
-}
-
-impl Vhost {
-    async fn create() -> Result<Vhost, Error> {
-        let name = format!("queue-cost-{}", std::process::id());
-        ctl(&["add_vhost", &name]).await?;
-        // Armed from here: the vhost is ours.
-        let vhost = Vhost { name };
-        ctl(&[
-            "set_permissions",
-            "-p",
-            &vhost.name,
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ])
-        .await?;
-        Ok(vhost)
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let deleted = std::process::Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.name])
-            .output();
-        let deleted = match deleted {
-            Ok(o) if o.status.success() => true,
-            _ => std::process::Command::new("sudo")
-                .args([
-                    "-n",
-                    "-u",
-                    "rabbitmq",
-                    "rabbitmqctl",
-                    "delete_vhost",
-                    &self.name,
-                ])
-                .output()
-                .is_ok_and(|o| o.status.success()),
-        };
-        if deleted {
-            eprintln!("deleted vhost {}", self.name);
-        } else {
-            eprintln!(
-                "could not delete vhost {}: run `rabbitmqctl delete_vhost {}`",
-                self.name, self.name
-            );
-        }
-    }
 }
 
 fn counts() -> Vec<usize> {
@@ -213,12 +150,13 @@ struct Row {
     delete_s: f64,
     memory_kib: f64,
     processes: f64,
+    handles: f64,
 }
 
 /// Waits until the node is back near `before` (processes) and its memory
 /// stops falling, or [`SETTLE_AFTER_DELETE`]; the seconds it took and the
 /// last reading.
-async fn settle(before: (i64, i64)) -> Result<(f64, (i64, i64)), Error> {
+async fn settle(before: (i64, i64, i64)) -> Result<(f64, (i64, i64, i64)), Error> {
     let started = Instant::now();
     let mut last = reading().await?;
     loop {
@@ -343,13 +281,13 @@ async fn measure(connection: &Connection, kind: Kind, n: usize) -> Result<Row, E
         delete_s,
         memory_kib: (after.0 - before.0) as f64 / 1024.0 / n as f64,
         processes: (after.1 - before.1) as f64 / n as f64,
+        handles: (after.2 - before.2) as f64 / n as f64,
     })
 }
 
-async fn run(vhost: &Vhost, rows: &mut Vec<Row>) -> Result<(), Error> {
+async fn run(url: &str, rows: &mut Vec<Row>) -> Result<(), Error> {
     let connection =
-        broadcast_worker::broker::connect(&vhost.url(), "broadcast-worker queue_cost bench")
-            .await?;
+        broadcast_worker::broker::connect(url, "broadcast-worker queue_cost bench").await?;
     for kind in [Kind::Quorum, Kind::Classic, Kind::Exchange] {
         for n in counts() {
             let row = measure(&connection, kind, n).await?;
@@ -368,19 +306,20 @@ async fn run(vhost: &Vhost, rows: &mut Vec<Row>) -> Result<(), Error> {
 
 fn table(rows: &[Row]) -> String {
     let mut table = String::from(
-        "| kind | N | declare s | consume s | delete s | memory per item (KiB) | processes per item |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| kind | N | declare s | consume s | delete s | memory per item (KiB) | processes per item | file handles per item |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let consume = r.consume_s.map_or("-".into(), |s| format!("{s:.2}"));
         table.push_str(&format!(
-            "| {} | {} | {:.2} | {consume} | {:.2} | {:.1} | {:.2} |\n",
+            "| {} | {} | {:.2} | {consume} | {:.2} | {:.1} | {:.2} | {:.2} |\n",
             r.kind.label(),
             r.n,
             r.declare_s,
             r.delete_s,
             r.memory_kib,
-            r.processes
+            r.processes,
+            r.handles
         ));
     }
     table
@@ -388,24 +327,26 @@ fn table(rows: &[Row]) -> String {
 
 #[tokio::main]
 async fn main() {
+    eprintln!("starting a private RabbitMQ node");
+    let node = tokio::task::spawn_blocking(|| Cluster::start(1))
+        .await
+        .unwrap();
+    let url = node.url(0);
+    *NODE.lock().unwrap() = Some(node);
     let version = ctl(&["version"]).await.unwrap_or_else(|e| e.to_string());
     let limit = eval_int("erlang:system_info(process_limit).")
         .await
         .map_or_else(|e| e.to_string(), |l| l.to_string());
     println!("RabbitMQ {version}; Erlang process limit {limit}");
-    let vhost = match Vhost::create().await {
-        Ok(vhost) => vhost,
-        Err(e) => {
-            eprintln!("cannot create the vhost: {e}");
-            std::process::exit(1);
-        }
-    };
     let mut rows = Vec::new();
     let outcome = tokio::select! {
-        outcome = run(&vhost, &mut rows) => outcome,
+        outcome = run(&url, &mut rows) => outcome,
         _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
     };
-    drop(vhost);
+    let node = NODE.lock().unwrap().take();
+    tokio::task::spawn_blocking(move || drop(node))
+        .await
+        .unwrap();
     println!("{}", table(&rows));
     if let Err(e) = outcome {
         eprintln!("queue_cost failed: {e}");
