@@ -190,10 +190,9 @@ fn append_many_apps(fleet: &TestFleet, n: usize, base_url: &str) {
 }
 
 // On a private node with the hard open-files limit: 502 apps' quorum queues
-// hold about 1,500 of a node's file handles, more than the 927 a node
-// started under a login's 1,024 has once the rest of the suite's queues are
-// there (README, "Sizing the broker"); past its limit a node stops
-// answering handshakes, for every test.
+// hold about 1,500 of a node's file handles, more than the 927 of a node
+// started under a login's 1,024 (README, "Sizing the broker"); past its
+// limit a node stops answering handshakes, for every test on it.
 #[tokio::test]
 async fn sighup_adding_500_apps_under_load_stalls_no_running_app() {
     // Dropped last: the fleet's clean-up runs while the node is up.
