@@ -25,6 +25,12 @@ fn jobs_per_app(apps: usize, n: usize) -> Vec<Vec<(String, Value)>> {
     (0..apps).map(|i| backlog(&format!("app{i}"), n)).collect()
 }
 
+/// Whether a message is a baton (see `pipeline::baton`), not a job.
+fn is_baton(delivery: &lapin::message::Delivery) -> bool {
+    let header = delivery.properties.headers().as_ref();
+    delivery.data.is_empty() && header.is_some_and(|h| h.inner().contains_key("x-broadcast-baton"))
+}
+
 /// The active apps of each replica, polled until `ok` holds for them (the
 /// replicas that do not answer count as active for none); panics with
 /// `what` after `within`. Returns the sets and how long it took.
@@ -280,13 +286,26 @@ async fn sighup_adds_and_removes_apps_under_load_and_refuses_a_bad_file() {
         );
         assert!(metrics.contains(&line), "{line} in the metrics");
     }
-    // B lost nothing: what it did not send is still in its queue.
-    let b_left = b.queue_len(&b.names.jobs).await as u64;
+    // B lost nothing: what it did not send is still in its queue, once.
+    let left = b.peek_jobs().await;
+    let batons = left.iter().filter(|d| is_baton(d)).count();
+    let left: Vec<String> = left
+        .iter()
+        .filter(|d| !is_baton(d))
+        .map(|d| text_of(&serde_json::from_slice(&d.data).unwrap()))
+        .collect();
+    let sent = b.delivered_texts();
+    let both: Vec<&String> = left.iter().filter(|t| sent.contains_key(*t)).collect();
+    assert!(both.is_empty(), "B's jobs both sent and kept: {both:?}");
+    assert!(sent.values().all(|&n| n == 1), "B's jobs sent once: {sent:?}");
     assert_eq!(
-        b_left + b_stopped,
+        left.len() + sent.len(),
         100,
-        "B's jobs sent or kept: {b_left} left, {b_stopped} delivered"
+        "B's jobs sent or kept: {} left, {} delivered, {batons} batons",
+        left.len(),
+        sent.len()
     );
+    assert_eq!(batons, 0, "no baton left in the queue of a removed app");
     let violations: Vec<u64> = fleet
         .apps
         .iter()

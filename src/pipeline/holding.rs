@@ -54,31 +54,45 @@ impl Holding {
     /// waits while any job of that body is held: each copy is then matched
     /// after the one before was settled.
     pub fn set_aside_duplicates(&mut self) {
-        let held: Vec<&Job> = self
-            .batcher
-            .iter()
-            .map(|q| &q.job)
-            .chain(
+        if self.arrived.is_empty() {
+            return;
+        }
+        // Borrowed, not cloned: this runs at every admission, over
+        // everything held (up to the prefetch).
+        let firsts: Vec<bool> = {
+            let held = self.batcher.iter().map(|q| &q.job).chain(
                 self.recovering
                     .iter()
                     .flat_map(|c| c.batch.jobs.iter().map(|q| &q.job)),
-            )
-            .collect();
-        let mut ids: HashSet<String> = held.iter().map(|job| job.id.clone()).collect();
-        let mut digests: HashSet<String> = held.iter().filter_map(|j| j.digest.clone()).collect();
+            );
+            let mut ids: HashSet<&str> = HashSet::new();
+            let mut digests: HashSet<&str> = HashSet::new();
+            for job in held {
+                ids.insert(&job.id);
+                digests.extend(job.digest.as_deref());
+            }
+            self.arrived
+                .iter()
+                .map(|(job, _)| {
+                    let first = match job.copy_digest() {
+                        Some(digest) => !digests.contains(digest),
+                        None => !ids.contains(job.id.as_str()),
+                    };
+                    if first {
+                        ids.insert(&job.id);
+                        digests.extend(job.digest.as_deref());
+                    }
+                    first
+                })
+                .collect()
+        };
+        if firsts.iter().all(|&first| first) {
+            return;
+        }
+        let mut firsts = firsts.into_iter();
         let (fresh, copies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.arrived)
             .into_iter()
-            .partition(|(job, _)| {
-                let first = match job.copy_digest() {
-                    Some(digest) => !digests.contains(digest),
-                    None => !ids.contains(&job.id),
-                };
-                if first {
-                    ids.insert(job.id.clone());
-                    digests.extend(job.digest.clone());
-                }
-                first
-            });
+            .partition(|_| firsts.next().unwrap_or(true));
         self.arrived = fresh;
         self.duplicates.extend(copies);
     }

@@ -331,10 +331,13 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
             consumer_task.abort();
             if matches!(end, SessionEnd::Stopped) {
                 self.hand_back().await;
+                // Unsure whether anyone stands by, none is passed on: a
+                // session that starts offers its own once the queue is quiet,
+                // while a baton left in a queue nobody consumes stays there.
                 let passed = channels.baton.pass_on(
                     &channels.publish,
                     &channels.queue,
-                    others_waiting.unwrap_or(true),
+                    others_waiting.unwrap_or(false),
                 );
                 if let Err(e) = passed.await {
                     debug!(error = %e, "the app's baton was not passed on: it returns to the queue with the channel");

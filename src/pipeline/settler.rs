@@ -6,6 +6,7 @@
 //! [`crate::ledger::Ledger::jobs_acked`]). (A job that can never be a call
 //! is dead-lettered on arrival by the decoder, which needs no book.)
 
+use futures_util::future::join_all;
 use tracing::{info, warn};
 
 use crate::broker::{DeadLetter, DeadReason, DeadRoute};
@@ -62,15 +63,21 @@ impl<'b, B: Book> Settler<'b, B> {
         for group in same_dead_letter_groups(dead) {
             self.dead_letter(group).await?;
         }
-        for (job, pending, fate) in rest {
+        // All at once: each ack is a trip through the connection's I/O
+        // thread, and they need no order among themselves.
+        let acks = rest.iter().map(|(job, pending, fate)| async move {
             match fate {
                 Fate::Ack { msg_seq, .. } => {
                     pending.ack(&job.id).await?;
                     tracing::debug!(job = %job.id, msg_seq, "acked");
+                    Ok(())
                 }
-                Fate::Leave => pending.requeue().await?,
+                Fate::Leave => pending.requeue().await,
                 Fate::DeadLetter { .. } => unreachable!("dead letters were settled above"),
             }
+        });
+        for acked in join_all(acks).await {
+            acked?;
         }
         Ok(self.book.arrivals_acked(&acked_arrivals).await?)
     }
@@ -78,9 +85,8 @@ impl<'b, B: Book> Settler<'b, B> {
     /// Shutdown: every job still held goes back to the queue, unsent.
     pub async fn hand_back(&self, held: Vec<Pending>) {
         let count = held.len();
-        for pending in held {
-            let _ = pending.requeue().await;
-        }
+        // At once, in order: the frames leave as the futures are first polled.
+        join_all(held.iter().map(Pending::requeue)).await;
         info!(
             returned = count,
             "shutdown: unsent jobs returned to the queue"
@@ -148,9 +154,12 @@ impl<'b, B: Book> Settler<'b, B> {
         self.crash.reached(CrashPoint::AfterDeadLetters);
         let ids: Vec<String> = group.iter().map(|(job, _, _)| job.id.clone()).collect();
         self.book.dead_lettered(call, &ids, &dead).await?;
-        for (job, pending, _) in &group {
+        let acks = group.iter().map(|(job, pending, _)| {
             warn!(job = %job.id, reason = %dead.reason, code = dead.error_code, "dead-lettered");
-            pending.ack(&job.id).await?;
+            pending.ack(&job.id)
+        });
+        for acked in join_all(acks).await {
+            acked?;
         }
         Ok(())
     }

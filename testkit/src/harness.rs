@@ -483,6 +483,34 @@ impl TestApp {
         out
     }
 
+    /// Every message ready in the jobs queue, read and returned to it
+    /// (consumed unacked, then the channel closed). No other consumer may
+    /// be on the queue.
+    pub async fn peek_jobs(&self) -> Vec<lapin::message::Delivery> {
+        let n = self.queue_len(&self.names.jobs).await as usize;
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                self.names.jobs.as_str().into(),
+                "test-peek".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while out.len() < n {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                .await
+                .expect("a message arrives")
+                .expect("consumer open")
+                .unwrap();
+            out.push(delivery);
+        }
+        let _ = channel.close(200, "".into()).await;
+        out
+    }
+
     /// Takes every dead letter off the dead queue.
     pub async fn take_dead_letters(&self) -> Vec<DeadMessage> {
         let channel = self.connection.create_channel().await.unwrap();
