@@ -297,7 +297,10 @@ async fn sighup_adds_and_removes_apps_under_load_and_refuses_a_bad_file() {
     let sent = b.delivered_texts();
     let both: Vec<&String> = left.iter().filter(|t| sent.contains_key(*t)).collect();
     assert!(both.is_empty(), "B's jobs both sent and kept: {both:?}");
-    assert!(sent.values().all(|&n| n == 1), "B's jobs sent once: {sent:?}");
+    assert!(
+        sent.values().all(|&n| n == 1),
+        "B's jobs sent once: {sent:?}"
+    );
     assert_eq!(
         left.len() + sent.len(),
         100,

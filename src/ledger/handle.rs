@@ -5,11 +5,14 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 use super::error::LedgerError;
 use super::scope::Scope;
 use crate::telemetry;
+
+/// A pooled connection idle this long is pinged before it is used again.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// A handle on the ledger, working in one scope; cheap to clone. Its
 /// statements read and write the rows of its scope, and read legacy rows
@@ -43,6 +46,18 @@ impl Ledger {
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
             .acquire_timeout(Duration::from_secs(3))
+            // A connection in steady use is known to be alive: pinging it at
+            // every acquire doubled each statement's round trips. One that sat
+            // idle (the database may have restarted meanwhile) is pinged.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options.application_name("broadcast-worker"));
         Ok(Self {
             pool,

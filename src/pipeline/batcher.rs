@@ -6,7 +6,7 @@
 //! envelope mode, custom jobs with the same `Desc`, `Ext` and `Sound` share
 //! one envelope). Its body and `Random` come from [`crate::tencent::body`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use serde_json::value::RawValue;
 
@@ -45,6 +45,10 @@ pub struct Batcher<T> {
     queues: Vec<(MergeKey, VecDeque<Queued<T>>)>,
     next_seq: u64,
     len: usize,
+    /// The waiting jobs' ids and body digests, so that asking whether a copy
+    /// of a job waits costs a lookup, not a pass over everything waiting.
+    ids: Counts,
+    digests: Counts,
 }
 
 impl<T> Default for Batcher<T> {
@@ -53,7 +57,36 @@ impl<T> Default for Batcher<T> {
             queues: Vec::new(),
             next_seq: 0,
             len: 0,
+            ids: Counts::default(),
+            digests: Counts::default(),
         }
+    }
+}
+
+/// How many waiting jobs carry each string (several jobs without
+/// `message_id` can share a body's digest).
+#[derive(Debug, Default)]
+struct Counts(HashMap<String, usize>);
+
+impl Counts {
+    fn add(&mut self, key: &str) {
+        match self.0.get_mut(key) {
+            Some(n) => *n += 1,
+            None => drop(self.0.insert(key.to_owned(), 1)),
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(n) = self.0.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.0.remove(key);
+            }
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.0.contains_key(key)
     }
 }
 
@@ -79,7 +112,32 @@ impl<T> Batcher<T> {
         self.len == 0
     }
 
+    /// Whether a job with this id waits.
+    pub fn holds_id(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Whether a job of a body with this digest (one without `message_id`) waits.
+    pub fn holds_digest(&self, digest: &str) -> bool {
+        self.digests.contains(digest)
+    }
+
+    fn index(&mut self, job: &Job) {
+        self.ids.add(&job.id);
+        if let Some(digest) = &job.digest {
+            self.digests.add(digest);
+        }
+    }
+
+    fn unindex(&mut self, job: &Job) {
+        self.ids.remove(&job.id);
+        if let Some(digest) = &job.digest {
+            self.digests.remove(digest);
+        }
+    }
+
     pub fn push(&mut self, job: Job, delivery: T) {
+        self.index(&job);
         let queued = Queued {
             job,
             delivery,
@@ -131,6 +189,9 @@ impl<T> Batcher<T> {
             self.queues.swap_remove(index);
         }
         self.len -= jobs.len();
+        for queued in &jobs {
+            self.unindex(&queued.job);
+        }
         Some(Batch::new(key, jobs))
     }
 
@@ -152,6 +213,9 @@ impl<T> Batcher<T> {
         }
         self.queues.retain(|(_, queue)| !queue.is_empty());
         self.len -= expired.len();
+        for queued in &expired {
+            self.unindex(&queued.job);
+        }
         expired
     }
 
@@ -160,6 +224,8 @@ impl<T> Batcher<T> {
         let mut all: Vec<Queued<T>> = self.queues.drain(..).flat_map(|(_, queue)| queue).collect();
         all.sort_by_key(|q| q.seq);
         self.len = 0;
+        self.ids = Counts::default();
+        self.digests = Counts::default();
         all
     }
 }
@@ -302,6 +368,46 @@ mod tests {
         assert_eq!(parsed.from_account.as_deref(), Some("sys"));
         assert_eq!(parsed.msg_body.len(), 2);
         assert_eq!(parsed.to_bytes(), batch.body, "same bytes as the API type");
+    }
+
+    #[test]
+    fn knows_what_waits_by_id_and_digest_as_jobs_come_and_go() {
+        let rules = CallRules::default();
+        let id_less = |text: &str| {
+            let body = serde_json::json!({"MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": text}}]});
+            crate::pipeline::job::decode(
+                body.to_string().as_bytes(),
+                None,
+                None,
+                &rules,
+                SystemTime::now(),
+            )
+            .unwrap()
+        };
+        let mut b = Batcher::new();
+        let (first, second) = (id_less("same"), id_less("same"));
+        let digest = first.digest.clone().unwrap();
+        let mut late = job("late", None, "gone soon");
+        late.deadline = Some(SystemTime::now() - std::time::Duration::from_secs(1));
+        b.push(first, 0);
+        b.push(second, 1);
+        b.push(job("a", None, "x"), 2);
+        b.push(late, 3);
+        assert!(b.holds_id("a") && b.holds_id("late") && b.holds_digest(&digest));
+        assert!(!b.holds_id("b"));
+        assert_eq!(b.take_expired(SystemTime::now()).len(), 1);
+        assert!(!b.holds_id("late"), "an expired job no longer waits");
+        let one = CallRules {
+            max_jobs: 1,
+            ..rules
+        };
+        b.take_batch(&one).unwrap();
+        assert!(b.holds_digest(&digest), "one job of that body still waits");
+        b.take_batch(&one).unwrap();
+        assert!(!b.holds_digest(&digest), "neither waits");
+        assert!(b.holds_id("a"));
+        b.drain();
+        assert!(!b.holds_id("a"));
     }
 
     #[test]

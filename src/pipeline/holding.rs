@@ -57,26 +57,27 @@ impl Holding {
         if self.arrived.is_empty() {
             return;
         }
-        // Borrowed, not cloned: this runs at every admission, over
-        // everything held (up to the prefetch).
+        // The batcher answers for what waits in it by lookup; calls being
+        // recovered are few and small; the arrivals are checked against
+        // each other too.
+        let recovering: Vec<&Job> = self
+            .recovering
+            .iter()
+            .flat_map(|c| c.batch.jobs.iter().map(|q| &q.job))
+            .collect();
         let firsts: Vec<bool> = {
-            let held = self.batcher.iter().map(|q| &q.job).chain(
-                self.recovering
-                    .iter()
-                    .flat_map(|c| c.batch.jobs.iter().map(|q| &q.job)),
-            );
-            let mut ids: HashSet<&str> = HashSet::new();
-            let mut digests: HashSet<&str> = HashSet::new();
-            for job in held {
-                ids.insert(&job.id);
-                digests.extend(job.digest.as_deref());
-            }
+            let mut ids: HashSet<&str> = recovering.iter().map(|j| j.id.as_str()).collect();
+            let mut digests: HashSet<&str> = recovering
+                .iter()
+                .filter_map(|j| j.digest.as_deref())
+                .collect();
+            let batcher = &self.batcher;
             self.arrived
                 .iter()
                 .map(|(job, _)| {
                     let first = match job.copy_digest() {
-                        Some(digest) => !digests.contains(digest),
-                        None => !ids.contains(job.id.as_str()),
+                        Some(digest) => !digests.contains(digest) && !batcher.holds_digest(digest),
+                        None => !ids.contains(job.id.as_str()) && !batcher.holds_id(&job.id),
                     };
                     if first {
                         ids.insert(&job.id);
