@@ -49,6 +49,8 @@ pub struct Batcher<T> {
     /// of a job waits costs a lookup, not a pass over everything waiting.
     ids: Counts,
     digests: Counts,
+    /// How many waiting jobs have a deadline (none: nothing can expire).
+    with_deadline: usize,
 }
 
 impl<T> Default for Batcher<T> {
@@ -59,6 +61,7 @@ impl<T> Default for Batcher<T> {
             len: 0,
             ids: Counts::default(),
             digests: Counts::default(),
+            with_deadline: 0,
         }
     }
 }
@@ -123,6 +126,7 @@ impl<T> Batcher<T> {
     }
 
     fn index(&mut self, job: &Job) {
+        self.with_deadline += usize::from(job.deadline.is_some());
         self.ids.add(&job.id);
         if let Some(digest) = &job.digest {
             self.digests.add(digest);
@@ -130,6 +134,7 @@ impl<T> Batcher<T> {
     }
 
     fn unindex(&mut self, job: &Job) {
+        self.with_deadline -= usize::from(job.deadline.is_some());
         self.ids.remove(&job.id);
         if let Some(digest) = &job.digest {
             self.digests.remove(digest);
@@ -203,6 +208,9 @@ impl<T> Batcher<T> {
     /// Removes and returns the jobs whose deadline has passed.
     pub fn take_expired(&mut self, now: std::time::SystemTime) -> Vec<Queued<T>> {
         let mut expired = Vec::new();
+        if self.with_deadline == 0 {
+            return expired;
+        }
         for (_, queue) in &mut self.queues {
             if queue.iter().any(|q| q.job.is_expired(now)) {
                 let (gone, kept): (VecDeque<_>, VecDeque<_>) =
@@ -226,6 +234,7 @@ impl<T> Batcher<T> {
         self.len = 0;
         self.ids = Counts::default();
         self.digests = Counts::default();
+        self.with_deadline = 0;
         all
     }
 }
