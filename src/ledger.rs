@@ -19,6 +19,7 @@
 //! - `records`: job and call states, rows, what an arriving job is known as.
 //! - `session`: a sender's fenced session: recording and taking over calls.
 //! - `settle`: the session's writes that settle a call.
+//! - `superseded`: jobs a later job of their latest-wins key replaced.
 //! - `scope`, `error`: whose records these are; the ledger's errors.
 //! - `console_sessions`: the console's ended sessions, shared by the replicas.
 
@@ -29,10 +30,13 @@ mod records;
 mod scope;
 mod session;
 mod settle;
+mod superseded;
 
 pub use error::LedgerError;
 pub use handle::Ledger;
-pub use records::{classify_record, CallJob, CallState, InFlightCall, JobReport, JobState, Known};
+pub use records::{
+    classify_record, CallJob, CallState, InFlightCall, JobReport, JobState, Known, Superseded,
+};
 pub use scope::{Scope, ScopeFilter};
 pub use session::{Begun, LedgerSession, Ownership, TakeOver};
 
@@ -73,6 +77,17 @@ impl Ledger {
             let replays = arriving.get(row.job_id.as_str()).copied().unwrap_or(0);
             let job_id = row.job_id.clone();
             known.insert(job_id, row.known(replays));
+        }
+        // A superseded job was in no call: it is known from its own record.
+        let unknown: Vec<&str> = job_ids
+            .iter()
+            .copied()
+            .filter(|id| !known.contains_key(*id))
+            .collect();
+        if !unknown.is_empty() {
+            for id in self.superseded_among(&unknown).await? {
+                known.insert(id, Known::Settled);
+            }
         }
         Ok(known)
     }
@@ -142,19 +157,29 @@ impl Ledger {
         filter: &ScopeFilter,
     ) -> Result<Vec<JobReport>, LedgerError> {
         let reports = sqlx::query_as(
-            "SELECT j.app, j.queue, j.job_id, j.state, j.reason, j.error_code, j.error_info, \
+            "SELECT * FROM ( \
+             SELECT j.app, j.queue, j.job_id, j.state, j.reason, j.error_code, j.error_info, \
                     (EXTRACT(EPOCH FROM j.updated_at) * 1000)::bigint AS updated_at_ms, \
                     c.id AS call_id, c.state AS call_state, c.msg_seq, c.job_count AS call_jobs, \
-                    (EXTRACT(EPOCH FROM c.created_at) * 1000)::bigint AS call_started_ms \
+                    (EXTRACT(EPOCH FROM c.created_at) * 1000)::bigint AS call_started_ms, \
+                    NULL::text AS superseded_by \
              FROM jobs j JOIN calls c ON c.id = j.call_id \
              WHERE (j.job_id = $1 OR j.digest = $1) \
                AND ((j.app = 0 AND j.queue = '') \
                     OR (($2::bigint IS NULL OR j.app = $2) AND ($3::text IS NULL OR j.queue = $3))) \
-             ORDER BY j.app = 0, j.updated_at DESC LIMIT 100",
+             UNION ALL \
+             SELECT s.app, s.queue, s.job_id, $4 AS state, 'superseded' AS reason, NULL, \
+                    'superseded by ' || s.superseded_by || ' (latest-wins key ' || s.coalesce_key || ')', \
+                    (EXTRACT(EPOCH FROM s.superseded_at) * 1000)::bigint, \
+                    NULL, NULL, NULL, NULL, NULL, s.superseded_by \
+             FROM superseded_jobs s \
+             WHERE s.job_id = $1 AND ($2::bigint IS NULL OR s.app = $2) AND ($3::text IS NULL OR s.queue = $3) \
+             ) r ORDER BY r.app = 0, r.updated_at_ms DESC LIMIT 100",
         )
         .bind(job_id)
         .bind(filter.app_column())
         .bind(filter.queue.as_deref())
+        .bind(JobState::Superseded)
         .fetch_all(&self.pool)
         .await?;
         Ok(reports)
@@ -202,6 +227,7 @@ impl Ledger {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        Ok(jobs + calls)
+        let superseded = self.prune_superseded(seconds, batch).await?;
+        Ok(jobs + calls + superseded)
     }
 }

@@ -42,7 +42,7 @@ async fn begin(session: &LedgerSession, random: u32, ids: &[&str]) -> Begun {
 
 async fn state_of(ledger: &Ledger, id: &str) -> (JobState, i64) {
     let report = ledger.show(id).await.unwrap().expect("the job is recorded");
-    (report.state, report.call_id)
+    (report.state, report.call_id.expect("a job in a call"))
 }
 
 #[tokio::test]
@@ -327,7 +327,7 @@ async fn a_call_is_closed_only_when_none_of_its_jobs_is_left_in_flight() {
     assert_eq!(report.state, JobState::DeadLettered);
     assert_eq!(
         report.call_state,
-        broadcast_worker::ledger::CallState::DeadLettered,
+        Some(broadcast_worker::ledger::CallState::DeadLettered),
         "closed with its last job"
     );
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use broadcast_worker::pipeline::is_baton;
 use broadcast_worker::simulator::{Fault, FaultPlan};
 use serde_json::Value;
 use testkit::*;
@@ -23,12 +24,6 @@ const FOR_A_LOADED_MACHINE: &str = "max_jobs_per_call = 3\nrate_guard_ms = 60";
 /// Every app's jobs, traceable to their app by their text.
 fn jobs_per_app(apps: usize, n: usize) -> Vec<Vec<(String, Value)>> {
     (0..apps).map(|i| backlog(&format!("app{i}"), n)).collect()
-}
-
-/// Whether a message is a baton (see `pipeline::baton`), not a job.
-fn is_baton(delivery: &lapin::message::Delivery) -> bool {
-    let header = delivery.properties.headers().as_ref();
-    delivery.data.is_empty() && header.is_some_and(|h| h.inner().contains_key("x-broadcast-baton"))
 }
 
 /// The active apps of each replica, polled until `ok` holds for them (the
@@ -308,7 +303,13 @@ async fn sighup_adds_and_removes_apps_under_load_and_refuses_a_bad_file() {
         left.len(),
         sent.len()
     );
-    assert_eq!(batons, 0, "no baton left in the queue of a removed app");
+    // A stop passes on the baton it holds; one still on its way to the
+    // session when it stopped returns to the queue with the channel
+    // (README, "The baton"): never more than that one.
+    assert!(
+        batons <= 1,
+        "{batons} batons left in the queue of a removed app"
+    );
     let violations: Vec<u64> = fleet
         .apps
         .iter()

@@ -25,7 +25,7 @@ async fn sigterm_mid_stream_loses_nothing_and_a_restart_finishes_the_work() {
 
     let delivered = app.sim.simulator.stats().elements_delivered;
     assert!(delivered < 600, "the test needs a backlog left");
-    let queued = app.queue_len(&app.names.jobs).await as u64;
+    let queued = app.jobs_waiting().await as u64;
     assert_eq!(
         delivered + queued,
         600,

@@ -17,6 +17,9 @@ pub mod headers {
     pub const DEADLINE: &str = "x-deadline";
     /// How often an operator replayed the job from the dead-letter queue.
     pub const REPLAYS: &str = "x-replays";
+    /// A latest-wins key: a job with it supersedes a held job of the same
+    /// app and key not yet in a call.
+    pub const COALESCE_KEY: &str = "x-coalesce-key";
     /// Why a job was dead-lettered (a [`super::DeadReason`]).
     pub const REASON: &str = "x-reason";
     /// The service's ErrorCode, or void when there was none.

@@ -16,6 +16,19 @@ pub enum JobState {
     InFlight,
     Delivered,
     DeadLettered,
+    /// A later job of its latest-wins key took its place before it was in
+    /// any call: acked, never sent.
+    Superseded,
+}
+
+/// A job a later one of its latest-wins key replaced, as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superseded {
+    pub job_id: String,
+    /// The id of the job that took its place.
+    pub by: String,
+    /// The latest-wins key they share.
+    pub key: String,
 }
 
 /// How a call ended: the `state` of a `calls` row.
@@ -86,7 +99,8 @@ impl std::fmt::Display for CallState {
     }
 }
 
-/// A job's record, for `jobs show`.
+/// A job's record, for `jobs show`. A superseded job was in no call: its
+/// call fields are empty and `superseded_by` names the job that replaced it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, sqlx::FromRow)]
 pub struct JobReport {
     /// Its scope: the SDKAppID and the jobs queue (0 and "" for a record
@@ -100,13 +114,15 @@ pub struct JobReport {
     pub error_info: Option<String>,
     /// Unix milliseconds of the job's last change.
     pub updated_at_ms: i64,
-    pub call_id: i64,
-    pub call_state: CallState,
+    pub call_id: Option<i64>,
+    pub call_state: Option<CallState>,
     pub msg_seq: Option<i64>,
     /// Unix milliseconds of the call's first attempt.
-    pub call_started_ms: i64,
+    pub call_started_ms: Option<i64>,
     /// Jobs in the call, this one included.
-    pub call_jobs: i32,
+    pub call_jobs: Option<i32>,
+    /// For a superseded job: the job that took its place.
+    pub superseded_by: Option<String>,
 }
 
 impl JobReport {
@@ -170,7 +186,9 @@ pub fn classify_record(
         return Known::New;
     }
     match (job_state, call_state, call) {
-        (JobState::Delivered | JobState::DeadLettered, _, _) => Known::Settled,
+        (JobState::Delivered | JobState::DeadLettered | JobState::Superseded, _, _) => {
+            Known::Settled
+        }
         (JobState::InFlight, CallState::InFlight, Some(call)) => Known::InFlight(call),
         (JobState::InFlight, CallState::DeadLettering, _) => Known::InDoubt,
         // The call was split, abandoned or failed as a whole after this job's

@@ -57,17 +57,19 @@ pub fn ambiguity(job_id: &str, reports: &[JobReport], hint: &str) -> String {
     out
 }
 
-/// One line: delivered (when, MsgSeq, which call), dead-lettered (why), or in
-/// flight (in which call, since when).
+/// One line: delivered (when, MsgSeq, which call), dead-lettered (why), in
+/// flight (in which call, since when), or superseded (by which job).
 pub fn text(report: &JobReport) -> String {
     let job_id = &report.job_id;
-    let others = report.call_jobs - 1;
+    let others = report.call_jobs.unwrap_or(1) - 1;
+    let call = report
+        .call_id
+        .map_or("none".to_string(), |id| id.to_string());
     match report.state {
         JobState::Delivered => format!(
-            "{job_id}: delivered at {} (unix ms), MsgSeq {}, in call {} with {others} other job(s)",
+            "{job_id}: delivered at {} (unix ms), MsgSeq {}, in call {call} with {others} other job(s)",
             report.updated_at_ms,
             report.msg_seq.map_or("unknown".to_string(), |s| s.to_string()),
-            report.call_id
         ),
         JobState::DeadLettered => format!(
             "{job_id}: dead-lettered at {} (unix ms): {}, ErrorCode {}, {}",
@@ -77,8 +79,17 @@ pub fn text(report: &JobReport) -> String {
             report.error_info.as_deref().unwrap_or("")
         ),
         JobState::InFlight => format!(
-            "{job_id}: in flight in call {} (state {}) since {} (unix ms), with {others} other job(s)",
-            report.call_id, report.call_state, report.call_started_ms
+            "{job_id}: in flight in call {call} (state {}) since {} (unix ms), with {others} other job(s)",
+            report
+                .call_state
+                .map_or("unknown".to_string(), |s| s.to_string()),
+            report.call_started_ms.unwrap_or_default()
+        ),
+        JobState::Superseded => format!(
+            "{job_id}: superseded at {} (unix ms) by {}, never sent: {}",
+            report.updated_at_ms,
+            report.superseded_by.as_deref().unwrap_or("?"),
+            report.error_info.as_deref().unwrap_or("")
         ),
     }
 }
@@ -103,11 +114,12 @@ mod tests {
             error_code: Some(10004),
             error_info: Some("bad".into()),
             updated_at_ms: 2000,
-            call_id: 7,
-            call_state: CallState::InFlight,
+            call_id: Some(7),
+            call_state: Some(CallState::InFlight),
             msg_seq: Some(42),
-            call_started_ms: 1000,
-            call_jobs: 3,
+            call_started_ms: Some(1000),
+            call_jobs: Some(3),
+            superseded_by: None,
         }
     }
 
@@ -124,6 +136,23 @@ mod tests {
         assert_eq!(
             text(&report(JobState::InFlight)),
             "j1: in flight in call 7 (state in_flight) since 1000 (unix ms), with 2 other job(s)"
+        );
+        let superseded = JobReport {
+            state: JobState::Superseded,
+            reason: Some("superseded".into()),
+            error_code: None,
+            error_info: Some("superseded by j2 (latest-wins key score)".into()),
+            call_id: None,
+            call_state: None,
+            msg_seq: None,
+            call_started_ms: None,
+            call_jobs: None,
+            superseded_by: Some("j2".into()),
+            ..report(JobState::Delivered)
+        };
+        assert_eq!(
+            text(&superseded),
+            "j1: superseded at 2000 (unix ms) by j2, never sent: superseded by j2 (latest-wins key score)"
         );
     }
 

@@ -40,7 +40,13 @@ pub async fn admit<B: Book>(
     let mut settled = Vec::new();
     for (mut job, pending) in std::mem::take(&mut holding.arrived) {
         match lookup.take(&mut job) {
-            Known::New => holding.batcher.push(job, pending),
+            Known::New => {
+                let by = job.coalesce.as_ref().map(|_| job.id.clone());
+                if let (Some(older), Some(by)) = (holding.batcher.push(job, pending), by) {
+                    let fate = Fate::Superseded { by };
+                    settled.push((older.job, older.delivery, fate));
+                }
+            }
             Known::Settled => {
                 info!(job = %job.id, "redelivered job already settled: acked without a call");
                 metrics::counter!(telemetry::JOBS_ACKED_KNOWN, telemetry::SDKAPPID => app.to_owned()).increment(1);

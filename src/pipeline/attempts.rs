@@ -215,7 +215,9 @@ impl<B: Book> Attempts<'_, '_, B> {
     ) -> Result<CallEnd, SessionEnd> {
         self.settler.book.abandoned(&call, code, info).await?;
         let mut batcher = Batcher::new();
-        for queued in call.batch.jobs {
+        for mut queued in call.batch.jobs {
+            // Jobs that were in a call are never superseded.
+            queued.job.coalesce = None;
             batcher.push(queued.job, queued.delivery);
         }
         let calls = std::iter::from_fn(|| batcher.take_batch(&self.config.call))

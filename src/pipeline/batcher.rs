@@ -51,6 +51,8 @@ pub struct Batcher<T> {
     digests: Counts,
     /// How many waiting jobs have a deadline (none: nothing can expire).
     with_deadline: usize,
+    /// The arrival order (`seq`) of the one waiting job of each latest-wins key.
+    coalesced: HashMap<String, u64>,
 }
 
 impl<T> Default for Batcher<T> {
@@ -62,6 +64,7 @@ impl<T> Default for Batcher<T> {
             ids: Counts::default(),
             digests: Counts::default(),
             with_deadline: 0,
+            coalesced: HashMap::new(),
         }
     }
 }
@@ -125,7 +128,10 @@ impl<T> Batcher<T> {
         self.digests.contains(digest)
     }
 
-    fn index(&mut self, job: &Job) {
+    fn index(&mut self, job: &Job, seq: u64) {
+        if let Some(key) = &job.coalesce {
+            self.coalesced.insert(key.clone(), seq);
+        }
         self.with_deadline += usize::from(job.deadline.is_some());
         self.ids.add(&job.id);
         if let Some(digest) = &job.digest {
@@ -134,6 +140,9 @@ impl<T> Batcher<T> {
     }
 
     fn unindex(&mut self, job: &Job) {
+        if let Some(key) = &job.coalesce {
+            self.coalesced.remove(key);
+        }
         self.with_deadline -= usize::from(job.deadline.is_some());
         self.ids.remove(&job.id);
         if let Some(digest) = &job.digest {
@@ -141,25 +150,56 @@ impl<T> Batcher<T> {
         }
     }
 
-    pub fn push(&mut self, job: Job, delivery: T) {
-        self.index(&job);
-        let queued = Queued {
-            job,
-            delivery,
-            seq: self.next_seq,
+    /// Adds a job to wait. A job with a latest-wins key that a waiting job
+    /// has too takes that job's place in the order, and the one it
+    /// supersedes is returned (to be settled as superseded).
+    pub fn push(&mut self, job: Job, delivery: T) -> Option<Queued<T>> {
+        let superseded = job
+            .coalesce
+            .as_ref()
+            .and_then(|key| self.coalesced.get(key).copied())
+            .and_then(|seq| self.remove_seq(seq));
+        let seq = match &superseded {
+            Some(older) => older.seq,
+            None => {
+                self.next_seq += 1;
+                self.next_seq - 1
+            }
         };
-        self.next_seq += 1;
+        self.index(&job, seq);
         self.len += 1;
+        let queued = Queued { job, delivery, seq };
         match self
             .queues
             .iter_mut()
             .find(|(key, _)| *key == queued.job.key)
         {
-            Some((_, queue)) => queue.push_back(queued),
+            Some((_, queue)) => {
+                // In arrival order: a job in a superseded one's place may
+                // stand before others of its merge key.
+                let at = queue.partition_point(|q| q.seq < seq);
+                queue.insert(at, queued);
+            }
             None => self
                 .queues
                 .push((queued.job.key.clone(), VecDeque::from([queued]))),
         }
+        superseded
+    }
+
+    /// Takes the waiting job that arrived as `seq` out of its queue.
+    fn remove_seq(&mut self, seq: u64) -> Option<Queued<T>> {
+        let (index, at) = self.queues.iter().enumerate().find_map(|(i, (_, queue))| {
+            let at = queue.partition_point(|q| q.seq < seq);
+            (queue.get(at)?.seq == seq).then_some((i, at))
+        })?;
+        let removed = self.queues[index].1.remove(at)?;
+        if self.queues[index].1.is_empty() {
+            self.queues.swap_remove(index);
+        }
+        self.len -= 1;
+        self.unindex(&removed.job);
+        Some(removed)
     }
 
     /// The next call: the oldest job and the jobs of its key that follow it,
@@ -235,6 +275,7 @@ impl<T> Batcher<T> {
         self.ids = Counts::default();
         self.digests = Counts::default();
         self.with_deadline = 0;
+        self.coalesced.clear();
         all
     }
 }
@@ -377,6 +418,70 @@ mod tests {
         assert_eq!(parsed.from_account.as_deref(), Some("sys"));
         assert_eq!(parsed.msg_body.len(), 2);
         assert_eq!(parsed.to_bytes(), batch.body, "same bytes as the API type");
+    }
+
+    fn keyed(id: &str, from: Option<&str>, key: &str) -> Job {
+        Job {
+            coalesce: Some(key.into()),
+            ..job(id, from, id)
+        }
+    }
+
+    fn ids(batch: &Batch<()>) -> Vec<&str> {
+        batch.job_ids().collect()
+    }
+
+    #[test]
+    fn a_later_job_of_a_key_takes_the_waiting_ones_place() {
+        let rules = CallRules::default();
+        let mut b = Batcher::new();
+        assert!(b.push(keyed("a", None, "score"), ()).is_none());
+        assert!(b.push(job("b", None, "b"), ()).is_none());
+        let older = b.push(keyed("c", None, "score"), ()).expect("a superseded");
+        assert_eq!(older.job.id, "a");
+        assert_eq!(b.len(), 2);
+        assert!(!b.holds_id("a") && b.holds_id("c"));
+        // c stands where a stood: before b.
+        assert_eq!(ids(&b.take_batch(&rules).unwrap()), ["c", "b"]);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn the_place_is_kept_across_merge_keys() {
+        let rules = CallRules::default();
+        let mut b = Batcher::new();
+        b.push(keyed("a", Some("x"), "k"), ());
+        b.push(job("b", Some("y"), "b"), ());
+        b.push(job("d", Some("x"), "d"), ());
+        let older = b
+            .push(keyed("c", Some("y"), "k"), ())
+            .expect("a superseded");
+        assert_eq!(older.job.id, "a");
+        // c (from y) is now the oldest: its call leads, b after it.
+        assert_eq!(ids(&b.take_batch(&rules).unwrap()), ["c", "b"]);
+        assert_eq!(ids(&b.take_batch(&rules).unwrap()), ["d"]);
+    }
+
+    #[test]
+    fn a_job_in_a_call_or_gone_is_never_superseded() {
+        let rules = CallRules::default();
+        let mut b = Batcher::new();
+        b.push(keyed("a", None, "k"), ());
+        assert_eq!(ids(&b.take_batch(&rules).unwrap()), ["a"]);
+        assert!(
+            b.push(keyed("c", None, "k"), ()).is_none(),
+            "a is in a call"
+        );
+        let mut late = keyed("e", None, "k2");
+        late.deadline = Some(SystemTime::now() - std::time::Duration::from_secs(1));
+        b.push(late, ());
+        assert_eq!(b.take_expired(SystemTime::now()).len(), 1);
+        assert!(b.push(keyed("f", None, "k2"), ()).is_none(), "e expired");
+        assert!(b.push(job("g", None, "no key"), ()).is_none());
+        // Each key keeps one waiting job, whatever came before.
+        let older = b.push(keyed("h", None, "k"), ()).expect("c superseded");
+        assert_eq!(older.job.id, "c");
+        assert_eq!(ids(&b.take_batch(&rules).unwrap()), ["h", "f", "g"]);
     }
 
     #[test]

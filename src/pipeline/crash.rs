@@ -20,6 +20,8 @@ pub enum CrashPoint {
     AfterLedger,
     /// A call's dead letters are published; the ledger does not know yet.
     AfterDeadLetters,
+    /// Superseded jobs are recorded; they are not acked.
+    AfterSuperseded,
 }
 
 /// Reads `POINT:N` (die the N-th time POINT is reached).

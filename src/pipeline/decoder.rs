@@ -91,24 +91,12 @@ impl Decoder {
             this.status.touch();
             metrics::counter!(telemetry::JOBS_RECEIVED, telemetry::SDKAPPID => this.app.clone())
                 .increment(1);
-            let redelivered = delivery.redelivered;
-            let read = properties::read(&delivery.properties);
-            let decoded = read.clone().map_err(Rejection::InvalidJob).and_then(|p| {
-                job::decode(
-                    &delivery.data,
-                    p.message_id.as_deref(),
-                    p.deadline_ms,
-                    &this.rules,
-                    SystemTime::now(),
-                )
-            });
+            let decoded = this.decode(&delivery);
             // A decoded job keeps its compacted body; the raw one (maybe
             // padded to megabytes) is dropped here.
             let (pending, body) = Pending::from_delivery(delivery);
             match decoded {
-                Ok(mut job) => {
-                    job.replays = read.map_or(0, |p| p.replays);
-                    job.redelivered = redelivered;
+                Ok(job) => {
                     if tx.send(Incoming::Job(job, pending)).is_err() {
                         return;
                     }
@@ -124,6 +112,22 @@ impl Decoder {
             }
         }
         let _ = tx.send(Incoming::Lost("the broker cancelled the consumer".into()));
+    }
+
+    /// A delivery as a job: its properties read, its body decoded.
+    fn decode(&self, delivery: &lapin::message::Delivery) -> Result<Job, Rejection> {
+        let read = properties::read(&delivery.properties).map_err(Rejection::InvalidJob)?;
+        let mut job = job::decode(
+            &delivery.data,
+            read.message_id.as_deref(),
+            read.deadline_ms,
+            &self.rules,
+            SystemTime::now(),
+        )?;
+        job.replays = read.replays;
+        job.coalesce = read.coalesce_key;
+        job.redelivered = delivery.redelivered;
+        Ok(job)
     }
 
     /// Offers this session's baton (the queue was quiet).

@@ -16,6 +16,9 @@ pub enum Fate {
     },
     /// Dead-letter it; `call` is the book's call it failed in.
     DeadLetter { dead: DeadLetter, call: Option<i64> },
+    /// A later job of its latest-wins key (`by`) took its place before it
+    /// was in any call: recorded, then acked, never sent.
+    Superseded { by: String },
     /// Not sent and not failed: back to the queue (shutdown).
     Leave,
 }

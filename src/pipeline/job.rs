@@ -53,6 +53,9 @@ pub struct Job {
     pub deadline: Option<SystemTime>,
     /// Times an operator replayed it from the dead-letter queue (`x-replays`).
     pub replays: u32,
+    /// Its latest-wins key (`x-coalesce-key`): a later job of the same key
+    /// takes its place while it waits.
+    pub coalesce: Option<String>,
 }
 
 impl Job {
@@ -187,6 +190,7 @@ pub fn decode(
         body: compact.into_bytes().into_boxed_slice(),
         deadline: deadline_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
         replays: 0,
+        coalesce: None,
     };
     let bytes = job.alone_bytes();
     if bytes > rules.max_bytes {

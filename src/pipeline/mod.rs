@@ -53,6 +53,7 @@ mod sender;
 mod session;
 mod settler;
 
+pub use baton::is_baton;
 pub use config::{AppFaultPolicy, CallRules, CustomMerge, InDoubtPolicy, Policy, WorkerConfig};
 
 use std::sync::Arc;

@@ -16,7 +16,12 @@ pub struct JobProperties {
     pub deadline_ms: Option<u64>,
     /// Times an operator replayed it (`x-replays`); anything but a count is 0.
     pub replays: u32,
+    /// Its latest-wins key (`x-coalesce-key`).
+    pub coalesce_key: Option<String>,
 }
+
+/// The longest latest-wins key, in bytes.
+pub const MAX_COALESCE_KEY_BYTES: usize = 255;
 
 /// Reads the properties; `Err` is the `invalid-job` reason.
 pub fn read(properties: &BasicProperties) -> Result<JobProperties, String> {
@@ -25,14 +30,61 @@ pub fn read(properties: &BasicProperties) -> Result<JobProperties, String> {
     let replays = broker::header_i64(properties, headers::REPLAYS)
         .and_then(|r| u32::try_from(r).ok())
         .unwrap_or(0);
+    let message_id = properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    let coalesce_key = coalesce_key(properties, message_id.is_some())?;
     Ok(JobProperties {
-        message_id: properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().to_owned()),
+        message_id,
         deadline_ms,
         replays,
+        coalesce_key,
     })
+}
+
+/// The latest-wins key: text of 1 to 255 bytes, on a job with a
+/// `message_id` (what supersedes what is recorded by id, and a job without
+/// one has no lasting id).
+fn coalesce_key(properties: &BasicProperties, has_id: bool) -> Result<Option<String>, String> {
+    let name = headers::COALESCE_KEY;
+    let Some(value) = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+    else {
+        return Ok(None);
+    };
+    let key = match value {
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec())
+            .map_err(|_| format!("{name} must be UTF-8 text"))?,
+        other => return Err(format!("{name} must be a string, found {}", kind(other))),
+    };
+    if key.is_empty() || key.len() > MAX_COALESCE_KEY_BYTES {
+        return Err(format!(
+            "{name} must be 1 to {MAX_COALESCE_KEY_BYTES} bytes, found {}",
+            key.len()
+        ));
+    }
+    if !has_id {
+        return Err(format!(
+            "{name} needs a message_id: which job superseded which is kept by id"
+        ));
+    }
+    Ok(Some(key))
+}
+
+/// An AMQP value's kind, as an error names it.
+fn kind(value: &AMQPValue) -> &'static str {
+    match value {
+        AMQPValue::Boolean(_) => "a boolean",
+        AMQPValue::FieldTable(_) => "a table",
+        AMQPValue::FieldArray(_) => "an array",
+        AMQPValue::Void => "void",
+        AMQPValue::ByteArray(_) => "bytes",
+        _ => "a number",
+    }
 }
 
 const NOT_TEXT: &str = "was not UTF-8 (its bytes arrive as U+FFFD): a job's properties and header names must be UTF-8 text";
@@ -119,12 +171,57 @@ mod tests {
                 message_id: Some("job-1".into()),
                 deadline_ms: Some(1_764_000_000_000),
                 replays: 2,
+                coalesce_key: None,
             })
         );
         assert_eq!(
             read(&BasicProperties::default()),
             Ok(JobProperties::default())
         );
+    }
+
+    #[test]
+    fn a_coalesce_key_is_short_text_on_a_job_with_an_id() {
+        let keyed = |value: AMQPValue, id: Option<&str>| {
+            let mut properties = with_header("x-coalesce-key", value);
+            if let Some(id) = id {
+                properties = properties.with_message_id(id.into());
+            }
+            read(&properties).map(|p| p.coalesce_key)
+        };
+        let long = |t: &str| AMQPValue::LongString(LongString::from(t));
+        assert_eq!(
+            keyed(long("score:match-7"), Some("j1")),
+            Ok(Some("score:match-7".into()))
+        );
+        assert_eq!(
+            keyed(AMQPValue::ShortString("k".into()), Some("j1")),
+            Ok(Some("k".into()))
+        );
+        assert_eq!(
+            keyed(long(&"k".repeat(255)), Some("j1"))
+                .unwrap()
+                .unwrap()
+                .len(),
+            255
+        );
+        for (bad, says) in [
+            (long(""), "1 to 255 bytes"),
+            (long(&"k".repeat(256)), "1 to 255 bytes, found 256"),
+            (
+                AMQPValue::LongLongInt(7),
+                "must be a string, found a number",
+            ),
+            (AMQPValue::LongString(LongString::from(vec![0xff])), "UTF-8"),
+        ] {
+            let refused = keyed(bad, Some("j1")).unwrap_err();
+            assert!(
+                refused.starts_with("x-coalesce-key") && refused.contains(says),
+                "{refused}"
+            );
+        }
+        let no_id = keyed(long("k"), None).unwrap_err();
+        assert!(no_id.contains("needs a message_id"), "{no_id}");
     }
 
     #[test]

@@ -16,6 +16,8 @@ use super::crash::{CrashHook, CrashPoint};
 use super::delivery::{Outbox, Pending};
 use super::end::SessionEnd;
 use super::fate::{Fate, Settlement};
+use crate::ledger::Superseded;
+use crate::telemetry;
 
 /// A session's settler: where dead letters go, and the book that hears of
 /// every fate.
@@ -52,6 +54,7 @@ impl<'b, B: Book> Settler<'b, B> {
             return Ok(());
         }
         self.record_deliveries(&settlements).await?;
+        self.record_superseded(&settlements).await?;
         let acked_arrivals: Vec<String> = settlements
             .iter()
             .filter(|(job, _, fate)| job.digest.is_some() && !matches!(fate, Fate::Leave))
@@ -70,6 +73,11 @@ impl<'b, B: Book> Settler<'b, B> {
                 Fate::Ack { msg_seq, .. } => {
                     pending.ack(&job.id).await?;
                     tracing::debug!(job = %job.id, msg_seq, "acked");
+                    Ok(())
+                }
+                Fate::Superseded { by } => {
+                    pending.ack(&job.id).await?;
+                    info!(job = %job.id, by = %by, "superseded by a later job of its latest-wins key: acked unsent");
                     Ok(())
                 }
                 Fate::Leave => pending.requeue().await,
@@ -111,6 +119,31 @@ impl<'b, B: Book> Settler<'b, B> {
         }
         self.book.delivered(&calls).await?;
         self.crash.reached(CrashPoint::AfterLedger);
+        Ok(())
+    }
+
+    /// Superseded jobs are recorded (with the job that replaced each) before
+    /// any of them is acked: one that comes back after a crash is known as
+    /// settled, never sent.
+    async fn record_superseded(&mut self, settlements: &[Settlement]) -> Result<(), SessionEnd> {
+        let superseded: Vec<Superseded> = settlements
+            .iter()
+            .filter_map(|(job, _, fate)| match fate {
+                Fate::Superseded { by } => Some(Superseded {
+                    job_id: job.id.clone(),
+                    by: by.clone(),
+                    key: job.coalesce.clone().unwrap_or_default(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if superseded.is_empty() {
+            return Ok(());
+        }
+        self.book.superseded(&superseded).await?;
+        metrics::counter!(telemetry::JOBS_SUPERSEDED, telemetry::SDKAPPID => self.app.clone())
+            .increment(superseded.len() as u64);
+        self.crash.reached(CrashPoint::AfterSuperseded);
         Ok(())
     }
 

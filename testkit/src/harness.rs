@@ -287,6 +287,13 @@ impl TestApp {
             .await;
     }
 
+    /// Publishes ready-made jobs (bodies with their properties) to the jobs
+    /// queue, with pipelined confirms.
+    pub async fn publish_bulk_with(&self, jobs: impl Iterator<Item = (Vec<u8>, BasicProperties)>) {
+        self.publish_pipelined("", &self.names.jobs, jobs, 2000)
+            .await;
+    }
+
     /// Publishes ready-made dead letters straight to the dead-letter
     /// exchange, `window` confirms outstanding at a time.
     pub async fn publish_dead_letters(
@@ -509,6 +516,16 @@ impl TestApp {
         }
         let _ = channel.close(200, "".into()).await;
         out
+    }
+
+    /// How many jobs wait in the jobs queue: what [`TestApp::peek_jobs`]
+    /// reads, less batons (a stopped session's baton may return to the
+    /// queue with its channel). No other consumer may be on the queue.
+    pub async fn jobs_waiting(&self) -> usize {
+        let left = self.peek_jobs().await;
+        left.iter()
+            .filter(|d| !broadcast_worker::pipeline::is_baton(d))
+            .count()
     }
 
     /// Takes every dead letter off the dead queue.

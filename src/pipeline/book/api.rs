@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::broker::DeadLetter;
-use crate::ledger::Known;
+use crate::ledger::{Known, Superseded};
 
 use super::super::call::Call;
 use super::super::delivery::Pending;
@@ -133,6 +133,13 @@ pub trait Book: Send {
         call: Option<i64>,
         job_ids: &[String],
         dead: &DeadLetter,
+    ) -> impl Future<Output = Result<(), BookEnd>> + Send;
+
+    /// Jobs superseded by a later job of their latest-wins key, about to be
+    /// acked unsent: once recorded, one that comes back is known as settled.
+    fn superseded(
+        &mut self,
+        jobs: &[Superseded],
     ) -> impl Future<Output = Result<(), BookEnd>> + Send;
 
     /// Arrivals of jobs without `message_id` whose deliveries were acked: no

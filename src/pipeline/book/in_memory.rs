@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::broker::DeadLetter;
+use crate::ledger::Superseded;
 use crate::tencent::body::REPEAT_WINDOW;
 
 use super::super::call::Call;
@@ -101,6 +102,10 @@ impl Book for InMemory {
         _: &[String],
         _: &DeadLetter,
     ) -> Result<(), BookEnd> {
+        Ok(())
+    }
+
+    async fn superseded(&mut self, _jobs: &[Superseded]) -> Result<(), BookEnd> {
         Ok(())
     }
 

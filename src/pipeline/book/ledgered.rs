@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::broker::DeadLetter;
-use crate::ledger::{Begun, CallJob, Ledger, LedgerError, LedgerSession, Ownership, TakeOver};
+use crate::ledger::{
+    Begun, CallJob, Ledger, LedgerError, LedgerSession, Ownership, Superseded, TakeOver,
+};
 use crate::status::WorkerStatus;
 
 use super::super::call::Call;
@@ -301,6 +303,11 @@ impl Book for Ledgered {
             })
             .await?;
         Self::held(held, call.unwrap_or_default())
+    }
+
+    async fn superseded(&mut self, jobs: &[Superseded]) -> Result<(), BookEnd> {
+        let ledger = &self.ledger;
+        self.retried(|| ledger.jobs_superseded(jobs)).await
     }
 
     async fn arrivals_acked(&mut self, job_ids: &[String]) -> Result<(), BookEnd> {
