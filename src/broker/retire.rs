@@ -123,8 +123,9 @@ async fn move_into_fleets(
     Ok(moved)
 }
 
-/// The queue's counts once the acks have reached them (a quorum queue
-/// counts asynchronously), or as they are after a second.
+/// The queue's counts once the acks and the reading channel's close have
+/// reached them (a quorum queue counts both asynchronously), or as they are
+/// after a second.
 async fn settled(channel: &Channel, queue: &str) -> Result<Queue, BrokerError> {
     let mut tries = 0;
     loop {
@@ -132,7 +133,7 @@ async fn settled(channel: &Channel, queue: &str) -> Result<Queue, BrokerError> {
             .await
             .map_err(BrokerError::Channel)?;
         tries += 1;
-        if queue.message_count() == 0 || tries == 20 {
+        if (queue.message_count() == 0 && queue.consumer_count() == 0) || tries == 20 {
             return Ok(queue);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
