@@ -57,8 +57,16 @@ fn coalesce_key(properties: &BasicProperties, has_id: bool) -> Result<Option<Str
     };
     let key = match value {
         AMQPValue::ShortString(s) => s.as_str().to_owned(),
-        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec())
-            .map_err(|_| format!("{name} must be UTF-8 text"))?,
+        // Sized before it is copied: a producer's header can be as large as a frame.
+        AMQPValue::LongString(s) if s.as_bytes().len() > MAX_COALESCE_KEY_BYTES => {
+            return Err(format!(
+                "{name} must be 1 to {MAX_COALESCE_KEY_BYTES} bytes, found {}",
+                s.as_bytes().len()
+            ))
+        }
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+            .map_err(|_| format!("{name} must be UTF-8 text"))?
+            .to_owned(),
         other => return Err(format!("{name} must be a string, found {}", kind(other))),
     };
     if key.is_empty() || key.len() > MAX_COALESCE_KEY_BYTES {
