@@ -606,6 +606,62 @@ async fn enqueue_app_publishes_to_that_apps_queue_checked_with_its_settings() {
         1
     );
 
+    // --urgent: A's urgent lane, with the latest-wins key as its header;
+    // a key over 255 bytes is refused before anything is published.
+    let (code, _, stderr) = fleet.run(&[
+        "enqueue",
+        "--app",
+        &a,
+        "--urgent",
+        "--coalesce-key",
+        "score",
+        "--text",
+        "now",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let urgent = fleet.queue(APP_A, "urgent");
+    assert_eq!(len_becomes(&connection, &urgent, 1).await, 1);
+    let channel = connection.create_channel().await.unwrap();
+    // (A single-active-consumer queue refuses basic.get: consumed instead.)
+    let mut consumer = channel
+        .basic_consume(
+            urgent.as_str().into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let got = futures_util::StreamExt::next(&mut consumer)
+        .await
+        .expect("the urgent job")
+        .unwrap();
+    let headers = got.properties.headers().clone().unwrap();
+    assert_eq!(
+        headers.inner()["x-coalesce-key"],
+        AMQPValue::LongString("score".into())
+    );
+    let _ = channel.close(200, "read".into()).await;
+    let long_key = "k".repeat(256);
+    let (code, _, stderr) = fleet.run(&[
+        "enqueue",
+        "--app",
+        &a,
+        "--coalesce-key",
+        &long_key,
+        "--text",
+        "x",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("1 to 255 bytes"), "{stderr}");
+    assert_eq!(
+        len_becomes(&connection, &fleet.queue(APP_A, "jobs"), 1).await,
+        1
+    );
+
     // Without --app, the single app's queue, as before (the file unread).
     let (code, _, stderr) = fleet.run(&["enqueue", "--text", "for the single app"]);
     assert_eq!(code, Some(0), "{stderr}");

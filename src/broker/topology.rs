@@ -1,5 +1,6 @@
-//! The topology: the jobs queue, the dead-letter exchange and queue, their
-//! names and arguments, declared idempotently. A single app has a
+//! The topology: the jobs queue and the urgent lane's queue, the
+//! dead-letter exchange and queue, their names and arguments, declared
+//! idempotently. A single app has a
 //! dead-letter queue of its own; the apps of a fleet share one, and a dead
 //! letter's app is the jobs queue it was routed from ([`DeadQueue`]).
 
@@ -11,10 +12,13 @@ use tracing::warn;
 
 use super::error::BrokerError;
 
-/// The names a prefix gives: `{prefix}.jobs`, `{prefix}.dead`, `{prefix}.dlx`.
+/// The names a prefix gives: `{prefix}.jobs`, `{prefix}.urgent`,
+/// `{prefix}.dead`, `{prefix}.dlx`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueNames {
     pub jobs: String,
+    /// The urgent lane: jobs sent before any waiting in `jobs`.
+    pub urgent: String,
     pub dead: String,
     pub dlx: String,
     /// `dead` is the fleet's, shared by its apps: this app's dead letters
@@ -23,18 +27,21 @@ pub struct QueueNames {
 }
 
 impl QueueNames {
-    /// A single app's: `{prefix}.jobs`, `{prefix}.dead`, `{prefix}.dlx`.
+    /// A single app's: `{prefix}.jobs`, `{prefix}.urgent`, `{prefix}.dead`,
+    /// `{prefix}.dlx`.
     pub fn new(prefix: &str) -> Self {
         Self {
             jobs: format!("{prefix}.jobs"),
+            urgent: format!("{prefix}.urgent"),
             dead: format!("{prefix}.dead"),
             dlx: format!("{prefix}.dlx"),
             shared_dead: false,
         }
     }
 
-    /// App `sdkappid`'s in the fleet `fleet_prefix`: its own jobs queue and
-    /// dead-letter exchange (`{fleet_prefix}.{sdkappid}.jobs`, `.dlx`), and
+    /// App `sdkappid`'s in the fleet `fleet_prefix`: its own jobs queue,
+    /// urgent lane and dead-letter exchange (`{fleet_prefix}.{sdkappid}.jobs`,
+    /// `.urgent`, `.dlx`), and
     /// the fleet's dead-letter queue, `{fleet_prefix}.dead`: one quorum
     /// queue for every app instead of one each.
     pub fn in_fleet(fleet_prefix: &str, sdkappid: u64) -> Self {
@@ -66,7 +73,9 @@ impl QueueNames {
     pub fn dead_queue(&self) -> DeadQueue {
         DeadQueue {
             name: self.dead.clone(),
-            owner: self.shared_dead.then(|| self.jobs.clone()),
+            owner: self
+                .shared_dead
+                .then(|| [self.jobs.clone(), self.urgent.clone()]),
         }
     }
 }
@@ -79,8 +88,8 @@ pub struct DeadRoute {
 }
 
 /// A dead-letter queue as one app's operator sees it: the queue, and when
-/// the apps of a fleet share it, the jobs queue whose dead letters are the
-/// app's. A dead letter keeps the routing key it was published with: the
+/// the apps of a fleet share it, the two queues (jobs, urgent) whose dead
+/// letters are the app's. A dead letter keeps the routing key it was published with: the
 /// worker publishes each to the dead-letter exchange under its jobs queue's
 /// name, and one the broker dead-letters itself keeps the producer's, which
 /// is the jobs queue's name for a job published through the default
@@ -88,25 +97,26 @@ pub struct DeadRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadQueue {
     pub name: String,
-    pub owner: Option<String>,
+    pub owner: Option<[String; 2]>,
 }
 
 impl DeadQueue {
     /// Whether a dead letter read from the queue is this app's: every one
     /// when the queue is the app's own. A routing key that names one of the
-    /// fleet's jobs queues (`{fleet}.*.jobs`) settles it; a job routed to
-    /// its jobs queue by another key (through an exchange of the
+    /// fleet's queues (`{fleet}.*.jobs`, `{fleet}.*.urgent`) settles it; a
+    /// job routed to its queue by another key (through an exchange of the
     /// operator's) is known by the queue the broker names in
     /// `x-first-death-queue`.
     pub fn owns(&self, routing_key: &str, first_death_queue: Option<&str>) -> bool {
-        let Some(jobs) = &self.owner else {
+        let Some(own) = &self.owner else {
             return true;
         };
         let fleet = self.name.strip_suffix("dead").unwrap_or(&self.name);
-        if routing_key.starts_with(fleet) && routing_key.ends_with(".jobs") {
-            routing_key == jobs
+        let names_a_queue = routing_key.ends_with(".jobs") || routing_key.ends_with(".urgent");
+        if routing_key.starts_with(fleet) && names_a_queue {
+            own.iter().any(|queue| queue == routing_key)
         } else {
-            first_death_queue == Some(jobs.as_str())
+            first_death_queue.is_some_and(|first| own.iter().any(|queue| queue == first))
         }
     }
 }
@@ -121,8 +131,9 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// The jobs queue's arguments: quorum, single active consumer (one sender
-    /// per app), a delivery limit, and at-least-once dead-lettering to the DLX.
+    /// The jobs queue's arguments (the urgent lane's too): quorum, single
+    /// active consumer (one sender per app), a delivery limit, and
+    /// at-least-once dead-lettering to the DLX.
     fn jobs_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert(
@@ -188,7 +199,8 @@ impl Topology {
                 self.names.dead, self.names.dlx
             )))?;
         let _ = channel.close(200, "topology declared".into()).await;
-        self.declare_jobs(connection).await?;
+        self.declare_jobs(connection, &self.names.jobs).await?;
+        self.declare_jobs(connection, &self.names.urgent).await?;
         Ok(())
     }
 
@@ -214,12 +226,12 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares `{prefix}.jobs`. One that exists with another delivery limit
-    /// (an earlier default, or another setting) and every other argument as
-    /// the worker declares it is used as it is, with a warning; any other
-    /// difference is an error that quotes the broker.
-    async fn declare_jobs(&self, connection: &Connection) -> Result<(), BrokerError> {
-        let queue = self.names.jobs.as_str();
+    /// Declares `{prefix}.jobs` (or `.urgent`, with the same arguments).
+    /// One that exists with another delivery limit (an earlier default, or
+    /// another setting) and every other argument as the worker declares it
+    /// is used as it is, with a warning; any other difference is an error
+    /// that quotes the broker.
+    async fn declare_jobs(&self, connection: &Connection, queue: &str) -> Result<(), BrokerError> {
         let Some(refused) = declare_or_find(connection, queue, self.jobs_arguments()).await? else {
             return Ok(());
         };
@@ -383,6 +395,7 @@ mod tests {
         let names = QueueNames::in_fleet("bw", 1400000001);
         assert_eq!(names.jobs, "bw.1400000001.jobs");
         assert_eq!(names.dlx, "bw.1400000001.dlx");
+        assert_eq!(names.urgent, "bw.1400000001.urgent");
         assert_eq!(names.dead, "bw.dead");
         assert_eq!(names.own_dead().as_deref(), Some("bw.1400000001.dead"));
         assert_eq!(
@@ -405,7 +418,11 @@ mod tests {
         // Published by the worker, or dead-lettered by the broker after the
         // default exchange: the routing key is the jobs queue.
         assert!(a.owns("bw.1.jobs", None));
+        assert!(a.owns("bw.1.urgent", None));
         assert!(!b.owns("bw.1.jobs", None));
+        assert!(!b.owns("bw.1.urgent", None));
+        assert!(a.owns("gifts", Some("bw.1.urgent")));
+        assert!(!b.owns("gifts", Some("bw.1.urgent")));
         // A producer's header cannot claim another app's dead letter.
         assert!(!b.owns("bw.1.jobs", Some("bw.2.jobs")));
         // Routed by an exchange of the operator's under another key: the

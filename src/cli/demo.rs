@@ -172,7 +172,7 @@ impl DemoArgs {
             .context("the demo needs RabbitMQ (AMQP_URL)")?;
         let channel = connection.create_channel().await?;
         let names = broker::QueueNames::new(&self.queue_prefix);
-        for queue in [&names.jobs, &names.dead] {
+        for queue in [&names.jobs, &names.urgent, &names.dead] {
             channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await

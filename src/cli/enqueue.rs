@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::broker;
 use crate::cli::args::{AppChoice, BrokerArgs, ChosenApp};
 use crate::ops::enqueue::{publish_lines, text_job, LineResult, PublishOptions};
-use crate::pipeline::{CallRules, CustomMerge};
+use crate::pipeline::{CallRules, CustomMerge, MAX_COALESCE_KEY_BYTES};
 use crate::settings::AppSettings;
 use crate::tencent::body::MAX_BODY_BYTES;
 
@@ -41,6 +41,13 @@ pub struct EnqueueArgs {
     /// Dead-letter the job as expired if not sent within this many seconds.
     #[arg(long)]
     pub deadline_secs: Option<f64>,
+    /// Publish to the app's urgent lane: sent before any ordinary job waiting.
+    #[arg(long)]
+    pub urgent: bool,
+    /// A latest-wins key (`x-coalesce-key`): a later job of the key
+    /// supersedes this one while it waits unsent.
+    #[arg(long)]
+    pub coalesce_key: Option<String>,
     /// Let the broker dead-letter the job (`broker:expired`) if not consumed within this many seconds.
     #[arg(long)]
     pub expiration_secs: Option<f64>,
@@ -69,14 +76,13 @@ impl EnqueueArgs {
             ProgressStyle::with_template("{spinner} {pos} lines, {per_sec} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
-        let summary = publish_lines(
-            &channel,
-            &topology.names.jobs,
-            input,
-            &options,
-            CONFIRM_WINDOW,
-            |result| report_line(&progress, result),
-        )
+        let queue = match self.urgent {
+            true => &topology.names.urgent,
+            false => &topology.names.jobs,
+        };
+        let summary = publish_lines(&channel, queue, input, &options, CONFIRM_WINDOW, |result| {
+            report_line(&progress, result)
+        })
         .await;
         progress.finish_and_clear();
         let _ = connection.close(200, "enqueue done".into()).await;
@@ -105,7 +111,13 @@ impl EnqueueArgs {
             None => flags,
         };
         let (max_batch_bytes, custom_merge) = (settings.max_batch_bytes, settings.custom_merge);
+        if let Some(key) = &self.coalesce_key {
+            if key.is_empty() || key.len() > MAX_COALESCE_KEY_BYTES {
+                bail!("--coalesce-key must be 1 to {MAX_COALESCE_KEY_BYTES} bytes");
+            }
+        }
         Ok(PublishOptions {
+            coalesce_key: self.coalesce_key.clone(),
             deadline_in: positive_secs("--deadline-secs", self.deadline_secs)?,
             expiration: positive_secs("--expiration-secs", self.expiration_secs)?,
             rules: CallRules {

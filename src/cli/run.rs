@@ -106,6 +106,12 @@ impl RunArgs {
         if self.prefetch == 0 {
             bail!("BROADCAST_PREFETCH must be at least 1");
         }
+        if self.prefetch == 1 {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!("BROADCAST_PREFETCH=1 leaves no room for the baton: a replica learns it is an idle app's sender only from its first ordinary job, and the app's urgent jobs wait until then (set 2 or more)");
+            });
+        }
         self.check_ledger_settings(settings)?;
         let mut config = WorkerConfig::new(self.broker.url(), "", api, secret_key);
         config.topology = topology;

@@ -13,7 +13,7 @@ use crate::broker::headers;
 use crate::broker::{self, BrokerError};
 use crate::clock;
 use crate::pipeline::job;
-use crate::pipeline::CallRules;
+use crate::pipeline::{CallRules, MAX_COALESCE_KEY_BYTES};
 
 /// How each published job is dressed.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +23,9 @@ pub struct PublishOptions {
     /// AMQP `expiration`: past it, RabbitMQ dead-letters the job itself
     /// (`broker:expired`) if no worker took it.
     pub expiration: Option<Duration>,
+    /// Set as the `x-coalesce-key` header: a later job of the key
+    /// supersedes this one while it waits.
+    pub coalesce_key: Option<String>,
     /// What a call may hold, as the worker will check it.
     pub rules: CallRules,
 }
@@ -76,13 +79,27 @@ pub fn job_properties(id: &str, options: &PublishOptions) -> Result<BasicPropert
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_timestamp(clock::now_secs());
+    let mut headers = FieldTable::default();
     if let Some(deadline_in) = options.deadline_in {
-        let mut headers = FieldTable::default();
         let deadline = clock::unix_ms(SystemTime::now() + deadline_in);
         headers.insert(
             headers::DEADLINE.into(),
             AMQPValue::LongLongInt(i64::try_from(deadline).unwrap_or(i64::MAX)),
         );
+    }
+    if let Some(key) = &options.coalesce_key {
+        if key.is_empty() || key.len() > MAX_COALESCE_KEY_BYTES {
+            return Err(format!(
+                "a coalesce key has 1 to {MAX_COALESCE_KEY_BYTES} bytes, found {}",
+                key.len()
+            ));
+        }
+        headers.insert(
+            headers::COALESCE_KEY.into(),
+            AMQPValue::LongString(key.as_str().into()),
+        );
+    }
+    if !headers.inner().is_empty() {
         properties = properties.with_headers(headers);
     }
     if let Some(expiration) = options.expiration {
@@ -130,18 +147,20 @@ pub async fn publish_lines(
             continue;
         }
         let body = line.trim().as_bytes();
-        if let Err(rejection) = job::decode(body, None, None, &options.rules, SystemTime::now()) {
-            record(
-                LineResult::Invalid {
-                    line: number,
-                    reason: rejection.to_string(),
-                },
-                &mut summary,
-            );
-            continue;
-        }
         let id = new_job_id();
-        let properties = job_properties(&id, options).expect("a generated id is short");
+        let properties = match checked(body, &id, options) {
+            Ok(properties) => properties,
+            Err(reason) => {
+                record(
+                    LineResult::Invalid {
+                        line: number,
+                        reason,
+                    },
+                    &mut summary,
+                );
+                continue;
+            }
+        };
         let confirm = channel
             .basic_publish(
                 "".into(),
@@ -165,6 +184,13 @@ pub async fn publish_lines(
         record(confirm_result(queue, line, id, confirm).await, &mut summary);
     }
     Ok(summary)
+}
+
+/// The properties of a line's job, once the line is known to be a job.
+fn checked(body: &[u8], id: &str, options: &PublishOptions) -> Result<BasicProperties, String> {
+    job::decode(body, None, None, &options.rules, SystemTime::now())
+        .map_err(|rejection| rejection.to_string())?;
+    job_properties(id, options)
 }
 
 async fn confirm_result(

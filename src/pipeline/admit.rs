@@ -42,7 +42,7 @@ pub async fn admit<B: Book>(
         match lookup.take(&mut job) {
             Known::New => {
                 let by = job.coalesce.as_ref().map(|_| job.id.clone());
-                if let (Some(older), Some(by)) = (holding.batcher.push(job, pending), by) {
+                if let (Some(older), Some(by)) = (holding.lane(&job).push(job, pending), by) {
                     let fate = Fate::Superseded { by };
                     settled.push((older.job, older.delivery, fate));
                 }

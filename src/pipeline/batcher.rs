@@ -206,6 +206,29 @@ impl<T> Batcher<T> {
     /// as many as the rules allow. Every job passed decoding's size check,
     /// so the oldest job always fits alone.
     pub fn take_batch(&mut self, rules: &CallRules) -> Option<Batch<T>> {
+        self.start_packing(rules).map(Packing::into_batch)
+    }
+
+    /// The next call of two lanes: this one's (the urgent lane's) call
+    /// first, then as many of `then`'s jobs of the same merge key, in their
+    /// order, as the rules still allow; `then`'s own call when this lane
+    /// has none.
+    pub fn take_batch_before(
+        &mut self,
+        then: &mut Batcher<T>,
+        rules: &CallRules,
+    ) -> Option<Batch<T>> {
+        match self.start_packing(rules) {
+            Some(mut packing) => {
+                then.fill(&mut packing, rules);
+                Some(packing.into_batch())
+            }
+            None => then.take_batch(rules),
+        }
+    }
+
+    /// A call begun with the oldest waiting job, filled from its key.
+    fn start_packing(&mut self, rules: &CallRules) -> Option<Packing<T>> {
         let index = self
             .queues
             .iter()
@@ -214,30 +237,37 @@ impl<T> Batcher<T> {
             .min()?
             .1;
         let key = self.queues[index].0.clone();
+        let mut packing = Packing {
+            size: call_overhead(&key),
+            key,
+            slot: CustomSlot::Free,
+            jobs: Vec::new(),
+        };
+        self.fill(&mut packing, rules);
+        Some(packing)
+    }
+
+    /// Adds the waiting jobs of the call's merge key, in order, for as long
+    /// as the next one fits.
+    fn fill(&mut self, packing: &mut Packing<T>, rules: &CallRules) {
+        let Some(index) = self.queues.iter().position(|(key, _)| *key == packing.key) else {
+            return;
+        };
         let queue = &mut self.queues[index].1;
-        let mut size = call_overhead(&key);
-        let mut slot = CustomSlot::Free;
-        let mut jobs = Vec::new();
+        let before = packing.jobs.len();
         while let Some(next) = queue.front() {
-            let Some(added) = slot.added_bytes(&next.job, !jobs.is_empty()) else {
-                break;
-            };
-            if !jobs.is_empty() && (size + added > rules.max_bytes || jobs.len() >= rules.max_jobs)
-            {
+            if !packing.fits(&next.job, rules) {
                 break;
             }
-            size += added;
-            slot = slot.after(&next.job);
-            jobs.push(queue.pop_front().expect("front exists"));
+            packing.add(queue.pop_front().expect("front exists"));
         }
         if queue.is_empty() {
             self.queues.swap_remove(index);
         }
-        self.len -= jobs.len();
-        for queued in &jobs {
+        self.len -= packing.jobs.len() - before;
+        for queued in &packing.jobs[before..] {
             self.unindex(&queued.job);
         }
-        Some(Batch::new(key, jobs))
     }
 
     /// Every waiting job, in no particular order.
@@ -277,6 +307,38 @@ impl<T> Batcher<T> {
         self.with_deadline = 0;
         self.coalesced.clear();
         all
+    }
+}
+
+/// A call being packed: its key, size so far, custom slot and jobs.
+struct Packing<T> {
+    key: MergeKey,
+    size: usize,
+    slot: CustomSlot,
+    jobs: Vec<Queued<T>>,
+}
+
+impl<T> Packing<T> {
+    /// Whether `job` may join: the first always does (it passed decoding's
+    /// size check alone); the next only within the caps and the one custom
+    /// element.
+    fn fits(&self, job: &Job, rules: &CallRules) -> bool {
+        let Some(added) = self.slot.added_bytes(job, !self.jobs.is_empty()) else {
+            return false;
+        };
+        self.jobs.is_empty()
+            || (self.size + added <= rules.max_bytes && self.jobs.len() < rules.max_jobs)
+    }
+
+    fn add(&mut self, queued: Queued<T>) {
+        let added = self.slot.added_bytes(&queued.job, !self.jobs.is_empty());
+        self.size += added.unwrap_or_default();
+        self.slot = std::mem::replace(&mut self.slot, CustomSlot::Free).after(&queued.job);
+        self.jobs.push(queued);
+    }
+
+    fn into_batch(self) -> Batch<T> {
+        Batch::new(self.key, self.jobs)
     }
 }
 
@@ -429,6 +491,43 @@ mod tests {
 
     fn ids(batch: &Batch<()>) -> Vec<&str> {
         batch.job_ids().collect()
+    }
+
+    #[test]
+    fn the_urgent_lane_goes_first_and_the_ordinary_one_fills_the_room_left() {
+        let (mut urgent, mut ordinary) = (Batcher::new(), Batcher::new());
+        for (id, from) in [("o1", Some("sys")), ("o2", None), ("o3", Some("sys"))] {
+            ordinary.push(job(id, from, id), ());
+        }
+        urgent.push(job("u1", None, "u1"), ());
+        urgent.push(job("u2", Some("sys"), "u2"), ());
+        urgent.push(job("u3", None, "u3"), ());
+        let rules = CallRules::default();
+        // The oldest urgent job's key first, its urgent jobs in order, then
+        // the ordinary jobs of that key.
+        let first = urgent.take_batch_before(&mut ordinary, &rules).unwrap();
+        assert_eq!(ids(&first), ["u1", "u3", "o2"]);
+        let second = urgent.take_batch_before(&mut ordinary, &rules).unwrap();
+        assert_eq!(ids(&second), ["u2", "o1", "o3"]);
+        assert!(urgent.is_empty() && ordinary.is_empty());
+        assert!(!ordinary.holds_id("o1"), "the filling jobs left the index");
+        // No urgent job: the ordinary lane's own call.
+        ordinary.push(job("o4", None, "o4"), ());
+        let third = urgent.take_batch_before(&mut ordinary, &rules).unwrap();
+        assert_eq!(ids(&third), ["o4"]);
+        assert!(urgent.take_batch_before(&mut ordinary, &rules).is_none());
+        // The caps hold across the lanes.
+        let capped = CallRules {
+            max_jobs: 2,
+            ..CallRules::default()
+        };
+        for id in ["o5", "o6"] {
+            ordinary.push(job(id, None, id), ());
+        }
+        urgent.push(job("u4", None, "u4"), ());
+        let fourth = urgent.take_batch_before(&mut ordinary, &capped).unwrap();
+        assert_eq!(ids(&fourth), ["u4", "o5"]);
+        assert_eq!(ordinary.len(), 1);
     }
 
     #[test]

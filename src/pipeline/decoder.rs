@@ -4,13 +4,22 @@
 //! includes a `message_id` the ledger could not hold (refused here, before
 //! any SQL, rather than failing every statement of its batch), properties
 //! that were not UTF-8, and a deadline that is not a time.
+//!
+//! It also opens the urgent lane: the app's urgent queue is consumed only
+//! once this session knows it is the app's active consumer of the jobs
+//! queue (its first delivery there, a job or the baton), so that the
+//! replica that sends the app's ordinary jobs is the one that sends its
+//! urgent ones (see [`UrgentLane`]).
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use lapin::Channel;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::broker::frame::MAX_HEADER_TEXT;
 use crate::broker::{BrokerError, DeadRoute};
@@ -43,6 +52,56 @@ pub struct Decoder {
     /// The jobs queue, where a redelivered baton's replacement goes.
     pub queue: String,
     pub baton: Baton,
+    pub urgent: UrgentLane,
+}
+
+/// The app's urgent queue as a session consumes it: on the jobs queue's
+/// channel (so that both consumers go together when the channel or the
+/// connection does), opened only by the active consumer of the jobs queue.
+/// The urgent queue is single-active-consumer too, so a replica's urgent
+/// consumer that outlives its jobs consumer for a moment (a wind-down's
+/// cancel in flight) can only make the next replica's wait: it is never a
+/// second sender.
+#[derive(Clone)]
+pub struct UrgentLane {
+    pub channel: Channel,
+    pub queue: String,
+    /// Its consumer tag, for the wind-down's cancel.
+    pub tag: String,
+    /// Whether the consumer was opened (so the wind-down cancels it).
+    pub opened: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UrgentLane {
+    async fn open(&self) -> Result<lapin::Consumer, BrokerError> {
+        let consumer = self
+            .channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                self.tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::Channel)?;
+        self.opened.store(true, std::sync::atomic::Ordering::SeqCst);
+        info!(queue = %self.queue, "active for the app: consuming its urgent lane too");
+        Ok(consumer)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The next delivery of the urgent lane, once it is open.
+async fn next_urgent(
+    lane: &mut Option<lapin::Consumer>,
+) -> Option<Result<lapin::message::Delivery, lapin::Error>> {
+    match lane {
+        Some(consumer) => consumer.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Decoder {
@@ -54,6 +113,7 @@ impl Decoder {
         let mut dead_letters: tokio::task::JoinSet<Result<(), BrokerError>> =
             tokio::task::JoinSet::new();
         let mut offer = this.baton.offers();
+        let mut urgent: Option<lapin::Consumer> = None;
         loop {
             // A dead letter that failed (its channel closed, say) ends the
             // session at once, not at the next delivery, which may never come.
@@ -73,45 +133,77 @@ impl Decoder {
                     continue;
                 }
                 delivery = consumer.next() => match delivery {
-                    Some(delivery) => delivery,
+                    Some(delivery) => (delivery, false),
                     None => break,
                 },
+                delivery = next_urgent(&mut urgent) => match delivery {
+                    Some(delivery) => (delivery, true),
+                    None => {
+                        let why = "the broker cancelled the urgent lane's consumer";
+                        return drop(tx.send(Incoming::Lost(why.into())));
+                    }
+                },
             };
-            let delivery = match delivery {
-                Ok(delivery) => delivery,
-                Err(e) => return drop(tx.send(Incoming::Lost(format!("consumer error: {e}")))),
+            let (delivery, from_urgent) = match delivery {
+                (Ok(delivery), from_urgent) => (delivery, from_urgent),
+                (Err(e), _) => {
+                    return drop(tx.send(Incoming::Lost(format!("consumer error: {e}"))))
+                }
             };
-            offer.delivered();
-            if baton::is_baton(&delivery) {
+            // A delivery from the jobs queue: this session is the app's
+            // active consumer, so its urgent lane is this session's to send.
+            if urgent.is_none() {
+                match this.urgent.open().await {
+                    Ok(consumer) => urgent = Some(consumer),
+                    Err(e) => return drop(tx.send(Incoming::Lost(format!("urgent lane: {e}")))),
+                }
+            }
+            if !from_urgent {
+                offer.delivered();
+            }
+            if !from_urgent && baton::is_baton(&delivery) {
                 if let Err(e) = this.receive_baton(delivery, &mut offer).await {
                     return drop(tx.send(Incoming::Lost(format!("baton: {e}"))));
                 }
                 continue;
             }
-            this.status.touch();
-            metrics::counter!(telemetry::JOBS_RECEIVED, telemetry::SDKAPPID => this.app.clone())
-                .increment(1);
-            let decoded = this.decode(&delivery);
-            // A decoded job keeps its compacted body; the raw one (maybe
-            // padded to megabytes) is dropped here.
-            let (pending, body) = Pending::from_delivery(delivery);
-            match decoded {
-                Ok(job) => {
-                    if tx.send(Incoming::Job(job, pending)).is_err() {
-                        return;
-                    }
-                }
-                Err(rejection) => {
-                    let message_id = pending.message_id();
-                    let this = this.clone();
-                    dead_letters.spawn(async move {
-                        this.dead_letter(message_id, pending, &body, rejection)
-                            .await
-                    });
-                }
+            if !this
+                .clone()
+                .hand_on(delivery, from_urgent, &tx, &mut dead_letters)
+            {
+                return;
             }
         }
         let _ = tx.send(Incoming::Lost("the broker cancelled the consumer".into()));
+    }
+
+    /// Hands a job on to the sender, or starts dead-lettering it; whether
+    /// the sender is still there.
+    fn hand_on(
+        self: Arc<Self>,
+        delivery: lapin::message::Delivery,
+        urgent: bool,
+        tx: &mpsc::UnboundedSender<Incoming>,
+        dead_letters: &mut tokio::task::JoinSet<Result<(), BrokerError>>,
+    ) -> bool {
+        self.status.touch();
+        metrics::counter!(telemetry::JOBS_RECEIVED, telemetry::SDKAPPID => self.app.clone())
+            .increment(1);
+        let decoded = self.decode(&delivery).map(|job| Job { urgent, ..job });
+        // A decoded job keeps its compacted body; the raw one (maybe
+        // padded to megabytes) is dropped here.
+        let (pending, body) = Pending::from_delivery(delivery);
+        match decoded {
+            Ok(job) => return tx.send(Incoming::Job(job, pending)).is_ok(),
+            Err(rejection) => {
+                let message_id = pending.message_id();
+                dead_letters.spawn(async move {
+                    self.dead_letter(message_id, pending, &body, rejection)
+                        .await
+                });
+            }
+        }
+        true
     }
 
     /// A delivery as a job: its properties read, its body decoded.

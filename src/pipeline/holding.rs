@@ -1,6 +1,7 @@
 //! The holding area: every job the sender holds between its arrival and its
-//! call. Arrived jobs wait for the ledger's word, new jobs wait in the
-//! batcher, redelivered jobs of a call in flight wait to be resent with it,
+//! call. Arrived jobs wait for the ledger's word, new jobs wait in their
+//! lane's batcher (urgent jobs are packed first, ordinary ones fill the
+//! room left), redelivered jobs of a call in flight wait to be resent with it,
 //! and second copies of a job already held wait until the first is settled.
 //! A redelivered job without `message_id` counts as a copy of any held job
 //! of the same body, until the ledger has told which arrival it repeats.
@@ -23,8 +24,10 @@ use super::job::Job;
 pub struct Holding {
     /// Arrived, not yet looked up in the ledger.
     pub arrived: Vec<(Job, Pending)>,
-    /// New jobs waiting for a call.
+    /// New ordinary jobs waiting for a call.
     pub batcher: Batcher<Pending>,
+    /// New urgent jobs waiting for a call: each call takes them first.
+    pub urgent: Batcher<Pending>,
     /// Calls the ledger holds as in flight, to resend first (newest last).
     pub recovering: Vec<Call>,
     /// Copies of a job already held (a producer's double publish, a replay
@@ -34,7 +37,24 @@ pub struct Holding {
 
 impl Holding {
     pub fn is_empty(&self) -> bool {
-        self.arrived.is_empty() && self.batcher.is_empty() && self.recovering.is_empty()
+        self.arrived.is_empty()
+            && self.batcher.is_empty()
+            && self.urgent.is_empty()
+            && self.recovering.is_empty()
+    }
+
+    /// The batcher of a new job's lane.
+    pub fn lane(&mut self, job: &Job) -> &mut Batcher<Pending> {
+        if job.urgent {
+            &mut self.urgent
+        } else {
+            &mut self.batcher
+        }
+    }
+
+    /// Every waiting job of both lanes.
+    pub fn waiting(&self) -> impl Iterator<Item = &Queued<Pending>> {
+        self.urgent.iter().chain(self.batcher.iter())
     }
 
     pub fn arrive(&mut self, incoming: Option<Incoming>) -> Result<(), SessionEnd> {
@@ -71,13 +91,19 @@ impl Holding {
                 .iter()
                 .filter_map(|j| j.digest.as_deref())
                 .collect();
-            let batcher = &self.batcher;
+            let lanes = [&self.batcher, &self.urgent];
             self.arrived
                 .iter()
                 .map(|(job, _)| {
                     let first = match job.copy_digest() {
-                        Some(digest) => !digests.contains(digest) && !batcher.holds_digest(digest),
-                        None => !ids.contains(job.id.as_str()) && !batcher.holds_id(&job.id),
+                        Some(digest) => {
+                            !digests.contains(digest)
+                                && !lanes.iter().any(|b| b.holds_digest(digest))
+                        }
+                        None => {
+                            !ids.contains(job.id.as_str())
+                                && !lanes.iter().any(|b| b.holds_id(&job.id))
+                        }
                     };
                     if first {
                         ids.insert(&job.id);
@@ -124,11 +150,13 @@ impl Holding {
             .insert(0, Call::recovered(batch, call.call_id));
     }
 
-    /// The next call: a recovered one first, else a fresh batch.
+    /// The next call: a recovered one first (its jobs may be sent
+    /// already), else a fresh batch: urgent jobs first, ordinary ones
+    /// filling the room left.
     pub fn next_call(&mut self, rules: &CallRules) -> Option<Call> {
         self.recovering.pop().or_else(|| {
-            self.batcher
-                .take_batch(rules)
+            self.urgent
+                .take_batch_before(&mut self.batcher, rules)
                 .map(|batch| Call::fresh(batch, None))
         })
     }
@@ -139,7 +167,7 @@ impl Holding {
             .arrived
             .iter()
             .map(|(_, p)| p.first_seen_ms)
-            .chain(self.batcher.iter().map(|q| q.delivery.first_seen_ms))
+            .chain(self.waiting().map(|q| q.delivery.first_seen_ms))
             .chain(
                 self.recovering
                     .iter()
@@ -164,6 +192,7 @@ impl Holding {
                 .drain(..)
                 .flat_map(|call| call.batch.jobs.into_iter().map(|q| q.delivery)),
         );
+        all.extend(self.urgent.drain().into_iter().map(|q| q.delivery));
         all.extend(self.batcher.drain().into_iter().map(|q| q.delivery));
         all
     }

@@ -56,6 +56,8 @@ pub struct Job {
     /// Its latest-wins key (`x-coalesce-key`): a later job of the same key
     /// takes its place while it waits.
     pub coalesce: Option<String>,
+    /// It came from the app's urgent lane: sent before any ordinary job.
+    pub urgent: bool,
 }
 
 impl Job {
@@ -191,6 +193,7 @@ pub fn decode(
         deadline: deadline_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
         replays: 0,
         coalesce: None,
+        urgent: false,
     };
     let bytes = job.alone_bytes();
     if bytes > rules.max_bytes {

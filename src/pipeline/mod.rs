@@ -55,6 +55,7 @@ mod settler;
 
 pub use baton::is_baton;
 pub use config::{AppFaultPolicy, CallRules, CustomMerge, InDoubtPolicy, Policy, WorkerConfig};
+pub use properties::MAX_COALESCE_KEY_BYTES;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -148,6 +148,16 @@ impl Pacer {
             .record(waiting.elapsed().as_secs_f64());
     }
 
+    /// Waits until the next send could begin its claim: the permit, then
+    /// the gap less the claim's lead. The send loop waits for this before
+    /// it packs a call, so the call carries whatever arrived until the
+    /// moment it goes (an urgent job most of all), not only what had
+    /// arrived when the bucket allowed it. Cancel-safe, as [`Self::permit`].
+    pub async fn ready(&mut self) {
+        self.permit().await;
+        self.wait_for_gap(self.claim_lead).await;
+    }
+
     /// Waits for the next send's turn, making `claim` on it: the permit (if
     /// none is held), the gap less the claim's lead, the claim, then the
     /// rest of the gap. A claim once started is always finished, so a stop

@@ -29,7 +29,7 @@ use super::baton::Baton;
 use super::book::Book;
 use super::config::WorkerConfig;
 use super::crash::CrashHook;
-use super::decoder::{Decoder, Incoming};
+use super::decoder::{Decoder, Incoming, UrgentLane};
 use super::delivery::Outbox;
 use super::end::SessionEnd;
 use super::fate::{dead_letter_fate, Settlement};
@@ -61,6 +61,7 @@ struct Channels {
     consumer_tag: String,
     queue: String,
     baton: Baton,
+    urgent: UrgentLane,
 }
 
 impl<B: Book> Session<'_, B> {
@@ -104,6 +105,7 @@ impl<B: Book> Session<'_, B> {
             status: self.status.clone(),
             queue: self.config.topology.names.jobs.clone(),
             baton: channels.baton.clone(),
+            urgent: channels.urgent.clone(),
         };
         let consumer_task = tokio::spawn(decoder.run(consumer, tx));
         // The queues' counts (backlog, dead letters), on a channel of their own.
@@ -199,12 +201,19 @@ impl<B: Book> Session<'_, B> {
         // decoder once the queue is quiet) even if no job comes.
         let baton = Baton::new(self.config.prefetch);
         info!(%queue, prefetch = self.config.prefetch, "consuming (active, or standing by until the active consumer goes)");
+        let urgent = UrgentLane {
+            channel: consume.clone(),
+            queue: self.config.topology.names.urgent.clone(),
+            tag: format!("{consumer_tag}-urgent"),
+            opened: Arc::default(),
+        };
         let channels = Channels {
             consume,
             publish,
             consumer_tag,
             baton,
             queue,
+            urgent,
         };
         Ok((channels, consumer))
     }
@@ -265,12 +274,13 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
         }
     }
 
-    /// Waits for the pacer's permit; whatever arrives meanwhile joins the
-    /// holding area, so the call it allows carries it.
+    /// Waits for the pacer's permit and the gap before the next send;
+    /// whatever arrives meanwhile joins the holding area, so the call it
+    /// allows carries it.
     async fn permit_while_arriving(&mut self) -> Result<(), SessionEnd> {
         self.status
             .set_oldest_unsettled(self.holding.oldest_age_secs());
-        let permit = self.sender.pacer.permit();
+        let permit = self.sender.pacer.ready();
         tokio::pin!(permit);
         loop {
             tokio::select! {
@@ -314,6 +324,18 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
         end: &SessionEnd,
     ) {
         let wind_down = async {
+            // The urgent lane first: the next replica opens its own once it
+            // is active on the jobs queue, which this session's cancel there
+            // (below) allows.
+            if channels.urgent.is_open() {
+                let _ = channels
+                    .consume
+                    .basic_cancel(
+                        channels.urgent.tag.as_str().into(),
+                        BasicCancelOptions::default(),
+                    )
+                    .await;
+            }
             let others_waiting = match end {
                 SessionEnd::Stopped => {
                     let (publish, queue) = (&channels.publish, &channels.queue);
@@ -364,9 +386,10 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
 
 /// Jobs whose deadline passed while they waited, to be dead-lettered as expired.
 fn take_expired(holding: &mut Holding) -> Vec<Settlement> {
-    holding
-        .batcher
-        .take_expired(SystemTime::now())
+    let now = SystemTime::now();
+    let mut expired = holding.urgent.take_expired(now);
+    expired.extend(holding.batcher.take_expired(now));
+    expired
         .into_iter()
         .map(|q| {
             let deadline_ms = q.job.deadline.map(clock::unix_ms).unwrap_or(0);

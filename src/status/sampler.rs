@@ -15,7 +15,7 @@ pub const SAMPLE_QUEUES_EVERY: Duration = Duration::from_secs(5);
 /// backlog), give or take a fifth so that a thousand apps spread out.
 pub const SAMPLE_IDLE_QUEUES_EVERY: Duration = Duration::from_secs(60);
 
-/// Counts the app's jobs and (in a queue of its own) dead letters with
+/// Counts the app's jobs (both lanes) and (in a queue of its own) dead letters with
 /// passive declares on `channel` (its own: a failed declare closes it),
 /// every few seconds while the app is busy and every minute while it is
 /// idle (woken when deliveries start again), until the channel fails or the
@@ -28,7 +28,12 @@ pub async fn sample_queues(channel: Channel, queues: QueueNames, status: Arc<Wor
                 false => ready(&channel, &queues.dead).await.map(Some),
             }
         };
-        let (Ok(jobs), Ok(dead)) = (ready(&channel, &queues.jobs).await, dead.await) else {
+        let jobs = async {
+            Ok::<_, lapin::Error>(
+                ready(&channel, &queues.jobs).await? + ready(&channel, &queues.urgent).await?,
+            )
+        };
+        let (Ok(jobs), Ok(dead)) = (jobs.await, dead.await) else {
             tracing::debug!("cannot count the app's queues: sampling stops until the next session");
             return;
         };

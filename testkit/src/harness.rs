@@ -261,6 +261,40 @@ impl TestApp {
             .expect("publish confirmed");
     }
 
+    /// Publishes a job to the app's urgent lane.
+    pub async fn publish_urgent(&self, id: &str, body: &Value) {
+        let properties = BasicProperties::default()
+            .with_message_id(id.into())
+            .with_delivery_mode(2);
+        let body = body.to_string();
+        broker::publish_confirmed(
+            &self.channel,
+            "",
+            &self.names.urgent,
+            body.as_bytes(),
+            properties,
+        )
+        .await
+        .expect("publish confirmed");
+    }
+
+    /// The texts of every call's elements, call by call, in the order sent.
+    pub fn calls(&self) -> Vec<Vec<String>> {
+        self.sim
+            .simulator
+            .deliveries(0, usize::MAX)
+            .iter()
+            .map(|d| {
+                d.body.as_ref().expect("bodies kept")["MsgBody"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|e| e["MsgContent"]["Text"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .collect()
+    }
+
     pub async fn publish(&self, id: &str, body: &Value) {
         self.publish_raw(Some(id), body.to_string().as_bytes(), None)
             .await;
@@ -599,7 +633,7 @@ pub fn delete_topology_on(url: &str, prefix: &str) {
             return;
         };
         if let Ok(channel) = connection.create_channel().await {
-            for queue in [&names.jobs, &names.dead] {
+            for queue in [&names.jobs, &names.urgent, &names.dead] {
                 let _ = channel
                     .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                     .await;
