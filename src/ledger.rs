@@ -26,6 +26,7 @@
 mod console_sessions;
 mod error;
 mod handle;
+mod receipts;
 mod records;
 mod scope;
 mod session;
@@ -34,6 +35,7 @@ mod superseded;
 
 pub use error::LedgerError;
 pub use handle::Ledger;
+pub use receipts::KeptReceipt;
 pub use records::{
     classify_record, CallJob, CallState, InFlightCall, JobReport, JobState, Known, Superseded,
 };
@@ -228,6 +230,7 @@ impl Ledger {
         .await?
         .rows_affected();
         let superseded = self.prune_superseded(seconds, batch).await?;
-        Ok(jobs + calls + superseded)
+        let receipts = self.prune_receipts(seconds, batch).await?;
+        Ok(jobs + calls + superseded + receipts)
     }
 }

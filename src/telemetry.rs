@@ -11,6 +11,7 @@ pub const JOBS_RECEIVED: &str = "broadcast_jobs_received_total";
 pub const JOBS_DELIVERED: &str = "broadcast_jobs_delivered_total";
 pub const JOBS_ACKED_KNOWN: &str = "broadcast_jobs_already_settled_total";
 pub const JOBS_SUPERSEDED: &str = "broadcast_jobs_superseded_total";
+pub const RECEIPTS: &str = "broadcast_receipts_total";
 pub const JOBS_DEAD_LETTERED: &str = "broadcast_jobs_dead_lettered_total";
 pub const CALLS: &str = "broadcast_calls_total";
 pub const CALL_SECONDS: &str = "broadcast_call_duration_seconds";
@@ -64,6 +65,10 @@ pub fn describe() {
     describe_counter!(
         JOBS_SUPERSEDED,
         "Jobs a later job of their latest-wins key replaced before they were sent, acked unsent"
+    );
+    describe_counter!(
+        RECEIPTS,
+        "Receipts published to producers' reply_to, by result (confirmed, unroutable, failed)"
     );
     describe_counter!(
         JOBS_ACKED_KNOWN,

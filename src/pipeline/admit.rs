@@ -53,6 +53,7 @@ pub async fn admit<B: Book>(
                 let fate = Fate::Ack {
                     call: None,
                     msg_seq: None,
+                    random: None,
                 };
                 settled.push((job, pending, fate));
             }

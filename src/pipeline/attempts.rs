@@ -187,7 +187,7 @@ impl<B: Book> Attempts<'_, '_, B> {
         self.crash.reached(CrashPoint::AfterCall);
         metrics::counter!(telemetry::JOBS_DELIVERED, telemetry::SDKAPPID => self.status.app.clone())
             .increment(call.batch.jobs.len() as u64);
-        let book_call = call.ledger_id;
+        let (book_call, random) = (call.ledger_id, call.batch.random);
         CallEnd::Settled(
             call.batch
                 .jobs
@@ -196,6 +196,7 @@ impl<B: Book> Attempts<'_, '_, B> {
                     let fate = Fate::Ack {
                         call: book_call,
                         msg_seq,
+                        random: Some(random),
                     };
                     (q.job, q.delivery, fate)
                 })

@@ -22,6 +22,8 @@ pub enum CrashPoint {
     AfterDeadLetters,
     /// Superseded jobs are recorded; they are not acked.
     AfterSuperseded,
+    /// Jobs are settled and acked; their receipts are not published.
+    BeforeReceipts,
 }
 
 /// Reads `POINT:N` (die the N-th time POINT is reached).

@@ -32,12 +32,18 @@ use super::config::CallRules;
 use super::delivery::{Outbox, Pending};
 use super::job::{self, Job, Rejection};
 use super::properties;
+use super::receipt::{self, Receipt, ReplyTo};
+use crate::clock;
 
 /// What the consumer task hands the sender. Nearly every message is a job,
 /// so boxing it to shrink the rare `Lost` would only add allocations.
 #[allow(clippy::large_enum_variant)]
 pub enum Incoming {
     Job(Job, Pending),
+    /// The baton arrived: this session is the app's active consumer, with
+    /// or without jobs (its book opens, and receipts left by the sender
+    /// before it go out).
+    Active,
     /// The consumer stopped: the session is over.
     Lost(String),
 }
@@ -165,6 +171,9 @@ impl Decoder {
                 if let Err(e) = this.receive_baton(delivery, &mut offer).await {
                     return drop(tx.send(Incoming::Lost(format!("baton: {e}"))));
                 }
+                if tx.send(Incoming::Active).is_err() {
+                    return;
+                }
                 continue;
             }
             if !this
@@ -218,6 +227,11 @@ impl Decoder {
         )?;
         job.replays = read.replays;
         job.coalesce = read.coalesce_key;
+        job.reply = ReplyTo::of(
+            read.reply_to.as_deref(),
+            read.correlation_id.as_deref(),
+            &job.id,
+        );
         job.redelivered = delivery.redelivered;
         Ok(job)
     }
@@ -254,6 +268,7 @@ impl Decoder {
         rejection: Rejection,
     ) -> Result<(), BrokerError> {
         let mut dead = pending.dead_letter_for(rejection.reason(), None, rejection.to_string());
+        let raw_id = message_id.clone();
         // Escaped: a refused id may hold control characters, and it goes to
         // the logs.
         let id = match message_id {
@@ -267,6 +282,18 @@ impl Decoder {
         pending
             .publish_dead_letter(&self.outbox, &self.dead_route, body, &dead, &self.app)
             .await?;
+        // Its refusal is recorded nowhere but the dead letter, so its
+        // receipt goes before the ack (a crash in between repeats both).
+        let receipt_id = raw_id
+            .or_else(|| dead.arrival_id.clone())
+            .unwrap_or_default();
+        if let Some(to) = pending.reply_to(&receipt_id) {
+            let now = clock::unix_ms(SystemTime::now());
+            let sdkappid = self.app.parse().unwrap_or_default();
+            let receipt = Receipt::dead_lettered(&receipt_id, sdkappid, &dead, now);
+            let kept = receipt::addressed(&receipt_id, &to, &receipt);
+            receipt::publish(&self.outbox.channel, &[kept], &self.app).await;
+        }
         let info = cut_text(&dead.error_info, MAX_HEADER_TEXT);
         warn!(job = %id, reason = %dead.reason, %info, "dead-lettered on arrival");
         pending.ack(&id).await

@@ -70,6 +70,18 @@ impl Pending {
             .map(|id| id.as_str().to_owned())
     }
 
+    /// Where its receipt goes, read from its properties (for a job refused
+    /// before it was decoded); `id` is its job id.
+    pub fn reply_to(&self, id: &str) -> Option<super::receipt::ReplyTo> {
+        let text =
+            |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.as_str().to_owned());
+        super::receipt::ReplyTo::of(
+            text(self.properties.reply_to()).as_deref(),
+            text(self.properties.correlation_id()).as_deref(),
+            id,
+        )
+    }
+
     /// Acks it. `Ok(false)` from the broker means the channel was recovered
     /// and the tag is void: the broker will redeliver the job.
     pub async fn ack(&self, id: &str) -> Result<(), BrokerError> {

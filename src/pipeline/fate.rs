@@ -13,6 +13,9 @@ pub enum Fate {
     Ack {
         call: Option<i64>,
         msg_seq: Option<u64>,
+        /// The call's `Random` when delivered by a call (none: known
+        /// settled before).
+        random: Option<u32>,
     },
     /// Dead-letter it; `call` is the book's call it failed in.
     DeadLetter { dead: DeadLetter, call: Option<i64> },

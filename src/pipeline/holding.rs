@@ -63,6 +63,7 @@ impl Holding {
                 self.arrived.push((job, pending));
                 Ok(())
             }
+            Some(Incoming::Active) => Ok(()),
             Some(Incoming::Lost(why)) => Err(SessionEnd::Broker(why)),
             None => Err(SessionEnd::Broker("the consumer task ended".into())),
         }

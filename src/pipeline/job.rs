@@ -58,6 +58,8 @@ pub struct Job {
     pub coalesce: Option<String>,
     /// It came from the app's urgent lane: sent before any ordinary job.
     pub urgent: bool,
+    /// Where its receipt goes (`reply_to`), if its producer asked for one.
+    pub reply: Option<super::receipt::ReplyTo>,
 }
 
 impl Job {
@@ -194,6 +196,7 @@ pub fn decode(
         replays: 0,
         coalesce: None,
         urgent: false,
+        reply: None,
     };
     let bytes = job.alone_bytes();
     if bytes > rules.max_bytes {

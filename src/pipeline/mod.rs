@@ -49,6 +49,7 @@ mod holding;
 pub mod job;
 pub mod pacer;
 mod properties;
+pub mod receipt;
 mod sender;
 mod session;
 mod settler;

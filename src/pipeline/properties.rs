@@ -18,6 +18,9 @@ pub struct JobProperties {
     pub replays: u32,
     /// Its latest-wins key (`x-coalesce-key`).
     pub coalesce_key: Option<String>,
+    /// Where its receipt goes, and the id it is to carry.
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
 }
 
 /// The longest latest-wins key, in bytes.
@@ -35,11 +38,15 @@ pub fn read(properties: &BasicProperties) -> Result<JobProperties, String> {
         .as_ref()
         .map(|id| id.as_str().to_owned());
     let coalesce_key = coalesce_key(properties, message_id.is_some())?;
+    let text =
+        |value: &Option<lapin::types::ShortString>| value.as_ref().map(|v| v.as_str().to_owned());
     Ok(JobProperties {
         message_id,
         deadline_ms,
         replays,
         coalesce_key,
+        reply_to: text(properties.reply_to()),
+        correlation_id: text(properties.correlation_id()),
     })
 }
 
@@ -172,6 +179,8 @@ mod tests {
         table.insert("x-replays".into(), AMQPValue::LongLongInt(2));
         let properties = BasicProperties::default()
             .with_message_id("job-1".into())
+            .with_reply_to("replies".into())
+            .with_correlation_id("c-1".into())
             .with_headers(table);
         assert_eq!(
             read(&properties),
@@ -180,6 +189,8 @@ mod tests {
                 deadline_ms: Some(1_764_000_000_000),
                 replays: 2,
                 coalesce_key: None,
+                reply_to: Some("replies".into()),
+                correlation_id: Some("c-1".into()),
             })
         );
         assert_eq!(

@@ -122,7 +122,7 @@ impl<B: Book> Session<'_, B> {
         let settler = Settler::new(
             outbox,
             dead_route,
-            self.status.app.clone(),
+            self.config.api.sdkappid,
             self.book,
             self.crash.clone(),
         );
@@ -242,6 +242,9 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
         self.sender.pacer.become_sender();
         self.status.set_active(true);
         self.settler.book.open(self.stop).await?;
+        // What a sender before this one settled and did not see confirmed.
+        let waiting = self.settler.book.receipts_waiting().await?;
+        self.settler.send_receipts(&waiting).await;
         loop {
             // Copies set aside while their first was held get another look.
             self.holding.readmit_duplicates();
@@ -377,8 +380,10 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
     /// from the decoder, goes back to the queue.
     async fn hand_back(&mut self) {
         let mut left = self.holding.drain();
-        while let Ok(Incoming::Job(_, pending)) = self.rx.try_recv() {
-            left.push(pending);
+        while let Ok(incoming) = self.rx.try_recv() {
+            if let Incoming::Job(_, pending) = incoming {
+                left.push(pending);
+            }
         }
         self.settler.hand_back(left).await;
     }

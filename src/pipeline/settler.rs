@@ -3,8 +3,13 @@
 //! ack; a dead letter is confirmed, then recorded, then its original acked;
 //! a job neither sent nor failed goes back to the queue. Acks of jobs
 //! without `message_id` are recorded after them (see
-//! [`crate::ledger::Ledger::jobs_acked`]). (A job that can never be a call
-//! is dead-lettered on arrival by the decoder, which needs no book.)
+//! [`crate::ledger::Ledger::jobs_acked`]). Receipts (for jobs published
+//! with `reply_to`) are kept by the book before the records, made ready
+//! after them, and published after the acks, never holding one up. (A job
+//! that can never be a call is dead-lettered on arrival by the decoder,
+//! which needs no book.)
+
+use std::time::SystemTime;
 
 use futures_util::future::join_all;
 use tracing::{info, warn};
@@ -16,7 +21,10 @@ use super::crash::{CrashHook, CrashPoint};
 use super::delivery::{Outbox, Pending};
 use super::end::SessionEnd;
 use super::fate::{Fate, Settlement};
-use crate::ledger::Superseded;
+use super::job::Job;
+use super::receipt;
+use crate::clock;
+use crate::ledger::{KeptReceipt, Superseded};
 use crate::telemetry;
 
 /// A session's settler: where dead letters go, and the book that hears of
@@ -26,6 +34,7 @@ pub struct Settler<'b, B: Book> {
     dead_route: DeadRoute,
     /// The app, as the metrics' `sdkappid` label spells it.
     app: String,
+    sdkappid: u64,
     pub book: &'b mut B,
     crash: CrashHook,
 }
@@ -34,14 +43,15 @@ impl<'b, B: Book> Settler<'b, B> {
     pub fn new(
         outbox: Outbox,
         dead_route: DeadRoute,
-        app: String,
+        sdkappid: u64,
         book: &'b mut B,
         crash: CrashHook,
     ) -> Self {
         Self {
             outbox,
             dead_route,
-            app,
+            app: sdkappid.to_string(),
+            sdkappid,
             book,
             crash,
         }
@@ -53,6 +63,12 @@ impl<'b, B: Book> Settler<'b, B> {
         if settlements.is_empty() {
             return Ok(());
         }
+        let now = clock::unix_ms(SystemTime::now());
+        let mut receipts: Vec<KeptReceipt> = settlements
+            .iter()
+            .filter_map(|(job, _, fate)| receipt_of(job, fate, self.sdkappid, now))
+            .collect();
+        self.book.receipts_kept(&receipts).await?;
         self.record_deliveries(&settlements).await?;
         self.record_superseded(&settlements).await?;
         let acked_arrivals: Vec<String> = settlements
@@ -66,6 +82,19 @@ impl<'b, B: Book> Settler<'b, B> {
         for group in same_dead_letter_groups(dead) {
             self.dead_letter(group).await?;
         }
+        // Their fates recorded: the receipts may go (and those of jobs
+        // known settled before come from the book).
+        let replying: Vec<String> = rest
+            .iter()
+            .filter(|(job, _, fate)| job.reply.is_some() && !matches!(fate, Fate::Leave))
+            .map(|(job, _, _)| job.id.clone())
+            .collect();
+        let kept = self.book.receipts_ready(&replying).await?;
+        receipts.extend(kept.into_iter().filter(|k| {
+            rest.iter().any(|(job, _, fate)| {
+                job.id == k.job_id && matches!(fate, Fate::Ack { random: None, .. })
+            })
+        }));
         // All at once: each ack is a trip through the connection's I/O
         // thread, and they need no order among themselves.
         let acks = rest.iter().map(|(job, pending, fate)| async move {
@@ -87,7 +116,20 @@ impl<'b, B: Book> Settler<'b, B> {
         for acked in join_all(acks).await {
             acked?;
         }
-        Ok(self.book.arrivals_acked(&acked_arrivals).await?)
+        self.book.arrivals_acked(&acked_arrivals).await?;
+        self.crash.reached(CrashPoint::BeforeReceipts);
+        self.send_receipts(&receipts).await;
+        Ok(())
+    }
+
+    /// Publishes receipts (the jobs are acked); those confirmed or
+    /// unroutable are no longer kept.
+    pub async fn send_receipts(&mut self, receipts: &[KeptReceipt]) {
+        if receipts.is_empty() {
+            return;
+        }
+        let done = receipt::publish(&self.outbox.channel, receipts, &self.app).await;
+        self.book.receipts_sent(&done).await;
     }
 
     /// Shutdown: every job still held goes back to the queue, unsent.
@@ -109,6 +151,7 @@ impl<'b, B: Book> Settler<'b, B> {
                 Fate::Ack {
                     call: Some(call),
                     msg_seq,
+                    ..
                 } => Some((*call, *msg_seq)),
                 _ => None,
             })
@@ -187,6 +230,12 @@ impl<'b, B: Book> Settler<'b, B> {
         self.crash.reached(CrashPoint::AfterDeadLetters);
         let ids: Vec<String> = group.iter().map(|(job, _, _)| job.id.clone()).collect();
         self.book.dead_lettered(call, &ids, &dead).await?;
+        let replying: Vec<String> = group
+            .iter()
+            .filter(|(job, _, _)| job.reply.is_some())
+            .map(|(job, _, _)| job.id.clone())
+            .collect();
+        self.book.receipts_ready(&replying).await?;
         let acks = group.iter().map(|(job, pending, _)| {
             warn!(job = %job.id, reason = %dead.reason, code = dead.error_code, "dead-lettered");
             pending.ack(&job.id)
@@ -196,6 +245,27 @@ impl<'b, B: Book> Settler<'b, B> {
         }
         Ok(())
     }
+}
+
+/// The receipt a settled job's producer gets, ready for the outbox: `None`
+/// without `reply_to`, or for a fate that is not final (back to the
+/// queue) or whose content the book keeps (a job known settled before: an
+/// ack without a call's `Random`).
+pub fn receipt_of(job: &Job, fate: &Fate, sdkappid: u64, at_ms: u64) -> Option<KeptReceipt> {
+    let to = job.reply.as_ref()?;
+    let receipt = match fate {
+        Fate::Ack {
+            msg_seq,
+            random: Some(random),
+            ..
+        } => receipt::Receipt::delivered(&job.id, sdkappid, *msg_seq, Some(*random), at_ms),
+        Fate::DeadLetter { dead, .. } => {
+            receipt::Receipt::dead_lettered(&job.id, sdkappid, dead, at_ms)
+        }
+        Fate::Superseded { by } => receipt::Receipt::superseded(&job.id, sdkappid, by, at_ms),
+        Fate::Ack { random: None, .. } | Fate::Leave => return None,
+    };
+    Some(receipt::addressed(&job.id, to, &receipt))
 }
 
 /// Consecutive dead letters of the same call and the same why, together.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::broker::DeadLetter;
-use crate::ledger::{Known, Superseded};
+use crate::ledger::{KeptReceipt, Known, Superseded};
 
 use super::super::call::Call;
 use super::super::delivery::Pending;
@@ -148,6 +148,30 @@ pub trait Book: Send {
         &mut self,
         job_ids: &[String],
     ) -> impl Future<Output = Result<(), BookEnd>> + Send;
+
+    /// Receipts of jobs whose fates are about to be recorded: kept until
+    /// confirmed, so a worker that dies before publishing one does not lose
+    /// it (the ledger's outbox; in memory, nothing is kept).
+    fn receipts_kept(
+        &mut self,
+        receipts: &[KeptReceipt],
+    ) -> impl Future<Output = Result<(), BookEnd>> + Send;
+
+    /// The jobs' fates are recorded: their kept receipts may go. Answers
+    /// those it keeps (for jobs known settled before, whose receipts were
+    /// kept by an earlier settle).
+    fn receipts_ready(
+        &mut self,
+        job_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<KeptReceipt>, BookEnd>> + Send;
+
+    /// Ready receipts a sender before this one did not see confirmed.
+    fn receipts_waiting(
+        &mut self,
+    ) -> impl Future<Output = Result<Vec<KeptReceipt>, BookEnd>> + Send;
+
+    /// Receipts confirmed (or unroutable): no longer kept.
+    fn receipts_sent(&mut self, job_ids: &[String]) -> impl Future<Output = ()> + Send;
 
     /// Upkeep in the background until `shutdown` (pruning old records).
     fn upkeep(&self, shutdown: &CancellationToken) -> Option<JoinHandle<()>>;

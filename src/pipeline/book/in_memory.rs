@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::broker::DeadLetter;
-use crate::ledger::Superseded;
+use crate::ledger::{KeptReceipt, Superseded};
 use crate::tencent::body::REPEAT_WINDOW;
 
 use super::super::call::Call;
@@ -112,6 +112,20 @@ impl Book for InMemory {
     async fn arrivals_acked(&mut self, _job_ids: &[String]) -> Result<(), BookEnd> {
         Ok(())
     }
+
+    async fn receipts_kept(&mut self, _receipts: &[KeptReceipt]) -> Result<(), BookEnd> {
+        Ok(())
+    }
+
+    async fn receipts_ready(&mut self, _job_ids: &[String]) -> Result<Vec<KeptReceipt>, BookEnd> {
+        Ok(Vec::new())
+    }
+
+    async fn receipts_waiting(&mut self) -> Result<Vec<KeptReceipt>, BookEnd> {
+        Ok(Vec::new())
+    }
+
+    async fn receipts_sent(&mut self, _job_ids: &[String]) {}
 
     fn upkeep(&self, _shutdown: &CancellationToken) -> Option<JoinHandle<()>> {
         None

@@ -19,7 +19,8 @@ use tracing::{error, info, warn};
 
 use crate::broker::DeadLetter;
 use crate::ledger::{
-    Begun, CallJob, Ledger, LedgerError, LedgerSession, Ownership, Superseded, TakeOver,
+    Begun, CallJob, KeptReceipt, Ledger, LedgerError, LedgerSession, Ownership, Superseded,
+    TakeOver,
 };
 use crate::status::WorkerStatus;
 
@@ -29,6 +30,9 @@ use super::super::job::Job;
 use super::api::{Book, BookEnd, Claim, Lookup};
 
 /// The ledger, and the fenced session of the sender this process is.
+/// Receipts a new sender publishes of those its predecessors left, at most.
+const RECEIPTS_AT_OPEN: i64 = 10_000;
+
 pub struct Ledgered {
     /// In the app's scope: its jobs queue and SDKAppID.
     ledger: Ledger,
@@ -316,6 +320,39 @@ impl Book for Ledgered {
         }
         let ledger = &self.ledger;
         self.retried(|| ledger.jobs_acked(job_ids)).await
+    }
+
+    async fn receipts_kept(&mut self, receipts: &[KeptReceipt]) -> Result<(), BookEnd> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let ledger = &self.ledger;
+        self.retried(|| ledger.receipts_kept(receipts)).await
+    }
+
+    async fn receipts_ready(&mut self, job_ids: &[String]) -> Result<Vec<KeptReceipt>, BookEnd> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ledger = &self.ledger;
+        self.retried(|| ledger.receipts_ready(job_ids)).await
+    }
+
+    async fn receipts_waiting(&mut self) -> Result<Vec<KeptReceipt>, BookEnd> {
+        let ledger = &self.ledger;
+        self.retried(|| ledger.receipts_waiting(RECEIPTS_AT_OPEN))
+            .await
+    }
+
+    /// Best effort: a receipt left kept is published again by a later
+    /// sender (a duplicate, with the same content).
+    async fn receipts_sent(&mut self, job_ids: &[String]) {
+        if job_ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ledger.receipts_sent(job_ids).await {
+            warn!(error = %e, "confirmed receipts still kept: a later sender publishes them again");
+        }
     }
 
     fn upkeep(&self, shutdown: &CancellationToken) -> Option<JoinHandle<()>> {
