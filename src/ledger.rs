@@ -26,6 +26,7 @@
 mod console_sessions;
 mod error;
 mod handle;
+mod ingest_keys;
 mod receipts;
 mod records;
 mod scope;
@@ -35,6 +36,7 @@ mod superseded;
 
 pub use error::LedgerError;
 pub use handle::Ledger;
+pub use ingest_keys::KeyClaim;
 pub use receipts::KeptReceipt;
 pub use records::{
     classify_record, CallJob, CallState, InFlightCall, JobReport, JobState, Known, Superseded,

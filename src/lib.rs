@@ -17,6 +17,7 @@
 //! - [`fleet`]: one process serving many apps: the apps file, a worker per app, reloads, balancing.
 //! - [`ops`]: what operators use above the worker: the dead-letter queue, `enqueue`, `jobs show`.
 //! - [`console`]: the operator's web console and its JSON API: each app's flow, dead letters, replay, purge.
+//! - [`ingest`]: the producers' HTTP endpoint: jobs posted, validated, published with confirms.
 //! - [`ops_endpoint`]: `/metrics`, `/healthz`, `/readyz`, with the console's routes mounted.
 //! - [`cli`]: the subcommands, their settings, and the life `run` shares with the fleet.
 
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod clock;
 pub mod console;
 pub mod fleet;
+pub mod ingest;
 pub mod ledger;
 pub mod ops;
 pub mod ops_endpoint;

@@ -131,7 +131,9 @@ async fn migrate_until_done(ledger: &Ledger) -> anyhow::Result<()> {
     loop {
         match ledger.migrate().await {
             Ok(()) => return Ok(()),
-            Err(LedgerError::Database(e)) => {
+            // The migrator reports a pool that cannot connect as its own
+            // error (`Migrate(Execute(PoolTimedOut))`): waited for too.
+            Err(e) if matches!(e, LedgerError::Database(_)) || e.is_unreachable() => {
                 tracing::warn!(error = %e, retry_in = ?delay, "the ledger database is not reachable yet");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));

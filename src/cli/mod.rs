@@ -24,6 +24,7 @@ pub mod demo;
 pub mod dlq;
 pub mod enqueue;
 mod fleet;
+pub mod ingest;
 pub mod jobs;
 mod lifecycle;
 pub mod run;
@@ -39,6 +40,7 @@ use self::args::LedgerArgs;
 use self::demo::DemoArgs;
 use self::dlq::DlqCommand;
 use self::enqueue::EnqueueArgs;
+use self::ingest::IngestArgs;
 use self::jobs::JobsCommand;
 use self::run::RunArgs;
 use self::simulate::SimulateArgs;
@@ -73,6 +75,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Publish jobs: one JSON body per line from a file or standard input, or --text.
     Enqueue(EnqueueArgs),
+    /// Serve producers over HTTP: POST jobs, published with confirms (see README, "Producers").
+    Ingest(Box<IngestArgs>),
     /// Inspect, replay and purge the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -120,6 +124,7 @@ impl Cli {
             Command::Run(args) => args.run().await,
             Command::Demo(args) => args.run().await,
             Command::Enqueue(args) => args.run().await,
+            Command::Ingest(args) => args.run().await,
             Command::Dlq(command) => command.run().await,
             Command::Migrate(args) => jobs::migrate(&args).await,
             Command::Jobs(command) => command.run().await,
