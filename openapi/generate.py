@@ -80,7 +80,9 @@ doc = {
         "503": unavailable,
         **{**common, "404": err("The app is not served here, or the ledger has no record of the job (not yet in a call, never published, or pruned)", "the ledger has no record of \"order-42\": not yet in a call (waiting in the queue), never published, or pruned")}}}},
     "/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "security": [],
-      "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+      "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+    "/v1/job.schema.json": {"get": {"operationId": "jobSchema", "summary": "The job body's JSON Schema (2020-12), schema/job.schema.json", "security": [],
+      "responses": {"200": {"description": "The JSON Schema of a job body", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
   },
   "components": {
     "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A token of the tokens file, for this app or for all"}},

@@ -302,6 +302,21 @@ async fn every_documented_example_is_accepted_as_documented() {
         "the endpoint serves the document kept in the repository"
     );
     assert_eq!(served["openapi"], "3.1.0");
+    let schema: Value = reqwest::get(format!("{}/v1/job.schema.json", ep.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kept_schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schema/job.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(schema, kept_schema, "the endpoint publishes the job schema");
     let mut tried = 0;
     for (path, expected) in [
         ("/v1/apps/{sdkappid}/broadcasts", 202),

@@ -23,5 +23,5 @@ pub use error::IngestError;
 pub use publisher::Publisher;
 pub use request::{prepare, Asked, Ready};
 pub use routes::router;
-pub use state::{AppRoute, Ingest, OPENAPI};
+pub use state::{AppRoute, Ingest, JOB_SCHEMA, OPENAPI};
 pub use tokens::Tokens;

@@ -19,7 +19,7 @@ use crate::ledger::{KeyClaim, Scope};
 
 use super::error::IngestError;
 use super::request::{deadline_header, prepare, Asked, Ready};
-use super::state::{AppRoute, Ingest, OPENAPI};
+use super::state::{AppRoute, Ingest, JOB_SCHEMA, OPENAPI};
 
 /// The largest single job body taken (a call is at most 12,000 bytes once
 /// compacted; whitespace around it is allowed up to this).
@@ -39,16 +39,20 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
             post(post_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)),
         )
         .route("/v1/apps/{sdkappid}/broadcasts/{id}", get(get_one))
-        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/openapi.json", get(|| async { json_text(OPENAPI) }))
+        .route(
+            "/v1/job.schema.json",
+            get(|| async { json_text(JOB_SCHEMA) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(ingest)
 }
 
-async fn openapi() -> Response {
+fn json_text(text: &'static str) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
+        text,
     )
         .into_response()
 }

@@ -12,6 +12,10 @@ use crate::pipeline::CallRules;
 use super::publisher::Publisher;
 use super::tokens::Tokens;
 
+/// The job body's JSON Schema, served at `/v1/job.schema.json` (the OpenAPI
+/// document holds it too, as its `Job` schema).
+pub const JOB_SCHEMA: &str = include_str!("../../schema/job.schema.json");
+
 /// The OpenAPI 3.1 document of the endpoint, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../openapi/ingest.json");
 
