@@ -248,3 +248,54 @@ async fn a_receipt_unpublished_when_its_worker_died_is_published_by_the_next() {
     let deliveries = app.sim.simulator.stats().deliveries;
     assert_eq!(deliveries, 1, "sent once");
 }
+
+/// A `reply_to` RabbitMQ 3.10 cannot route and answers by closing the
+/// publishing connection (541 INTERNAL_ERROR): a direct reply-to name whose
+/// key decodes to a channel of no live node.
+const FORGED_DIRECT_REPLY_TO: &str =
+    "amq.rabbitmq.reply-to.g1h2AA5yZXBseUAyNzEyODkyMwAAYqAAAAAAY+8J3w==.xyz";
+
+#[tokio::test]
+async fn a_forged_direct_reply_to_costs_its_own_receipt_only() {
+    let mut app = spawn_app("receipts-forged", 5.0).await;
+    let producer = app.connection.create_channel().await.unwrap();
+    let reply_name = format!("{}.replies", app.prefix);
+    let mut replies = reply_queue(&producer, &reply_name).await;
+    let jobs = app.names.jobs.clone();
+    let forged = text_job("forged").to_string();
+    publish(
+        &app.channel,
+        &jobs,
+        forged.as_bytes(),
+        asking("j-forged", FORGED_DIRECT_REPLY_TO, None),
+    )
+    .await;
+    let honest = text_job("honest").to_string();
+    publish(
+        &app.channel,
+        &jobs,
+        honest.as_bytes(),
+        asking("j-honest", &reply_name, None),
+    )
+    .await;
+    app.start_worker();
+    let got = receipts(&mut replies, 1).await;
+    assert_eq!(got["j-honest"]["outcome"], "delivered");
+    // The session goes on: a later job is sent and its receipt arrives.
+    let later = text_job("later").to_string();
+    publish(
+        &app.channel,
+        &jobs,
+        later.as_bytes(),
+        asking("j-later", &reply_name, None),
+    )
+    .await;
+    let got = receipts(&mut replies, 1).await;
+    assert_eq!(got["j-later"]["outcome"], "delivered");
+    app.stop_worker().await.unwrap();
+    let texts = app.delivered_texts();
+    for text in ["job:forged", "job:honest", "job:later"] {
+        assert_eq!(texts.get(text), Some(&1), "{text} sent once: {texts:?}");
+    }
+    assert_eq!(app.queue_len(&jobs).await, 0);
+}

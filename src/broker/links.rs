@@ -36,6 +36,8 @@ struct Inner {
     nodes: Nodes,
     name: String,
     slots: Vec<Mutex<Option<Link>>>,
+    /// Receipts' own connection (see [`Links::receipts`]).
+    receipts: Mutex<Option<Link>>,
     starts: DefaultDirectRateLimiter,
 }
 
@@ -73,6 +75,7 @@ impl Links {
             nodes: Nodes::parse(amqp_url)?,
             name: name.to_string(),
             slots: (0..count.max(1)).map(|_| Mutex::new(None)).collect(),
+            receipts: Mutex::new(None),
             starts: RateLimiter::direct(
                 Quota::per_second(NonZeroU32::new(SESSION_STARTS_PER_SEC).expect("positive"))
                     .allow_burst(NonZeroU32::new(SESSION_STARTS_BURST).expect("positive")),
@@ -110,6 +113,25 @@ impl Links {
         Ok(link)
     }
 
+    /// The connection receipts go out on: one of their own, opened on first
+    /// use. A receipt's routing key is a producer's `reply_to`, and RabbitMQ
+    /// 3.10 closes the whole connection (541 INTERNAL_ERROR) on a publish to
+    /// a forged direct reply-to name (`amq.rabbitmq.reply-to.` and a
+    /// decodable key of no live channel): that must never end the sessions
+    /// of the apps that share a connection.
+    pub async fn receipts(&self) -> Result<Link, BrokerError> {
+        let mut slot = self.0.receipts.lock().await;
+        if let Some(link) = slot.as_ref() {
+            if !link.is_lost() {
+                return Ok(link.clone());
+            }
+        }
+        let name = format!("{} receipts", self.0.name);
+        let link = Link::watch(self.0.nodes.connect(&name).await?);
+        *slot = Some(link.clone());
+        Ok(link)
+    }
+
     /// The connections open now (for the status page and tests).
     pub async fn open(&self) -> usize {
         let mut open = 0;
@@ -124,7 +146,8 @@ impl Links {
     /// Closes every connection: what is unsettled on them returns to its
     /// queue. Bounded, since a connection cut off may never answer.
     pub async fn close(&self, why: &str) {
-        let closing = self.0.slots.iter().map(|slot| async move {
+        let slots = self.0.slots.iter().chain(std::iter::once(&self.0.receipts));
+        let closing = slots.map(|slot| async move {
             let Some(link) = slot.lock().await.take() else {
                 return;
             };

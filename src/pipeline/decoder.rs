@@ -59,6 +59,8 @@ pub struct Decoder {
     pub queue: String,
     pub baton: Baton,
     pub urgent: UrgentLane,
+    /// Where receipts of jobs refused on arrival go.
+    pub receipts: receipt::ReceiptOut,
 }
 
 /// The app's urgent queue as a session consumes it: on the jobs queue's
@@ -292,7 +294,7 @@ impl Decoder {
             let sdkappid = self.app.parse().unwrap_or_default();
             let receipt = Receipt::dead_lettered(&receipt_id, sdkappid, &dead, now);
             let kept = receipt::addressed(&receipt_id, &to, &receipt);
-            receipt::publish(&self.outbox.channel, &[kept], &self.app).await;
+            self.receipts.publish(&[kept]).await;
         }
         let info = cut_text(&dead.error_info, MAX_HEADER_TEXT);
         warn!(job = %id, reason = %dead.reason, %info, "dead-lettered on arrival");

@@ -115,6 +115,8 @@ struct Parted<B: Book> {
     status: Arc<WorkerStatus>,
     release: Arc<Notify>,
     crash: CrashHook,
+    /// Where the app's receipts go out (a channel on the receipts connection).
+    receipts: receipt::ReceiptOut,
 }
 
 impl Worker {
@@ -142,6 +144,10 @@ impl Worker {
             Some(ledger) => {
                 let book = Ledgered::new(ledger, status.clone(), crash_limit, retention);
                 Parts::Ledgered(Parted {
+                    receipts: receipt::ReceiptOut::new(
+                        links.clone(),
+                        config.api.sdkappid.to_string(),
+                    ),
                     config,
                     links,
                     own_links,
@@ -154,6 +160,7 @@ impl Worker {
                 })
             }
             None => Parts::InMemory(Parted {
+                receipts: receipt::ReceiptOut::new(links.clone(), config.api.sdkappid.to_string()),
                 config,
                 links,
                 own_links,
@@ -200,6 +207,7 @@ impl<B: Book> Parted<B> {
         if let Some(upkeep) = upkeep {
             upkeep.abort();
         }
+        self.receipts.close().await;
         if self.own_links {
             self.links.close("worker stopped").await;
         }
@@ -263,6 +271,7 @@ impl<B: Book> Parted<B> {
             sender: &mut self.sender,
             book: &mut self.book,
             crash: &self.crash,
+            receipts: &self.receipts,
         };
         let end = session.run(&stop).await;
         if !matches!(end, Ok(SessionEnd::Stopped)) {

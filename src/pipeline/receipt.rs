@@ -6,14 +6,17 @@
 //! broker confirmed it, so one a dying worker did not publish is published
 //! by the next sender (a duplicate carries the same content).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
+use crate::broker::{self, BrokerError, Links};
 use crate::telemetry;
 
 use crate::broker::{DeadLetter, DeadReason};
@@ -157,41 +160,108 @@ pub fn addressed(job_id: &str, to: &ReplyTo, receipt: &Receipt) -> KeptReceipt {
 /// sender, and the session goes on.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(5);
 
-/// Publishes receipts to the default exchange under their `reply_to`, with
-/// `mandatory` and confirms; answers the ids done with: confirmed, or
-/// returned as unroutable (the producer's queue is gone: counted, logged,
-/// never retried). One that failed or was not confirmed in time is not
-/// among them.
-pub async fn publish(channel: &Channel, receipts: &[KeptReceipt], app: &str) -> Vec<String> {
-    let sends = receipts.iter().map(|receipt| async move {
-        let properties = BasicProperties::default()
-            .with_correlation_id(receipt.correlation_id.as_str().into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                receipt.reply_to.as_str().into(),
-                options,
-                &receipt.body,
-                properties,
+/// Where a session's receipts go out: a confirm channel on the replica's
+/// receipts connection ([`Links::receipts`]), made on first use and again
+/// after a failure. Cheap to clone: clones share the channel.
+#[derive(Clone)]
+pub struct ReceiptOut {
+    links: Links,
+    channel: Arc<Mutex<Option<Channel>>>,
+    /// The app, as the metrics' `sdkappid` label spells it.
+    app: String,
+}
+
+/// The direct reply-to pseudo-queue's prefix: a publish to a forged name
+/// under it can close the connection.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+impl ReceiptOut {
+    pub fn new(links: Links, app: String) -> Self {
+        Self {
+            links,
+            channel: Arc::default(),
+            app,
+        }
+    }
+
+    /// The worker stops: its channel is closed (the connection is shared).
+    pub async fn close(&self) {
+        if let Some(channel) = self.channel.lock().await.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                channel.close(200, "worker stopped".into()),
             )
-            .await?;
-        confirm.await
-    });
-    let Ok(results) = tokio::time::timeout(CONFIRM_WITHIN, join_all(sends)).await else {
-        warn!(
-            receipts = receipts.len(),
-            "receipts not confirmed in time: kept for the next sender (with the ledger)"
-        );
-        return Vec::new();
-    };
-    let mut done = Vec::new();
-    for (receipt, result) in receipts.iter().zip(results) {
+            .await;
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut held = self.channel.lock().await;
+        if let Some(channel) = held.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let link = self.links.receipts().await?;
+        let channel = broker::confirm_channel(link.connection()).await?;
+        *held = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes receipts to the default exchange under their `reply_to`,
+    /// with `mandatory` and confirms; answers the ids done with: confirmed,
+    /// returned as unroutable (the producer's queue is gone), or refused
+    /// (the broker closed the channel or connection over it: a forged
+    /// direct reply-to name), each counted and never retried. One that
+    /// failed otherwise, or was not confirmed in time, is not among them.
+    /// Direct reply-to receipts go one at a time, after the others, so
+    /// that a refusal is known to be theirs.
+    pub async fn publish(&self, receipts: &[KeptReceipt]) -> Vec<String> {
+        let (direct, named): (Vec<&KeptReceipt>, Vec<&KeptReceipt>) = receipts
+            .iter()
+            .partition(|r| r.reply_to.starts_with(DIRECT_REPLY_TO));
+        let mut done = Vec::new();
+        if !named.is_empty() {
+            let Ok(channel) = self.channel().await else {
+                warn!(
+                    receipts = named.len(),
+                    "no broker connection for receipts: kept for the next sender (with the ledger)"
+                );
+                return done;
+            };
+            let sends = named.iter().map(|receipt| send(&channel, receipt));
+            match tokio::time::timeout(CONFIRM_WITHIN, join_all(sends)).await {
+                Ok(results) => {
+                    for (receipt, result) in named.iter().zip(results) {
+                        done.extend(self.settled(receipt, result, false));
+                    }
+                }
+                Err(_) => warn!(
+                    receipts = named.len(),
+                    "receipts not confirmed in time: kept for the next sender (with the ledger)"
+                ),
+            }
+        }
+        for receipt in direct {
+            let Ok(channel) = self.channel().await else {
+                break;
+            };
+            let result = tokio::time::timeout(CONFIRM_WITHIN, send(&channel, receipt)).await;
+            match result {
+                Ok(result) => done.extend(self.settled(receipt, result, true)),
+                Err(_) => {
+                    warn!(job = %receipt.job_id, "receipt not confirmed in time: kept for the next sender (with the ledger)")
+                }
+            }
+        }
+        done
+    }
+
+    /// What became of one receipt: its id when it is done with.
+    fn settled(
+        &self,
+        receipt: &KeptReceipt,
+        result: Result<Confirmation, lapin::Error>,
+        alone: bool,
+    ) -> Option<String> {
         let outcome = match result {
             Ok(Confirmation::Ack(None)) => {
                 debug!(job = %receipt.job_id, to = %receipt.reply_to, "receipt confirmed");
@@ -200,6 +270,11 @@ pub async fn publish(channel: &Channel, receipts: &[KeptReceipt], app: &str) -> 
             Ok(Confirmation::Ack(Some(returned))) => {
                 warn!(job = %receipt.job_id, to = %receipt.reply_to, code = returned.reply_code, "receipt unroutable (the producer's queue is gone?): dropped");
                 "unroutable"
+            }
+            // Published alone: the broker closing its channel was its doing.
+            Err(e) if alone => {
+                warn!(job = %receipt.job_id, to = %receipt.reply_to, error = %e, "receipt refused by the broker (a direct reply-to name of no live channel?): dropped");
+                "refused"
             }
             Ok(other) => {
                 warn!(job = %receipt.job_id, confirmation = ?other, "receipt not confirmed: kept for the next sender (with the ledger)");
@@ -210,13 +285,32 @@ pub async fn publish(channel: &Channel, receipts: &[KeptReceipt], app: &str) -> 
                 "failed"
             }
         };
-        metrics::counter!(telemetry::RECEIPTS, telemetry::SDKAPPID => app.to_owned(), "result" => outcome)
+        metrics::counter!(telemetry::RECEIPTS, telemetry::SDKAPPID => self.app.clone(), "result" => outcome)
             .increment(1);
-        if outcome != "failed" {
-            done.push(receipt.job_id.clone());
-        }
+        (outcome != "failed").then(|| receipt.job_id.clone())
     }
-    done
+}
+
+/// One receipt published and its confirm awaited.
+async fn send(channel: &Channel, receipt: &KeptReceipt) -> Result<Confirmation, lapin::Error> {
+    let properties = BasicProperties::default()
+        .with_correlation_id(receipt.correlation_id.as_str().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            receipt.reply_to.as_str().into(),
+            options,
+            &receipt.body,
+            properties,
+        )
+        .await?;
+    confirm.await
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use super::end::SessionEnd;
 use super::fate::{dead_letter_fate, Settlement};
 use super::holding::Holding;
 use super::job::Rejection;
+use super::receipt::ReceiptOut;
 use super::sender::Sender;
 use super::settler::Settler;
 
@@ -52,6 +53,8 @@ pub struct Session<'w, B: Book> {
     pub sender: &'w mut Sender,
     pub book: &'w mut B,
     pub crash: &'w CrashHook,
+    /// The app's receipts channel (it outlives sessions: one per app).
+    pub receipts: &'w ReceiptOut,
 }
 
 /// The channels of a session and its consumer's tag.
@@ -97,6 +100,7 @@ impl<B: Book> Session<'_, B> {
             room: broker::properties_room(connection),
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        let receipts = self.receipts.clone();
         let decoder = Decoder {
             outbox: outbox.clone(),
             dead_route: self.config.topology.names.dead_route(),
@@ -106,6 +110,7 @@ impl<B: Book> Session<'_, B> {
             queue: self.config.topology.names.jobs.clone(),
             baton: channels.baton.clone(),
             urgent: channels.urgent.clone(),
+            receipts: receipts.clone(),
         };
         let consumer_task = tokio::spawn(decoder.run(consumer, tx));
         // The queues' counts (backlog, dead letters), on a channel of their own.
@@ -125,6 +130,7 @@ impl<B: Book> Session<'_, B> {
             self.config.api.sdkappid,
             self.book,
             self.crash.clone(),
+            receipts,
         );
         let mut send = SendLoop {
             holding: Holding::default(),

@@ -37,6 +37,7 @@ pub struct Settler<'b, B: Book> {
     sdkappid: u64,
     pub book: &'b mut B,
     crash: CrashHook,
+    receipts: receipt::ReceiptOut,
 }
 
 impl<'b, B: Book> Settler<'b, B> {
@@ -46,6 +47,7 @@ impl<'b, B: Book> Settler<'b, B> {
         sdkappid: u64,
         book: &'b mut B,
         crash: CrashHook,
+        receipts: receipt::ReceiptOut,
     ) -> Self {
         Self {
             outbox,
@@ -54,6 +56,7 @@ impl<'b, B: Book> Settler<'b, B> {
             sdkappid,
             book,
             crash,
+            receipts,
         }
     }
 
@@ -128,7 +131,7 @@ impl<'b, B: Book> Settler<'b, B> {
         if receipts.is_empty() {
             return;
         }
-        let done = receipt::publish(&self.outbox.channel, receipts, &self.app).await;
+        let done = self.receipts.publish(receipts).await;
         self.book.receipts_sent(&done).await;
     }
 
