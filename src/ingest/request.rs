@@ -5,12 +5,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 
-use crate::broker::headers;
 use crate::clock;
-use crate::ops::enqueue::new_job_id;
+use crate::ops::enqueue::{message_properties, new_job_id};
 use crate::pipeline::job::{self, Rejection};
 use crate::pipeline::{CallRules, MAX_COALESCE_KEY_BYTES};
 
@@ -77,8 +75,11 @@ pub fn prepare(body: &[u8], asked: &Asked, rules: &CallRules) -> Result<Ready, I
             IngestError::Invalid(format!("X-Deadline is already past: {rejection}"))
         }
     })?;
+    // The id and the key were checked above.
+    let properties = message_properties(&id, deadline, asked.coalesce_key.as_deref())
+        .map_err(IngestError::Invalid)?;
     Ok(Ready {
-        properties: properties(&id, asked),
+        properties,
         body: job.body.into_vec(),
         id,
         urgent: asked.urgent,
@@ -95,28 +96,6 @@ fn checked_key(key: &str) -> Result<String, IngestError> {
         ));
     }
     Ok(key.to_owned())
-}
-
-fn properties(id: &str, asked: &Asked) -> BasicProperties {
-    let mut table = FieldTable::default();
-    if let Some(ms) = asked.deadline_ms {
-        table.insert(headers::DEADLINE.into(), AMQPValue::LongLongInt(ms as i64));
-    }
-    if let Some(key) = &asked.coalesce_key {
-        table.insert(
-            headers::COALESCE_KEY.into(),
-            AMQPValue::LongString(key.as_str().into()),
-        );
-    }
-    let mut properties = BasicProperties::default()
-        .with_message_id(ShortString::try_new(id).expect("checked: at most 255 bytes"))
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_timestamp(clock::now_secs());
-    if !table.inner().is_empty() {
-        properties = properties.with_headers(table);
-    }
-    properties
 }
 
 /// Reads `X-Deadline`: unix milliseconds (an integer), or a number of
@@ -142,6 +121,7 @@ pub fn deadline_header(value: &str) -> Result<u64, IngestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::AMQPValue;
 
     const JOB: &[u8] =
         br#"{"MsgBody": [{"MsgType": "TIMTextElem", "MsgContent": {"Text": "hi"}}]}"#;

@@ -72,6 +72,24 @@ pub fn new_job_id() -> String {
 
 /// The properties of a job as `enqueue` publishes it.
 pub fn job_properties(id: &str, options: &PublishOptions) -> Result<BasicProperties, String> {
+    let deadline_ms = options
+        .deadline_in
+        .map(|deadline_in| clock::unix_ms(SystemTime::now() + deadline_in));
+    let mut properties = message_properties(id, deadline_ms, options.coalesce_key.as_deref())?;
+    if let Some(expiration) = options.expiration {
+        properties = properties.with_expiration(expiration.as_millis().to_string().into());
+    }
+    Ok(properties)
+}
+
+/// A job's message as every producer of this crate dresses it (`enqueue`,
+/// the ingest endpoint): its `message_id`, JSON, persistent, stamped, with
+/// its deadline (`x-deadline`, unix ms) and latest-wins key when it has them.
+pub fn message_properties(
+    id: &str,
+    deadline_ms: Option<u64>,
+    coalesce_key: Option<&str>,
+) -> Result<BasicProperties, String> {
     let id =
         ShortString::try_new(id).map_err(|_| "message id longer than 255 bytes".to_string())?;
     let mut properties = BasicProperties::default()
@@ -80,14 +98,13 @@ pub fn job_properties(id: &str, options: &PublishOptions) -> Result<BasicPropert
         .with_delivery_mode(2)
         .with_timestamp(clock::now_secs());
     let mut headers = FieldTable::default();
-    if let Some(deadline_in) = options.deadline_in {
-        let deadline = clock::unix_ms(SystemTime::now() + deadline_in);
+    if let Some(deadline) = deadline_ms {
         headers.insert(
             headers::DEADLINE.into(),
             AMQPValue::LongLongInt(i64::try_from(deadline).unwrap_or(i64::MAX)),
         );
     }
-    if let Some(key) = &options.coalesce_key {
+    if let Some(key) = coalesce_key {
         if key.is_empty() || key.len() > MAX_COALESCE_KEY_BYTES {
             return Err(format!(
                 "a coalesce key has 1 to {MAX_COALESCE_KEY_BYTES} bytes, found {}",
@@ -96,14 +113,11 @@ pub fn job_properties(id: &str, options: &PublishOptions) -> Result<BasicPropert
         }
         headers.insert(
             headers::COALESCE_KEY.into(),
-            AMQPValue::LongString(key.as_str().into()),
+            AMQPValue::LongString(key.into()),
         );
     }
     if !headers.inner().is_empty() {
         properties = properties.with_headers(headers);
-    }
-    if let Some(expiration) = options.expiration {
-        properties = properties.with_expiration(expiration.as_millis().to_string().into());
     }
     Ok(properties)
 }
