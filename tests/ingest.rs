@@ -184,10 +184,9 @@ async fn valid_jobs_are_published_once_confirmed_and_each_mistake_is_refused_alo
         StatusCode::PAYLOAD_TOO_LARGE
     );
     let huge = format!("{}{}", " ".repeat(70_000), job("x"));
-    assert_eq!(
-        post(base, &[], huge).await.status(),
-        StatusCode::PAYLOAD_TOO_LARGE
-    );
+    let (status, error) = error_of(post(base, &[], huge).await).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(error.contains("over 65536 bytes"), "{error}");
     assert_eq!(app.peek_jobs().await.len(), 1, "nothing more published");
 
     // Tokens: none, not ours, another app's.

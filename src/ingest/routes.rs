@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -86,6 +87,21 @@ fn admitted<'a>(
     Ok((app, route))
 }
 
+/// The request's body, or why it could not be read (past `limit`: 413, as
+/// JSON like every other refusal).
+fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, IngestError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            IngestError::TooLarge(format!("the body is over {limit} bytes"))
+        } else {
+            IngestError::Invalid(format!(
+                "the body could not be read: {}",
+                rejection.body_text()
+            ))
+        }
+    })
+}
+
 /// A single POST's headers, as asked.
 fn asked_of(headers: &HeaderMap) -> Result<Asked, IngestError> {
     let text = |name: &str| -> Result<Option<String>, IngestError> {
@@ -122,9 +138,10 @@ async fn post_one(
     State(ingest): State<Arc<Ingest>>,
     Path(app): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, IngestError> {
     let (app, route) = admitted(&ingest, &headers, &app)?;
+    let body = read_body(body, MAX_JOB_BYTES)?;
     let asked = asked_of(&headers)?;
     let ready = prepare(&body, &asked, &route.rules)?;
     let repeated = publish_once(&ingest, app, route, &ready).await?;
@@ -267,10 +284,11 @@ async fn post_batch(
     State(ingest): State<Arc<Ingest>>,
     Path(app): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, IngestError> {
     let app = app.strip_suffix(":batch").map(str::to_owned).unwrap_or(app);
     let (app, route) = admitted(&ingest, &headers, &app)?;
+    let body = read_body(body, MAX_BATCH_BYTES)?;
     let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
         IngestError::Invalid(format!(
             "the batch is not {{\"jobs\": [...]}} as documented: {e}"
