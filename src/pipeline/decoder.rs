@@ -19,6 +19,7 @@ use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use lapin::Channel;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::frame::MAX_HEADER_TEXT;
@@ -61,6 +62,10 @@ pub struct Decoder {
     pub urgent: UrgentLane,
     /// Where receipts of jobs refused on arrival go.
     pub receipts: receipt::ReceiptOut,
+    /// Set when the session winds down: no baton is offered and no lane
+    /// opened any more, and the task goes on until its consumers end, so
+    /// that what was already on its way (a baton above all) is received.
+    pub winding: CancellationToken,
 }
 
 /// The app's urgent queue as a session consumes it: on the jobs queue's
@@ -122,7 +127,9 @@ impl Decoder {
             tokio::task::JoinSet::new();
         let mut offer = this.baton.offers();
         let mut urgent: Option<lapin::Consumer> = None;
+        let mut urgent_closed = false;
         loop {
+            let offering = offer.due().is_some() && !this.winding.is_cancelled();
             // A dead letter that failed (its channel closed, say) ends the
             // session at once, not at the next delivery, which may never come.
             let delivery = tokio::select! {
@@ -134,7 +141,7 @@ impl Decoder {
                     continue;
                 }
                 // Quiet, with no baton offered yet: offer this session's.
-                _ = tokio::time::sleep_until(offer.due().unwrap_or_else(tokio::time::Instant::now)), if offer.due().is_some() => {
+                _ = tokio::time::sleep_until(offer.due().unwrap_or_else(tokio::time::Instant::now)), if offering => {
                     if let Err(e) = this.offer_baton(&mut offer).await {
                         return drop(tx.send(Incoming::Lost(format!("baton: {e}"))));
                     }
@@ -146,6 +153,13 @@ impl Decoder {
                 },
                 delivery = next_urgent(&mut urgent) => match delivery {
                     Some(delivery) => (delivery, true),
+                    // Cancelled by the wind-down: the jobs consumer goes on
+                    // until its own end.
+                    None if this.winding.is_cancelled() => {
+                        urgent = None;
+                        urgent_closed = true;
+                        continue;
+                    }
                     None => {
                         let why = "the broker cancelled the urgent lane's consumer";
                         return drop(tx.send(Incoming::Lost(why.into())));
@@ -160,7 +174,7 @@ impl Decoder {
             };
             // A delivery from the jobs queue: this session is the app's
             // active consumer, so its urgent lane is this session's to send.
-            if urgent.is_none() {
+            if urgent.is_none() && !urgent_closed && !this.winding.is_cancelled() {
                 match this.urgent.open().await {
                     Ok(consumer) => urgent = Some(consumer),
                     Err(e) => return drop(tx.send(Incoming::Lost(format!("urgent lane: {e}")))),

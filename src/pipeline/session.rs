@@ -41,6 +41,9 @@ use super::settler::Settler;
 
 /// The longest a session's wind-down (cancel, hand back, close) may take.
 const WIND_DOWN: Duration = Duration::from_secs(5);
+/// The longest the wind-down waits for the decoder to take what was on its
+/// way when the consumers were cancelled.
+const DRAIN: Duration = Duration::from_secs(2);
 
 /// What a session borrows from its worker: the parts that outlive it.
 pub struct Session<'w, B: Book> {
@@ -65,6 +68,8 @@ struct Channels {
     queue: String,
     baton: Baton,
     urgent: UrgentLane,
+    /// Tells the decoder the session winds down (see [`Decoder::winding`]).
+    winding: CancellationToken,
 }
 
 impl<B: Book> Session<'_, B> {
@@ -111,6 +116,7 @@ impl<B: Book> Session<'_, B> {
             baton: channels.baton.clone(),
             urgent: channels.urgent.clone(),
             receipts: receipts.clone(),
+            winding: channels.winding.clone(),
         };
         let consumer_task = tokio::spawn(decoder.run(consumer, tx));
         // The queues' counts (backlog, dead letters), on a channel of their own.
@@ -220,6 +226,7 @@ impl<B: Book> Session<'_, B> {
             baton,
             queue,
             urgent,
+            winding: CancellationToken::new(),
         };
         Ok((channels, consumer))
     }
@@ -332,7 +339,10 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
         consumer_task: tokio::task::JoinHandle<()>,
         end: &SessionEnd,
     ) {
+        let mut consumer_task = consumer_task;
         let wind_down = async {
+            // No baton offered from now (one would outlive the session).
+            channels.winding.cancel();
             // The urgent lane first: the next replica opens its own once it
             // is active on the jobs queue, which this session's cancel there
             // (below) allows.
@@ -359,6 +369,10 @@ impl<'b, B: Book> SendLoop<'_, 'b, B> {
                     BasicCancelOptions::default(),
                 )
                 .await;
+            // The decoder takes what was already on its way, up to the
+            // cancel's end of its consumers: a baton among it is then held
+            // and passed on (or acked) below, never left in the queue.
+            let _ = tokio::time::timeout(DRAIN, &mut consumer_task).await;
             consumer_task.abort();
             if matches!(end, SessionEnd::Stopped) {
                 self.hand_back().await;
