@@ -174,11 +174,8 @@ impl Decoder {
             };
             // A delivery from the jobs queue: this session is the app's
             // active consumer, so its urgent lane is this session's to send.
-            if urgent.is_none() && !urgent_closed && !this.winding.is_cancelled() {
-                match this.urgent.open().await {
-                    Ok(consumer) => urgent = Some(consumer),
-                    Err(e) => return drop(tx.send(Incoming::Lost(format!("urgent lane: {e}")))),
-                }
+            if let Err(e) = this.open_urgent(&mut urgent, urgent_closed).await {
+                return drop(tx.send(Incoming::Lost(format!("urgent lane: {e}"))));
             }
             if !from_urgent {
                 offer.delivered();
@@ -200,6 +197,19 @@ impl Decoder {
             }
         }
         let _ = tx.send(Incoming::Lost("the broker cancelled the consumer".into()));
+    }
+
+    /// Opens the urgent lane unless it is open, closed, or the session winds
+    /// down.
+    async fn open_urgent(
+        &self,
+        urgent: &mut Option<lapin::Consumer>,
+        closed: bool,
+    ) -> Result<(), BrokerError> {
+        if urgent.is_none() && !closed && !self.winding.is_cancelled() {
+            *urgent = Some(self.urgent.open().await?);
+        }
+        Ok(())
     }
 
     /// Hands a job on to the sender, or starts dead-lettering it; whether
